@@ -1,0 +1,37 @@
+"""nbpipe: compile a tagged Jupyter notebook into a parallel pipeline of apps,
+run it on a site, and merge the results into one executed narrative notebook."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import RunResult, execute, load_pipeline  # noqa: E402
+from .errors import (  # noqa: E402
+    CycleError,
+    GraphError,
+    NbpipeError,
+    NotebookError,
+    RunError,
+    ShipError,
+    SiteError,
+    TagError,
+    UnsupportedTagError,
+    UsageError,
+)
+
+__all__ = [
+    "__version__",
+    "CycleError",
+    "GraphError",
+    "NbpipeError",
+    "NotebookError",
+    "RunError",
+    "RunResult",
+    "ShipError",
+    "SiteError",
+    "TagError",
+    "UnsupportedTagError",
+    "UsageError",
+    "execute",
+    "load_pipeline",
+]

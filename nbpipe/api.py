@@ -1,0 +1,195 @@
+"""The Python API: run a tagged notebook as a pipeline and merge the result.
+
+``nbpipe.execute(path, site=..., parameters=...)`` is what ``nbpipe execute``
+calls; it also works from inside a running Jupyter kernel, since every task
+runs in processes of its own.
+"""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from .cache import cache_keys, provenance
+from .compile import compile_pipeline
+from .errors import GraphError, UsageError
+from .execution.base import AppResult, AppStatus, TaskSpec
+from .execution.scheduler import schedule
+from .graph import Pipeline, build_pipeline
+from .merge import merge
+from .parse import parse_notebook, read_notebook
+from .sites import get_site
+
+__all__ = ["RunResult", "execute", "load_pipeline"]
+
+
+@dataclass
+class RunResult:
+    """What :func:`execute` returns."""
+
+    notebook: Any  # the merged nbformat.NotebookNode
+    output: Path
+    apps: dict[str, AppResult]
+    duration: float
+    html: Path | None = None
+    run_dir: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status.ok for r in self.apps.values())
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary (``nbpipe execute --json``)."""
+        return {
+            "status": "completed" if self.ok else "failed",
+            "output": str(self.output),
+            "html": str(self.html) if self.html else None,
+            "duration": round(self.duration, 3),
+            "apps": {name: r.to_dict() for name, r in self.apps.items()},
+            "metrics": self.metrics,
+        }
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read, parse and analyse a notebook; raise on bad tags or a bad graph."""
+    return build_pipeline(parse_notebook(read_notebook(path), path))
+
+
+def default_output(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}.merged.ipynb")
+
+
+def execute(
+    path: str | Path,
+    *,
+    output: str | Path | None = None,
+    site: str = "local",
+    parameters: dict[str, Any] | None = None,
+    workers: int | None = None,
+    html: str | Path | bool | None = None,
+    debug: bool = False,
+    keep_run_dir: bool = False,
+    on_event: Callable[[str, str, AppResult], None] | None = None,
+) -> RunResult:
+    """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook.
+
+    Returns a :class:`RunResult` whether or not every app completed (check
+    ``.ok``). Raises :class:`~nbpipe.errors.NbpipeError` subclasses for bad
+    input, before anything runs. On KeyboardInterrupt the partial merged
+    notebook is written, no task process is left, and the interrupt re-raised
+    with the :class:`RunResult` as ``exc.run_result``.
+    """
+    started = time.time()
+    path = Path(path)
+    parameters = dict(parameters or {})
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    pipeline = load_pipeline(path)
+    chosen = get_site(site)
+    chosen.check(pipeline)
+    cwd = path.resolve().parent
+    _check_inputs(pipeline, cwd)
+    output = Path(output) if output else default_output(path)
+
+    run_dir = Path(tempfile.mkdtemp(prefix="nbpipe-run-"))  # mode 0700: values stay private
+    tasks = run_dir / "tasks"
+    tasks.mkdir()
+    for name, nb in compile_pipeline(pipeline).items():
+        nbformat.write(nb, tasks / f"{name}.ipynb")
+
+    def make_spec(app: str, attempt: int) -> TaskSpec:
+        spec = pipeline.apps[app].spec
+        limits = [t for t in (spec.timeout, spec.resources.walltime) if t]
+        return TaskSpec(
+            app=app,
+            notebook=str(tasks / f"{app}.ipynb"),
+            output=str(tasks / f"{app}.out.ipynb"),
+            run_dir=str(run_dir),
+            cwd=str(cwd),
+            parameters=parameters,
+            kernel_name=pipeline.parsed.kernel_name,
+            timeout=min(limits) if limits else None,
+            attempt=attempt,
+            outputs=list(spec.outputs),
+        )
+
+    executor = chosen.executor(workers, debug=debug)
+    interrupt: KeyboardInterrupt | None = None
+    try:
+        results = schedule(pipeline, executor, make_spec, on_event)
+    except KeyboardInterrupt as exc:
+        interrupt, results = exc, exc.results  # type: ignore[attr-defined]
+    finally:
+        executor.shutdown(cancel=True)
+
+    executed = {}
+    for app, result in results.items():
+        if result.output and Path(result.output).exists():
+            executed[app] = nbformat.read(result.output, as_version=4)
+    metrics = _read_metrics(run_dir)
+    extra = {
+        "metrics": metrics,
+        "cache_keys": cache_keys(pipeline, parameters, cwd),
+        "provenance": provenance(path, _input_files(pipeline, cwd)),
+        "duration": round(time.time() - started, 3),
+    }
+    merged = merge(pipeline, results, executed, parameters=parameters, site=chosen.name, extra=extra)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(merged, output)
+
+    html_path = None
+    if html:
+        from .render import render_html
+
+        html_path = Path(html) if not isinstance(html, bool) else output.with_suffix(".html")
+        render_html(merged, html_path)
+    if not keep_run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run = RunResult(merged, output, results, time.time() - started, html_path,
+                    run_dir if keep_run_dir else None, metrics)
+    if interrupt is not None:
+        interrupt.run_result = run  # type: ignore[attr-defined]
+        raise interrupt
+    return run
+
+
+def _check_inputs(pipeline: Pipeline, cwd: Path) -> None:
+    """A declared input that no app produces must exist before anything runs."""
+    produced = [o for node in pipeline.apps.values() for o in node.spec.outputs]
+    for name, node in pipeline.apps.items():
+        for pattern in node.spec.inputs:
+            if any(pipeline.graph.has_edge(p, name) and pattern in pipeline.graph.edges[p, name]["files"]
+                   for p in pipeline.graph.predecessors(name)):
+                continue
+            if pattern in produced or glob.glob(str(cwd / pattern)):
+                continue
+            raise GraphError(f"app {name!r} declares inputs:{pattern}, but no file matches it in "
+                             f"{cwd} and no app declares it in outputs:")
+
+
+def _input_files(pipeline: Pipeline, cwd: Path) -> list[Path]:
+    files: list[Path] = []
+    for node in pipeline.apps.values():
+        for pattern in node.spec.inputs:
+            files.extend(Path(p) for p in sorted(glob.glob(str(cwd / pattern))) if Path(p).is_file())
+    return list(dict.fromkeys(files))
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+__all__ += ["AppStatus", "default_output"]

@@ -1,0 +1,82 @@
+"""Cache keys and provenance records.
+
+An app's cache key hashes what determines its outputs: its own cells, the
+setup and parameters cells, the parameter values, its options, the files it
+reads and the keys of the apps it depends on. Equal keys mean the app would
+compute the same thing.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .graph import Pipeline
+
+__all__ = ["cache_keys", "file_digest", "provenance"]
+
+_PACKAGES = ("nbpipe", "papermill", "nbclient", "nbformat", "nbconvert", "ipykernel", "ipython",
+             "jupyter_client", "cloudpickle", "networkx", "pyzmq", "parsl", "dask", "distributed")
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def cache_keys(pipeline: Pipeline, parameters: dict[str, Any], cwd: str | Path) -> dict[str, str]:
+    """The cache key of every app, upstream keys folded in."""
+    parsed = pipeline.parsed
+    common = hashlib.sha256()
+    for role in ("parameters", "setup"):
+        for info in parsed.cells_of(role):
+            common.update(info.source.encode())
+    common.update(json.dumps(parameters, sort_keys=True, default=repr).encode())
+    keys: dict[str, str] = {}
+    for name in pipeline.order:
+        app = pipeline.apps[name]
+        h = common.copy()
+        h.update(name.encode())
+        for index in app.spec.cells:
+            h.update(parsed.cells[index].source.encode())
+        h.update(json.dumps(pipeline.to_json_options(name), sort_keys=True).encode())
+        for pattern in app.spec.inputs:
+            for path in sorted(glob.glob(str(Path(cwd) / pattern))):
+                if Path(path).is_file():
+                    h.update(file_digest(path).encode())
+        for pred in sorted(pipeline.graph.predecessors(name)):
+            h.update(keys[pred].encode())
+        keys[name] = "sha256:" + h.hexdigest()
+    return keys
+
+
+def provenance(notebook: Path | None, input_files: list[Path]) -> dict[str, Any]:
+    """Python and package versions, platform, and the hashes of the inputs."""
+    packages = {}
+    for dist in _PACKAGES:
+        try:
+            packages[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    inputs = {}
+    if notebook is not None:
+        inputs[notebook.name] = file_digest(notebook)
+    for path in input_files:
+        inputs[str(path)] = file_digest(path)
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "packages": packages,
+        "inputs": inputs,
+    }

@@ -1,0 +1,289 @@
+"""The command line: thin commands over the library (SPEC §4).
+
+Each command parses its arguments, calls one library function, and maps the
+library's errors to a one-line message and an exit code: 0 success, 1 an app
+failed or timed out, 2 bad usage or bad input (nothing ran), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import NbpipeError, UsageError
+
+__all__ = ["main"]
+
+COMMANDS = ("execute", "check", "graph", "compile", "render", "sites")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except NbpipeError as exc:
+        print(f"nbpipe: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        run = getattr(exc, "run_result", None)
+        where = f"; the partial merged notebook is in {run.output}" if run else ""
+        print(f"nbpipe: interrupted{where}", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbpipe",
+        description="Run a tagged Jupyter notebook as a parallel pipeline of apps and merge "
+                    "the results into one executed notebook.")
+    parser.add_argument("--version", action="version", version=f"nbpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("execute", help="run the notebook's apps and write the merged notebook")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="merged notebook (default: NAME.merged.ipynb)")
+    p.add_argument("--site", default="local", help="where the apps run (default: local)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="override a parameter; VALUE is parsed like papermill's -p")
+    p.add_argument("-f", "--parameters-file", type=Path, action="append", default=[],
+                   metavar="PARAMS.yaml", help="parameters from a YAML file")
+    p.add_argument("--workers", type=int, help="how many apps run at once (default: cores)")
+    p.add_argument("--no-cache", action="store_true", help="re-run every app (nothing is cached yet)")
+    p.add_argument("--html", nargs="?", const=True, default=None, metavar="OUT.html",
+                   help="also write an HTML report (default: beside the merged notebook)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--debug", action="store_true",
+                   help="run apps one by one in this process; show tracebacks")
+    p.add_argument("--keep-run-dir", action="store_true",
+                   help="keep the run directory (task notebooks, shipped values, logs)")
+    p.set_defaults(func=_execute)
+
+    p = sub.add_parser("check", help="validate tags and dataflow; print apps and edges")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("--site", default="local", help="also check the apps against this site")
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("graph", help="print the app graph")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("--format", choices=("text", "dot", "mermaid", "svg", "json"), default="text")
+    p.set_defaults(func=_graph)
+
+    p = sub.add_parser("compile", help="write the task notebooks and the graph; run nothing")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("-d", "--directory", type=Path, required=True)
+    p.set_defaults(func=_compile)
+
+    p = sub.add_parser("render", help="render an executed notebook as HTML")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="default: NAME.html beside the notebook")
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("sites", help="list the sites known here and where each is defined")
+    p.set_defaults(func=_sites)
+    return parser
+
+
+def parse_value(value: str) -> Any:
+    """Parse a ``-p`` value the way papermill does: bool, None, int, float, else str."""
+    if value in ("True", "False"):
+        return value == "True"
+    if value == "None":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            continue
+    return value
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for path in args.parameters_file:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read parameters file: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML: {exc}") from None
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: a parameters file must be a mapping of names to values")
+        out.update(data)
+    for name, value in args.parameter:
+        if not name.isidentifier():
+            raise UsageError(f"-p {name}: a parameter name must be a Python identifier")
+        out[name] = parse_value(value)
+    return out
+
+
+class _Progress:
+    """Prints one line per app event on stderr, so a long run shows it is alive."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.time()
+
+    def __call__(self, kind: str, app: str, result: Any) -> None:
+        stamp = f"[{time.time() - self.start:7.1f}s]"
+        if kind == "start":
+            line = f"started   {app}"
+        elif kind == "retry":
+            line = f"retrying  {app} (attempt {result.attempts})"
+        elif kind == "skip":
+            self.done += 1
+            line = f"skipped   {app}: {result.reason}"
+        else:
+            self.done += 1
+            status = result.status.value.replace("_", " ")
+            took = f" in {result.duration:.1f}s" if result.duration is not None else ""
+            line = f"{status:<9} {app}{took}"
+            if result.error:
+                line += f": {result.error.get('ename')}: {_first_line(result.error.get('evalue', ''))}"
+        print(f"nbpipe {stamp} ({self.done}/{self.total}) {line}", file=sys.stderr, flush=True)
+
+
+def _first_line(text: str) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def _execute(args: argparse.Namespace) -> int:
+    from .api import execute, load_pipeline
+
+    parameters = _parameters(args)
+    total = len(load_pipeline(args.notebook).apps)
+    run = execute(args.notebook, output=args.output, site=args.site, parameters=parameters,
+                  workers=args.workers, html=args.html, debug=args.debug,
+                  keep_run_dir=args.keep_run_dir, on_event=_Progress(total))
+    print(f"nbpipe: wrote {run.output}" + (f" and {run.html}" if run.html else "")
+          + f" in {run.duration:.1f}s", file=sys.stderr)
+    if run.run_dir:
+        print(f"nbpipe: run directory kept in {run.run_dir}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(run.summary(), indent=1))
+    if not run.ok:
+        bad = [f"{n} {r.status.value}" for n, r in run.apps.items() if not r.status.ok]
+        print(f"nbpipe: not every app completed: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .api import load_pipeline
+    from .sites import get_site
+
+    pipeline = load_pipeline(args.notebook)
+    get_site(args.site).check(pipeline)
+    print(_text_graph(pipeline, args.notebook))
+    return 0
+
+
+def _text_graph(pipeline: Any, path: Path) -> str:
+    data = pipeline.to_json()
+    lines = [f"{path}: {len(data['apps'])} app(s), {len(data['edges'])} edge(s); ok"]
+    lines.append("apps, in run order:")
+    for app in data["apps"]:
+        cells = [pipeline.parsed.cells[i].index for i in pipeline.apps[app["name"]].spec.cells]
+        reads = ", ".join(f"{n}<-{p}" for n, p in app["reads"].items()) or "-"
+        opts = " ".join(f"{k}={v}" for k, v in app["options"].items())
+        lines.append(f"  {app['name']}: cells {', '.join(map(str, cells))}; reads {reads}"
+                     + (f"; {opts}" if opts else ""))
+    lines.append("edges:")
+    for e in data["edges"]:
+        what = ", ".join(e["names"] + [f"file {f}" for f in e["files"]]
+                         + (["after"] if "after" in e["kinds"] else []))
+        lines.append(f"  {e['from']} -> {e['to']} ({what})")
+    if not data["edges"]:
+        lines.append("  (none: every app is independent)")
+    return "\n".join(lines)
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from .api import load_pipeline
+
+    pipeline = load_pipeline(args.notebook)
+    data = pipeline.to_json()
+    if args.format == "json":
+        print(json.dumps(data, indent=1))
+    elif args.format == "text":
+        print(_text_graph(pipeline, args.notebook))
+    elif args.format == "mermaid":
+        print("flowchart TD")
+        for app in data["apps"]:
+            print(f"    {_node_id(app['name'])}[\"{app['name']}\"]")
+        for e in data["edges"]:
+            label = ", ".join(e["names"] + e["files"])
+            arrow = f"-->|{label}|" if label else "-.->"
+            print(f"    {_node_id(e['from'])} {arrow} {_node_id(e['to'])}")
+    else:
+        dot = _dot(data)
+        if args.format == "dot":
+            print(dot)
+        else:
+            import shutil
+            import subprocess
+
+            exe = shutil.which("dot")
+            if exe is None:
+                raise UsageError("--format svg needs Graphviz's 'dot' program on PATH "
+                                 "(e.g. apt-get install graphviz); --format dot prints the source")
+            print(subprocess.run([exe, "-Tsvg"], input=dot, capture_output=True, text=True,
+                                 check=True).stdout)
+    return 0
+
+
+def _node_id(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _dot(data: dict[str, Any]) -> str:
+    lines = ["digraph nbpipe {", "    rankdir=TB;", "    node [shape=box, style=rounded];"]
+    for app in data["apps"]:
+        lines.append(f'    "{app["name"]}";')
+    for e in data["edges"]:
+        label = ", ".join(e["names"] + e["files"])
+        style = ' [style=dashed]' if not label else f' [label="{label}"]'
+        lines.append(f'    "{e["from"]}" -> "{e["to"]}"{style};')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from .api import load_pipeline
+    from .compile import write_compiled
+
+    paths = write_compiled(load_pipeline(args.notebook), args.directory)
+    for path in paths.values():
+        print(path)
+    print(args.directory / "graph.json")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .parse import read_notebook
+    from .render import render_html
+
+    output = args.output or args.notebook.with_suffix(".html")
+    render_html(read_notebook(args.notebook), output)
+    print(output)
+    return 0
+
+
+def _sites(args: argparse.Namespace) -> int:
+    from .sites import known_sites
+
+    for site in known_sites().values():
+        print(f"{site.name:<12} engine={site.engine:<6} defined in: {site.defined_in}")
+    return 0

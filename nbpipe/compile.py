@@ -1,0 +1,80 @@
+"""App -> task notebook (pure).
+
+A task notebook follows papermill's conventions: the source's ``parameters``
+cell (papermill injects ``injected-parameters`` after it), a load step, the
+``setup`` cells, the app's own cells, and a save step. Every cell copied from
+the source carries ``metadata.nbpipe.source = {"index", "id"}`` so the merge
+can put its outputs back; the load and save steps are tagged
+``nbpipe-internal`` and never reach the merged notebook.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import v4
+
+from .graph import AppNode, Pipeline
+
+__all__ = ["INTERNAL_TAG", "compile_app", "compile_pipeline", "write_compiled"]
+
+INTERNAL_TAG = "nbpipe-internal"
+
+
+def compile_pipeline(pipeline: Pipeline) -> dict[str, Any]:
+    """Return one task notebook per app, in the pipeline's order."""
+    return {name: compile_app(pipeline, pipeline.apps[name]) for name in pipeline.order}
+
+
+def compile_app(pipeline: Pipeline, app: AppNode) -> Any:
+    """Build the task notebook of one app."""
+    parsed = pipeline.parsed
+    source = parsed.nb
+    nb = v4.new_notebook()
+    nb.metadata = copy.deepcopy({k: v for k, v in source.metadata.items() if k != "nbpipe"})
+    nb.metadata["nbpipe_task"] = {"app": app.name}
+
+    def copy_cell(index: int, tags: list[str] | None = None) -> Any:
+        original = source.cells[index]
+        cell = v4.new_code_cell(original.source)
+        cell.metadata = copy.deepcopy(dict(original.metadata))
+        if tags is not None:
+            cell.metadata["tags"] = tags
+        cell.metadata["nbpipe"] = {"source": {"index": index, "id": original.id}}
+        return cell
+
+    for info in parsed.cells_of("parameters"):
+        nb.cells.append(copy_cell(info.index, ["parameters"]))
+    inputs = json.dumps(dict(sorted(app.reads.items())))
+    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.enter(globals(), {inputs})"))
+    for info in parsed.cells_of("setup"):
+        nb.cells.append(copy_cell(info.index))
+    for index in app.spec.cells:
+        nb.cells.append(copy_cell(index))
+    ships = json.dumps({k: list(v) for k, v in sorted(app.ships.items())})
+    metrics = json.dumps(list(app.metric_names)) if app.metric_names else "None"
+    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.leave(globals(), {ships}, {metrics})"))
+    return nb
+
+
+def _internal(source: str) -> Any:
+    cell = v4.new_code_cell(source)
+    cell.metadata["tags"] = [INTERNAL_TAG]
+    return cell
+
+
+def write_compiled(pipeline: Pipeline, directory: str | Path) -> dict[str, Path]:
+    """Write every task notebook and ``graph.json`` into ``directory``; run nothing."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, nb in compile_pipeline(pipeline).items():
+        path = directory / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        paths[name] = path
+    (directory / "graph.json").write_text(json.dumps(pipeline.to_json(), indent=1) + "\n")
+    return paths

@@ -1,0 +1,131 @@
+"""The one exception tree of nbpipe.
+
+Every error nbpipe raises on purpose derives from :class:`NbpipeError`. The
+exceptions carry their fields as attributes and pickle cleanly, because they
+cross process boundaries (worker -> driver).
+
+::
+
+    NbpipeError
+    ├── UsageError                 bad command-line or API arguments       (exit 2)
+    ├── NotebookError              the notebook cannot be read             (exit 2)
+    ├── TagError                   a known tag with a bad value            (exit 2)
+    │   └── UnsupportedTagError    a valid tag the chosen site cannot honour
+    ├── GraphError                 the apps do not form a valid graph      (exit 2)
+    │   └── CycleError             the apps depend on each other in a loop
+    ├── SiteError                  unknown or malformed site               (exit 2)
+    ├── ShipError                  a value cannot be moved between apps
+    └── RunError                   one or more apps failed or timed out    (exit 1)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "NbpipeError",
+    "UsageError",
+    "NotebookError",
+    "TagError",
+    "UnsupportedTagError",
+    "GraphError",
+    "CycleError",
+    "SiteError",
+    "ShipError",
+    "RunError",
+]
+
+
+class NbpipeError(Exception):
+    """Root of every error nbpipe raises on purpose."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild from the fields, so subclasses with keyword-only fields pickle.
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[NbpipeError], state: dict[str, Any]) -> NbpipeError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
+
+
+class UsageError(NbpipeError):
+    """The command line or API call is wrong."""
+
+
+class NotebookError(NbpipeError):
+    """The notebook cannot be read or is not a valid notebook."""
+
+
+class TagError(NbpipeError):
+    """A known tag has a bad value. Names the cell (index and id) and the tag."""
+
+    def __init__(self, problem: str, *, cell_index: int, cell_id: str | None, tag: str) -> None:
+        self.problem = problem
+        self.cell_index = cell_index
+        self.cell_id = cell_id
+        self.tag = tag
+        super().__init__(f"cell {cell_index} (id {cell_id}): tag {tag!r}: {problem}")
+
+
+class UnsupportedTagError(TagError):
+    """A valid tag that the chosen site cannot honour (yet); nothing runs."""
+
+
+class GraphError(NbpipeError):
+    """The apps do not form a valid dependency graph."""
+
+
+class CycleError(GraphError):
+    """Apps depend on each other in a loop; ``cycle`` lists the apps in order."""
+
+    def __init__(self, cycle: list[tuple[str, str, str]]) -> None:
+        self.cycle = cycle
+        chain = cycle[0][0] + "".join(f" -> {v} ({why})" for _, v, why in cycle)
+        super().__init__(
+            f"the apps form a cycle: {chain}; "
+            "remove an after: tag or move the definition of a variable above its first reader"
+        )
+
+
+class SiteError(NbpipeError):
+    """The site is unknown or its definition is malformed."""
+
+
+class ShipError(NbpipeError):
+    """A value an app defines cannot be shipped to the apps that read it."""
+
+    exit_code = 1
+
+    def __init__(
+        self, *, variable: str, type_name: str, producer: str, consumers: list[str], reason: str
+    ) -> None:
+        self.variable = variable
+        self.type_name = type_name
+        self.producer = producer
+        self.consumers = consumers
+        self.reason = reason
+        readers = ", ".join(consumers)
+        super().__init__(
+            f"variable {variable!r} of type {type_name} defined by app {producer!r} "
+            f"cannot be shipped to app(s) {readers}: {reason}. "
+            f"Fix: create it in a 'setup' cell, or recreate it in the app(s) {readers} "
+            "that read it, instead of passing it between apps."
+        )
+
+
+class RunError(NbpipeError):
+    """One or more apps failed or timed out; the merged notebook was still written."""
+
+    exit_code = 1

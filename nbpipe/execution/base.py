@@ -1,0 +1,131 @@
+"""The executor contract, task records and app states."""
+
+from __future__ import annotations
+
+import enum
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["AppResult", "AppStatus", "Executor", "TaskResult", "TaskSpec"]
+
+
+class AppStatus(str, enum.Enum):
+    """The states of an app during a run.
+
+    ``pending`` -> ``running`` -> one of the final states ``completed``,
+    ``failed``, ``timed_out`` or ``skipped`` (never ran because an app it
+    depends on did not complete, or the run was interrupted). ``cached`` is
+    final too: the app's outputs came from an earlier run.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    CACHED = "cached"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def ok(self) -> bool:
+        return self in (AppStatus.COMPLETED, AppStatus.CACHED)
+
+
+FINAL_STATES = frozenset({AppStatus.COMPLETED, AppStatus.FAILED, AppStatus.TIMED_OUT,
+                          AppStatus.SKIPPED, AppStatus.CACHED})
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One attempt at one app. Only paths and small values: it crosses processes."""
+
+    app: str
+    notebook: str  # the compiled task notebook
+    output: str  # where the executed task notebook is written
+    run_dir: str
+    cwd: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    kernel_name: str | None = None
+    timeout: float | None = None
+    attempt: int = 1
+    #: files the app declared with ``outputs:``; missing ones fail the app
+    outputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one attempt gave. ``error`` holds ``ename``, ``evalue`` and, when an
+    error came from a cell, ``cell`` (the source notebook's cell index)."""
+
+    app: str
+    status: AppStatus
+    start_time: float
+    end_time: float
+    host: str
+    attempt: int
+    output: str | None = None
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
+        return cls(**{**data, "status": AppStatus(data["status"])})
+
+
+@dataclass
+class AppResult:
+    """The outcome of an app over all its attempts."""
+
+    app: str
+    status: AppStatus = AppStatus.PENDING
+    attempts: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    host: str | None = None
+    output: str | None = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None  # why it was skipped
+
+    @property
+    def duration(self) -> float | None:
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v is not None and k != "output"}
+        data["status"] = self.status.value
+        if self.duration is not None:
+            data["duration"] = round(self.duration, 6)
+        return data
+
+
+class Executor(Protocol):
+    """Runs task notebooks somewhere.
+
+    ``submit`` starts one attempt and returns at once with a
+    :class:`concurrent.futures.Future` that resolves to a :class:`TaskResult`
+    (a failing notebook is a result with status ``failed``, not an exception;
+    the future raises only when the executor itself broke). ``shutdown``
+    releases the executor's resources; with ``cancel=True`` it stops running
+    tasks first. After ``shutdown`` returns, no process the executor started
+    is left running.
+    """
+
+    workers: int
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]: ...
+
+    def shutdown(self, *, cancel: bool = False) -> None: ...

@@ -1,0 +1,109 @@
+"""Run one task notebook through papermill, in a real Jupyter kernel.
+
+:func:`run_task` is what every executor calls, in whatever process it owns.
+Run as ``python -m nbpipe.execution.task SPEC.json RESULT.json`` it is the
+body of one worker process of the ``local`` site.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .base import AppStatus, TaskResult, TaskSpec
+
+__all__ = ["run_task"]
+
+
+def run_task(spec: TaskSpec) -> TaskResult:
+    """Execute ``spec.notebook`` to ``spec.output`` and report how it went."""
+    import papermill
+    from nbclient.exceptions import CellTimeoutError
+    from papermill.exceptions import PapermillExecutionError
+
+    from ..runtime import CONTEXT_NAME
+
+    start = time.time()
+    status, error = AppStatus.COMPLETED, None
+    parameters = {**spec.parameters, CONTEXT_NAME: {"run_dir": spec.run_dir, "app": spec.app}}
+    try:
+        papermill.execute_notebook(
+            spec.notebook,
+            spec.output,
+            parameters=parameters,
+            kernel_name=spec.kernel_name,
+            cwd=spec.cwd,
+            progress_bar=False,
+            log_output=False,
+            # Outputs of finished cells survive a timeout or an interrupt.
+            request_save_on_cell_execute=True,
+            execution_timeout=int(spec.timeout) + 1 if spec.timeout else None,
+        )
+    except PapermillExecutionError as exc:
+        status = AppStatus.FAILED
+        error = {"ename": exc.ename, "evalue": exc.evalue, "cell": _failed_source_index(spec.output)}
+    except CellTimeoutError as exc:
+        status = AppStatus.TIMED_OUT
+        error = {"ename": "TimeoutError", "evalue": f"app {spec.app!r} ran longer than its timeout "
+                 f"of {spec.timeout:g} s ({exc})"}
+    except KeyboardInterrupt:
+        status = AppStatus.FAILED
+        error = {"ename": "KeyboardInterrupt", "evalue": "the run was interrupted"}
+    except Exception as exc:  # a kernel that dies or cannot start is the app's failure
+        status = AppStatus.FAILED
+        error = {"ename": type(exc).__name__, "evalue": str(exc)}
+    if status is AppStatus.COMPLETED:
+        missing = [o for o in spec.outputs if not glob.glob(str(Path(spec.cwd) / o))]
+        if missing:
+            status = AppStatus.FAILED
+            error = {"ename": "MissingOutputError",
+                     "evalue": f"app {spec.app!r} declared outputs:{missing[0]} but did not write "
+                               f"{Path(spec.cwd) / missing[0]}"}
+    output = spec.output if Path(spec.output).exists() else None
+    return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
+                      output, error)
+
+
+def _failed_source_index(output: str) -> int | None:
+    """The source notebook's index of the cell that failed in an executed task notebook.
+
+    papermill's ``cell_index`` counts the banner cells it inserts, so look the
+    cell up by its status instead.
+    """
+    try:
+        cells = json.loads(Path(output).read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for cell in cells:
+        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            source = cell["metadata"].get("nbpipe", {}).get("source")
+            # None when a generated step (load or save) failed
+            return int(source["index"]) if source else None
+    return None
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = argv
+    # The driver stops a task with SIGTERM; turning it into KeyboardInterrupt lets
+    # papermill save what ran and shut its kernel down.
+    signal.signal(signal.SIGTERM, _interrupted)
+    spec = TaskSpec(**json.loads(Path(spec_path).read_text()))
+    result = run_task(spec)
+    tmp = Path(result_path + ".tmp")
+    tmp.write_text(json.dumps(result.to_dict()))
+    tmp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,241 @@
+"""Blocks -> a networkx DiGraph of apps: dataflow, ``after:`` and files (pure).
+
+An app receives each name it reads that an earlier app defines from the
+*nearest* such app above the reading cell (SPEC §3); that is a data edge.
+``after:NAME`` adds an edge with no data, and ``outputs:X`` -> ``inputs:X`` a
+file edge. Names from ``parameters`` and ``setup`` are available everywhere.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from .errors import CycleError, TagError
+from .names import analyse_cell
+from .parse import AppSpec, ParsedNotebook
+
+__all__ = ["AppNode", "Pipeline", "build_pipeline"]
+
+_METRIC_LINE = re.compile(r"\s*(?:print\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)|([A-Za-z_][A-Za-z0-9_]*))\s*\Z")
+
+
+@dataclass(frozen=True)
+class AppNode:
+    """An app with its dataflow: where each input comes from, who reads its outputs."""
+
+    spec: AppSpec
+    #: name read -> app that provides it (the nearest definer above the reading cell)
+    reads: dict[str, str]
+    defines: frozenset[str]
+    #: name defined here -> apps that take it from here; these values are shipped
+    ships: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: for the metrics block: the names its lines print
+    metric_names: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The parsed notebook with its app graph, ready to compile."""
+
+    parsed: ParsedNotebook
+    graph: Any  # networkx.DiGraph; nodes are app names, edges carry names/kinds
+    apps: dict[str, AppNode]
+    order: tuple[str, ...]  # a topological order, ties broken by notebook order
+    parameter_names: frozenset[str]
+    setup_names: frozenset[str]
+
+    def upstream(self, app: str) -> set[str]:
+        return set(nx.ancestors(self.graph, app))
+
+    def downstream(self, app: str) -> set[str]:
+        return set(nx.descendants(self.graph, app))
+
+    def edges(self) -> list[dict[str, Any]]:
+        return [
+            {"from": u, "to": v, "kinds": sorted(d["kinds"]), "names": sorted(d["names"]),
+             "files": sorted(d["files"])}
+            for u, v, d in sorted(self.graph.edges(data=True),
+                                  key=lambda e: (self.order.index(e[0]), self.order.index(e[1])))
+        ]
+
+    def to_json_options(self, app: str) -> dict[str, Any]:
+        return _options(self.apps[app].spec)
+
+    def to_json(self) -> dict[str, Any]:
+        """The graph as plain data (``nbpipe graph --format json``, merged metadata)."""
+        cells = self.parsed.cells
+        apps = []
+        for name in self.order:
+            node = self.apps[name]
+            spec = node.spec
+            apps.append({
+                "name": name,
+                "cells": [cells[i].id for i in spec.cells],
+                "reads": dict(sorted(node.reads.items())),
+                "ships": {k: list(v) for k, v in sorted(node.ships.items())},
+                "after": list(spec.after),
+                "options": _options(spec),
+            })
+        return {"apps": apps, "edges": self.edges()}
+
+
+def _options(spec: AppSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if spec.map:
+        out["map"] = f"{spec.map.item}={spec.map.iterable}"
+    for key in ("executor", "container", "timeout"):
+        if getattr(spec, key) is not None:
+            out[key] = getattr(spec, key)
+    if spec.retries:
+        out["retries"] = spec.retries
+    if spec.resources.as_dict():
+        out["resources"] = spec.resources.as_dict()
+    if spec.inputs:
+        out["inputs"] = list(spec.inputs)
+    if spec.outputs:
+        out["outputs"] = list(spec.outputs)
+    if not spec.cache:
+        out["cache"] = "off"
+    return out
+
+
+def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
+    """Work out the dataflow of ``parsed`` and build its app graph.
+
+    Raises :class:`TagError` for an ``after:`` naming no app and
+    :class:`CycleError` when the apps depend on each other in a loop.
+    """
+    cells = parsed.cells
+    names = {c.index: analyse_cell(c.source) for c in cells if c.role in ("app", "setup", "parameters", "metrics")}
+    parameter_names = frozenset().union(*(names[c.index].defines for c in parsed.cells_of("parameters")))
+    setup_names = frozenset().union(*(names[c.index].defines for c in parsed.cells_of("setup")))
+
+    # name -> sorted cell indices of app cells defining it, and the app of each
+    definers: dict[str, list[int]] = {}
+    for c in cells:
+        if c.role in ("app", "metrics"):
+            for n in names[c.index].defines:
+                definers.setdefault(n, []).append(c.index)
+    app_of = {c.index: c.app for c in cells if c.app}
+
+    reads: dict[str, dict[str, str]] = {}
+    defines: dict[str, set[str]] = {}
+    for name, spec in parsed.apps.items():
+        own: set[str] = set()
+        got: dict[str, str] = {}
+        for index in spec.cells:
+            for n in sorted(names[index].reads - own):
+                if n in got:
+                    continue
+                producer = _nearest_definer(definers.get(n, []), index, name, app_of)
+                if producer is not None:
+                    got[n] = producer
+            own |= names[index].defines
+        reads[name], defines[name] = got, own
+
+    ships: dict[str, dict[str, list[str]]] = {name: {} for name in parsed.apps}
+    for consumer, got in reads.items():
+        for n, producer in got.items():
+            ships[producer].setdefault(n, []).append(consumer)
+
+    graph = nx.DiGraph()
+    for name, spec in parsed.apps.items():
+        graph.add_node(name, first_cell=spec.cells[0])
+
+    def edge(u: str, v: str, kind: str, name: str | None = None, file: str | None = None) -> None:
+        if not graph.has_edge(u, v):
+            graph.add_edge(u, v, kinds=set(), names=set(), files=set())
+        data = graph.edges[u, v]
+        data["kinds"].add(kind)
+        if name:
+            data["names"].add(name)
+        if file:
+            data["files"].add(file)
+
+    for consumer, got in reads.items():
+        for n, producer in got.items():
+            edge(producer, consumer, "data", name=n)
+    for name, spec in parsed.apps.items():
+        for target in spec.after:
+            if target not in parsed.apps:
+                index = spec.origin.get(f"after={target}", spec.cells[0])
+                close = _did_you_mean(target, parsed.apps)
+                raise TagError(f"after: names no app {target!r}{close}", cell_index=index,
+                               cell_id=cells[index].id, tag=f"after:{target}")
+            edge(target, name, "after")
+        for pattern in spec.inputs:
+            for other, ospec in parsed.apps.items():
+                if other != name and any(_matches(out, pattern) for out in ospec.outputs):
+                    edge(other, name, "file", file=pattern)
+
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        cycle = []
+    if cycle:
+        raise CycleError([(u, v, _why(graph, u, v)) for u, v in cycle])
+
+    order = tuple(nx.lexicographical_topological_sort(graph, key=lambda n: graph.nodes[n]["first_cell"]))
+    apps = {}
+    for name in sorted(parsed.apps, key=lambda n: parsed.apps[n].cells[0]):
+        spec = parsed.apps[name]
+        metric_names: tuple[str, ...] = ()
+        if spec.metrics:
+            metric_names = tuple(dict.fromkeys(
+                m for i in spec.cells for m in _metric_names(cells[i].source)))
+        apps[name] = AppNode(spec, reads[name], frozenset(defines[name]),
+                             {k: tuple(v) for k, v in ships[name].items()}, metric_names)
+    return Pipeline(parsed, graph, apps, order, parameter_names, setup_names)
+
+
+def _nearest_definer(indices: list[int], before: int, app: str, app_of: dict[int, str | None]) -> str | None:
+    """The app of the nearest cell above ``before`` that defines the name, other than ``app``."""
+    pos = bisect.bisect_left(indices, before) - 1
+    while pos >= 0:
+        owner = app_of[indices[pos]]
+        if owner != app:
+            return owner
+        pos -= 1
+    return None
+
+
+def _matches(output: str, pattern: str) -> bool:
+    return output == pattern or fnmatch.fnmatchcase(output, pattern)
+
+
+def _why(graph: Any, u: str, v: str) -> str:
+    data = graph.edges[u, v]
+    parts = []
+    if data["names"]:
+        parts.append("reads " + ", ".join(sorted(data["names"])))
+    if "after" in data["kinds"]:
+        parts.append(f"after:{u}")
+    if data["files"]:
+        parts.append("inputs:" + ", ".join(sorted(data["files"])))
+    return "; ".join(parts)
+
+
+def _did_you_mean(name: str, choices: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _metric_names(source: str) -> list[str]:
+    out = []
+    for line in source.splitlines():
+        m = _METRIC_LINE.match(line)
+        if m:
+            out.append(m.group(1) or m.group(2))
+    return out

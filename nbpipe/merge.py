@@ -1,0 +1,250 @@
+"""Executed task notebooks -> one narrative notebook (pure).
+
+Every original cell comes back in its original order with the outputs its app
+produced, execution counts renumbered in reading order, and
+``metadata.nbpipe`` telling which app ran it, how and where (SPEC §6).
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+from typing import Any
+
+import nbformat
+from nbformat import v4
+
+from . import __version__
+from .compile import INTERNAL_TAG
+from .execution.base import AppResult, AppStatus
+from .graph import Pipeline
+
+__all__ = ["merge"]
+
+ERROR_TAG = "nbpipe-error"
+
+
+def merge(
+    pipeline: Pipeline,
+    results: dict[str, AppResult],
+    executed: dict[str, Any],
+    *,
+    parameters: dict[str, Any],
+    site: str,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """Build the merged notebook.
+
+    ``executed`` maps an app to its executed task notebook (apps that never
+    ran are absent). ``extra`` is added to the notebook's ``metadata.nbpipe``
+    (provenance, cache keys, metrics).
+    """
+    parsed = pipeline.parsed
+    merged = copy.deepcopy(parsed.nb)
+    by_app = {app: _by_source(nb) for app, nb in executed.items()}
+    notebook_order = list(pipeline.apps)  # apps in order of their first cell
+
+    for info in parsed.cells:
+        if info.cell_type != "code":
+            continue
+        cell = merged.cells[info.index]
+        cell.outputs, cell.execution_count = [], None
+        meta: dict[str, Any]
+        if info.role == "skip":
+            meta = {"status": AppStatus.SKIPPED.value, "reason": "tagged skip: never executed"}
+        elif info.role in ("parameters", "setup"):
+            app, ran = _first_run(info.index, notebook_order, by_app)
+            meta = {"app": info.role}
+            if ran is not None:
+                _take_outputs(cell, ran)
+                meta.update(_cell_timing(ran), status=_cell_status(ran, results[app]), ran_in=app)
+                meta.update(_host(results[app]))
+            else:
+                meta["status"] = AppStatus.SKIPPED.value
+                meta["reason"] = "no app ran"
+        else:
+            app = info.app or ""
+            result = results[app]
+            ran = by_app.get(app, {}).get(info.index)
+            meta = {"app": app}
+            if ran is not None and ran.get("execution_count") is not None:
+                _take_outputs(cell, ran)
+                meta.update(_cell_timing(ran), status=_cell_status(ran, result))
+            else:
+                meta["status"] = AppStatus.SKIPPED.value
+                meta["reason"] = result.reason or _not_reached(result)
+            meta.update(_host(result))
+        cell.metadata["nbpipe"] = meta
+
+    _attach_app_errors(pipeline, merged, results)
+    _renumber(merged)
+    _insert_injected_parameters(pipeline, merged, executed, parameters)
+    _insert_error_banner(pipeline, merged, results)
+
+    for app, nb in executed.items():
+        if "language_info" in nb.metadata:
+            merged.metadata["language_info"] = copy.deepcopy(nb.metadata["language_info"])
+            break
+    statuses = [r.status for r in results.values()]
+    merged.metadata["nbpipe"] = {
+        "version": __version__,
+        "site": site,
+        "status": "completed" if all(s.ok for s in statuses) else "failed",
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "parameters": parameters,
+        "graph": pipeline.to_json(),
+        "apps": {name: results[name].to_dict() for name in pipeline.order},
+        **(extra or {}),
+    }
+    nbformat.validate(merged)
+    return merged
+
+
+def _by_source(nb: Any) -> dict[int, Any]:
+    out = {}
+    for cell in nb.cells:
+        source = cell.get("metadata", {}).get("nbpipe", {}).get("source")
+        if source is not None and INTERNAL_TAG not in cell.metadata.get("tags", []):
+            out[int(source["index"])] = cell
+    return out
+
+
+def _first_run(index: int, apps: list[str], by_app: dict[str, dict[int, Any]]) -> tuple[str, Any]:
+    """The first app, in notebook order, that executed the shared cell ``index``."""
+    for app in apps:
+        cell = by_app.get(app, {}).get(index)
+        if cell is not None and cell.get("execution_count") is not None:
+            return app, cell
+    return "", None
+
+
+def _take_outputs(cell: Any, ran: Any) -> None:
+    cell.outputs = copy.deepcopy(ran.get("outputs", []))
+    cell.execution_count = ran.get("execution_count")
+
+
+def _cell_timing(ran: Any) -> dict[str, Any]:
+    pm = ran.get("metadata", {}).get("papermill", {})
+    return {k: pm[k] for k in ("start_time", "end_time", "duration") if pm.get(k) is not None}
+
+
+def _cell_status(ran: Any, result: AppResult) -> str:
+    pm = ran.get("metadata", {}).get("papermill", {}).get("status")
+    if result.status is AppStatus.TIMED_OUT and pm in ("running", "failed"):
+        return AppStatus.TIMED_OUT.value
+    if pm == "failed" or any(o.get("output_type") == "error" for o in ran.get("outputs", [])):
+        return AppStatus.FAILED.value
+    if pm == "running":  # stopped mid-cell: timed out or interrupted
+        return result.status.value
+    return AppStatus.COMPLETED.value
+
+
+def _host(result: AppResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"attempts": result.attempts}
+    if result.host:
+        out["host"] = result.host
+    return out
+
+
+def _not_reached(result: AppResult) -> str:
+    if result.status is AppStatus.SKIPPED:
+        return "skipped"
+    if result.error:
+        return f"not reached: app {result.app!r} stopped earlier ({result.error.get('ename')})"
+    return "not reached"
+
+
+def _attach_app_errors(pipeline: Pipeline, merged: Any, results: dict[str, AppResult]) -> None:
+    """Show errors no cell of the source shows (a value that cannot be shipped,
+    a timeout, an interrupt) on the app's last cell that ran, or its first cell."""
+    for name, result in results.items():
+        if result.status.ok or result.status is AppStatus.SKIPPED or not result.error:
+            continue
+        cells = [merged.cells[i] for i in pipeline.apps[name].spec.cells]
+        if result.status is AppStatus.FAILED and any(
+                c.metadata["nbpipe"].get("status") == AppStatus.FAILED.value for c in cells):
+            continue  # the failing cell already carries its traceback
+        ran = [c for c in cells if c.execution_count is not None]
+        stopped = [c for c in cells if c.metadata["nbpipe"].get("status") == result.status.value]
+        target = stopped[0] if stopped else ran[-1] if ran else cells[0]
+        ename, evalue = result.error.get("ename", "Error"), result.error.get("evalue", "")
+        target.outputs.append(v4.new_output("error", ename=ename, evalue=evalue,
+                                            traceback=[f"{ename}: {evalue}"]))
+        target.metadata["nbpipe"]["status"] = result.status.value
+        target.metadata["nbpipe"].pop("reason", None)
+        if result.error.get("cell") is None:
+            result.error["cell"] = next(c.index for c in pipeline.parsed.cells if c.id == target.id)
+
+
+def _renumber(merged: Any) -> None:
+    count = 0
+    for cell in merged.cells:
+        if cell.cell_type != "code" or cell.execution_count is None:
+            continue
+        count += 1
+        cell.execution_count = count
+        for output in cell.outputs:
+            if output.get("output_type") == "execute_result":
+                output["execution_count"] = count
+
+
+def _insert_injected_parameters(pipeline: Pipeline, merged: Any, executed: dict[str, Any],
+                                parameters: dict[str, Any]) -> None:
+    """Papermill's ``injected-parameters`` cell after the parameters cell, user values only."""
+    if not parameters:
+        return
+    from papermill.translators import translate_parameters
+
+    parsed = pipeline.parsed
+    cell = v4.new_code_cell(translate_parameters(parsed.kernel_name, parsed.language, parameters,
+                                                 "Parameters"))
+    cell.metadata["tags"] = ["injected-parameters"]
+    cell.metadata["nbpipe"] = {"app": "parameters", "status": "completed"}
+    params = parsed.cells_of("parameters")
+    at = params[0].index + 1 if params else 0
+    previous = [c.execution_count for c in merged.cells[:at] if c.cell_type == "code" and c.execution_count]
+    cell.execution_count = (previous[-1] if previous else 0) + 1
+    merged.cells.insert(at, cell)
+    for later in merged.cells[at + 1:]:
+        if later.cell_type == "code" and later.execution_count is not None:
+            later.execution_count += 1
+            for output in later.outputs:
+                if output.get("output_type") == "execute_result":
+                    output["execution_count"] = later.execution_count
+
+
+def _insert_error_banner(pipeline: Pipeline, merged: Any, results: dict[str, AppResult]) -> None:
+    """A banner at the top linking to the first failing cell, as papermill does."""
+    failed = [r for r in results.values() if r.status in (AppStatus.FAILED, AppStatus.TIMED_OUT)]
+    if not failed:
+        return
+    failed.sort(key=lambda r: pipeline.apps[r.app].spec.cells[0])
+    lines = []
+    anchors: list[tuple[str, str]] = []
+    for r in failed:
+        cell_index = (r.error or {}).get("cell")
+        cell_id = pipeline.parsed.cells[cell_index].id if cell_index is not None else None
+        what = f"`{(r.error or {}).get('ename', 'Error')}: {_one_line((r.error or {}).get('evalue', ''))}`"
+        where = f"[its cell {cell_index}](#nbpipe-error-{r.app})" if cell_id else "its first cell"
+        lines.append(f"- App **{r.app}** {r.status.value.replace('_', ' ')} at {where}: {what}")
+        skipped = sorted(a for a, s in results.items() if s.status is AppStatus.SKIPPED
+                         and s.reason and f"app {r.app!r}" in s.reason)
+        if skipped:
+            lines.append(f"  - skipped because of it: {', '.join(skipped)}")
+        if cell_id:
+            anchors.append((cell_id, r.app))
+    for cell_id, app in anchors:
+        at = next(i for i, c in enumerate(merged.cells) if c.get("id") == cell_id)
+        anchor = v4.new_markdown_cell(f'<span id="nbpipe-error-{app}"></span>')
+        anchor.metadata["tags"] = [ERROR_TAG]
+        merged.cells.insert(at, anchor)
+    banner = v4.new_markdown_cell(
+        '<span style="color:red; font-size:1.5em">nbpipe: '
+        f'{len(failed)} app(s) did not complete.</span>\n\n' + "\n".join(lines))
+    banner.metadata["tags"] = [ERROR_TAG]
+    merged.cells.insert(0, banner)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split()).replace("`", "'")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,199 @@
+"""What a code cell reads and defines (SPEC §3), from Python's ``ast``.
+
+Cells first go through IPython's input transformer, so ``%magics``, ``!shell``
+lines and ``%%cell magics`` parse. Magics that run Python code (``%time``,
+``%%time``, ``%timeit``, ``%%capture``, ``%prun``) are analysed as the code
+they run. Defining includes assignment, ``del``, ``import``, ``def``,
+``class``, augmented, attribute and item assignment, and a method call used
+as a statement (``lst.append(x)``): mutation counts as defining.
+
+The analysis is conservative: a name read anywhere in a statement counts as
+read, even when the same statement assigns it first. An extra read can only
+add an edge towards an earlier app, never lose a value.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import symtable
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = ["CellNames", "analyse_cell"]
+
+#: Magics whose argument is Python code run in the user namespace.
+_CODE_MAGICS = {"time", "prun", "capture"}
+#: Magics whose argument is Python code run in a scope of its own (reads only).
+_READ_ONLY_MAGICS = {"timeit"}
+_SHELL_CALLS = {"system", "getoutput"}
+_BRACED = re.compile(r"(?<!\{)\{([^{}]+)\}(?!\})")
+_DOLLAR = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
+_MAGIC_OPTION = re.compile(r"^\s*(-[A-Za-z](\s+(?!-)\S+)?\s+)*")
+
+
+@dataclass(frozen=True)
+class CellNames:
+    """Names a cell reads before defining them, and names it defines."""
+
+    reads: frozenset[str]
+    defines: frozenset[str]
+
+
+@lru_cache(maxsize=4096)
+def analyse_cell(source: str) -> CellNames:
+    """Return the names ``source`` reads (before defining them) and defines."""
+    code = _transform(source)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        # The cell fails when it runs, as it would under papermill; nothing flows.
+        return CellNames(frozenset(), frozenset())
+    reads: set[str] = set()
+    defines: set[str] = set()
+    for stmt in tree.body:
+        r, d = _statement_names(stmt)
+        reads |= r - defines
+        defines |= d
+    return CellNames(frozenset(reads), frozenset(defines))
+
+
+def _transform(source: str) -> str:
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        return str(TransformerManager().transform_cell(source))
+    except Exception:  # IPython refuses some malformed magics; analyse as plain code
+        return source
+
+
+def _statement_names(stmt: ast.stmt) -> tuple[set[str], set[str]]:
+    reads, defines = _symtable_names(ast.unparse(stmt))
+    defines |= _mutated(stmt)
+    reads |= (_mutated(stmt) & _bases_read(stmt)) | _read_by_update(stmt)
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Call):
+            r, d = _magic_names(node)
+            reads |= r - defines
+            defines |= d
+    return reads, defines
+
+
+def _symtable_names(code: str) -> tuple[set[str], set[str]]:
+    try:
+        table = symtable.symtable(code, "<cell>", "exec")
+    except SyntaxError:
+        return set(), set()
+    reads: set[str] = set()
+    defines: set[str] = set()
+    for sym in table.get_symbols():
+        name = sym.get_name()
+        if sym.is_referenced():
+            reads.add(name)
+        if sym.is_assigned() or sym.is_imported() or sym.is_namespace():
+            defines.add(name)
+    _nested_names(table, reads, defines)
+    return reads, defines
+
+
+def _nested_names(table: symtable.SymbolTable, reads: set[str], defines: set[str]) -> None:
+    """Globals that functions, lambdas, classes and comprehensions read or declare."""
+    for child in table.get_children():
+        for sym in child.get_symbols():
+            name = sym.get_name()
+            if sym.is_global() and sym.is_referenced():
+                reads.add(name)
+            if sym.is_declared_global() and sym.is_assigned():
+                defines.add(name)
+        _nested_names(child, reads, defines)
+
+
+def _base_name(node: ast.expr) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _mutated(stmt: ast.stmt) -> set[str]:
+    """Names a statement mutates: ``a.b = …``, ``a[i] = …``, ``del a[i]``, ``a.f(…)``."""
+    targets: list[ast.expr] = []
+    if isinstance(stmt, ast.Assign):
+        targets = list(stmt.targets)
+    elif isinstance(stmt, (ast.AugAssign, ast.AnnAssign)):
+        targets = [stmt.target]
+    elif isinstance(stmt, ast.Delete):
+        targets = list(stmt.targets)
+    elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+        func = stmt.value.func
+        if isinstance(func, ast.Attribute) and not _is_get_ipython(func.value):
+            targets = [func.value]
+    out: set[str] = set()
+    for target in targets:
+        for node in ast.walk(target) if isinstance(target, (ast.Tuple, ast.List)) else [target]:
+            if isinstance(node, ast.Starred):
+                node = node.value
+            if isinstance(node, (ast.Attribute, ast.Subscript)) or (
+                isinstance(stmt, ast.Expr) and isinstance(node, ast.Name)
+            ):
+                base = _base_name(node)
+                if base:
+                    out.add(base)
+    return out
+
+
+def _bases_read(stmt: ast.stmt) -> set[str]:
+    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+
+
+def _read_by_update(stmt: ast.stmt) -> set[str]:
+    """``x += 1`` and ``del x`` need the old ``x``; symtable does not count them as reads."""
+    out: set[str] = set()
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            out.add(node.target.id)
+        elif isinstance(node, ast.Delete):
+            out |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return out
+
+
+def _is_get_ipython(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "get_ipython"
+    )
+
+
+def _magic_names(call: ast.Call) -> tuple[set[str], set[str]]:
+    """Names read and defined by ``get_ipython().run_*_magic(…)`` and shell calls."""
+    func = call.func
+    if not (isinstance(func, ast.Attribute) and _is_get_ipython(func.value)):
+        return set(), set()
+    args = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
+            for a in call.args]
+    if func.attr in _SHELL_CALLS and args and args[0] is not None:
+        return _interpolated(args[0]), set()
+    if func.attr == "run_line_magic" and len(args) >= 2 and args[0] and args[1] is not None:
+        name, line = args[0], args[1]
+        if name in _CODE_MAGICS or name in _READ_ONLY_MAGICS:
+            names = analyse_cell(_MAGIC_OPTION.sub("", line, count=1))
+            return set(names.reads), set() if name in _READ_ONLY_MAGICS else set(names.defines)
+        return _interpolated(line), set()
+    if func.attr == "run_cell_magic" and len(args) >= 3 and args[0] and args[2] is not None:
+        name, line, body = args[0], args[1] or "", args[2]
+        if name in _CODE_MAGICS or name in _READ_ONLY_MAGICS:
+            names = analyse_cell(body)
+            defines = set() if name in _READ_ONLY_MAGICS else set(names.defines)
+            if name == "capture":
+                defines |= {w for w in line.split() if w.isidentifier()}
+            return set(names.reads), defines
+        return set(), set()
+    return set(), set()
+
+
+def _interpolated(line: str) -> set[str]:
+    """Names an IPython shell line or magic line expands with ``{expr}`` or ``$name``."""
+    reads = set(_DOLLAR.findall(line))
+    for expr in _BRACED.findall(line):
+        reads |= analyse_cell(expr).reads
+    return reads
