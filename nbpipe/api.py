@@ -28,7 +28,10 @@ from .merge import merge
 from .parse import parse_notebook, read_notebook
 from .sites import get_site
 
-__all__ = ["RunResult", "execute", "load_pipeline"]
+__all__ = ["ENGINES", "RunResult", "execute", "load_pipeline"]
+
+#: How a task notebook is executed: "kernel" starts a fresh Jupyter kernel per app.
+ENGINES = ("kernel",)
 
 
 @dataclass
@@ -77,6 +80,7 @@ def execute(
     parameters: dict[str, Any] | None = None,
     workers: int | None = None,
     html: str | Path | bool | None = None,
+    engine: str = "kernel",
     debug: bool = False,
     keep_run_dir: bool = False,
     on_event: Callable[[str, str, AppResult], None] | None = None,
@@ -92,6 +96,8 @@ def execute(
     started = time.time()
     path = Path(path)
     parameters = dict(parameters or {})
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     pipeline = load_pipeline(path)
@@ -121,6 +127,7 @@ def execute(
             timeout=min(limits) if limits else None,
             attempt=attempt,
             outputs=list(spec.outputs),
+            engine=engine,
         )
 
     executor = chosen.executor(workers, debug=debug)

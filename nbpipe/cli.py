@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--html", nargs="?", const=True, default=None, metavar="OUT.html",
                    help="also write an HTML report (default: beside the merged notebook)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--engine", default="kernel", help="how each app is executed (default: kernel)")
     p.add_argument("--debug", action="store_true",
                    help="run apps one by one in this process; show tracebacks")
     p.add_argument("--keep-run-dir", action="store_true",
@@ -165,7 +166,7 @@ def _execute(args: argparse.Namespace) -> int:
     parameters = _parameters(args)
     total = len(load_pipeline(args.notebook).apps)
     run = execute(args.notebook, output=args.output, site=args.site, parameters=parameters,
-                  workers=args.workers, html=args.html, debug=args.debug,
+                  workers=args.workers, html=args.html, engine=args.engine, debug=args.debug,
                   keep_run_dir=args.keep_run_dir, on_event=_Progress(total))
     print(f"nbpipe: wrote {run.output}" + (f" and {run.html}" if run.html else "")
           + f" in {run.duration:.1f}s", file=sys.stderr)

@@ -55,6 +55,7 @@ class TaskSpec:
     attempt: int = 1
     #: files the app declared with ``outputs:``; missing ones fail the app
     outputs: list[str] = field(default_factory=list)
+    engine: str = "kernel"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
