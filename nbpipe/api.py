@@ -8,6 +8,7 @@ runs in processes of its own.
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 import tempfile
 import time
@@ -30,8 +31,10 @@ from .sites import get_site
 
 __all__ = ["ENGINES", "RunResult", "execute", "load_pipeline"]
 
-#: How a task notebook is executed: "kernel" starts a fresh Jupyter kernel per app.
-ENGINES = ("kernel",)
+#: How a task notebook is executed: "ipython" runs its cells in an in-process
+#: IPython shell of a process forked for the app; "kernel" starts a fresh
+#: Jupyter kernel per app (full isolation, any kernel language).
+ENGINES = ("ipython", "kernel")
 
 
 @dataclass
@@ -80,7 +83,7 @@ def execute(
     parameters: dict[str, Any] | None = None,
     workers: int | None = None,
     html: str | Path | bool | None = None,
-    engine: str = "kernel",
+    engine: str = "ipython",
     debug: bool = False,
     keep_run_dir: bool = False,
     on_event: Callable[[str, str, AppResult], None] | None = None,
@@ -130,7 +133,9 @@ def execute(
             engine=engine,
         )
 
-    executor = chosen.executor(workers, debug=debug)
+    if engine == "ipython" and (pipeline.parsed.language != "python" or not hasattr(os, "fork")):
+        engine = "kernel"  # the in-process engine runs Python by forking
+    executor = chosen.executor(workers, engine=engine, preload=_setup_imports(pipeline), debug=debug)
     interrupt: KeyboardInterrupt | None = None
     try:
         results = schedule(pipeline, executor, make_spec, on_event)
@@ -168,6 +173,26 @@ def execute(
         interrupt.run_result = run  # type: ignore[attr-defined]
         raise interrupt
     return run
+
+
+def _setup_imports(pipeline: Pipeline) -> tuple[str, ...]:
+    """Modules the setup cells import: the worker preloads them once for every app."""
+    import ast
+
+    from .names import transformed_source
+
+    modules: list[str] = []
+    for info in pipeline.parsed.cells_of("setup"):
+        try:
+            tree = ast.parse(transformed_source(info.source))
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                modules += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules.append(node.module)
+    return tuple(dict.fromkeys(modules))
 
 
 def _check_inputs(pipeline: Pipeline, cwd: Path) -> None:

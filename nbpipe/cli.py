@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--html", nargs="?", const=True, default=None, metavar="OUT.html",
                    help="also write an HTML report (default: beside the merged notebook)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.add_argument("--engine", default="kernel", help="how each app is executed (default: kernel)")
+    p.add_argument("--engine", choices=("ipython", "kernel"), default="ipython",
+                   help="ipython: cells run in a forked, preloaded process (fast, the default); "
+                        "kernel: a fresh Jupyter kernel per app (full isolation, any language)")
     p.add_argument("--debug", action="store_true",
                    help="run apps one by one in this process; show tracebacks")
     p.add_argument("--keep-run-dir", action="store_true",

@@ -58,6 +58,11 @@ def analyse_cell(source: str) -> CellNames:
     return CellNames(frozenset(reads), frozenset(defines))
 
 
+def transformed_source(source: str) -> str:
+    """``source`` with IPython syntax (magics, ``!``) turned into plain Python."""
+    return _transform(source)
+
+
 def _transform(source: str) -> str:
     from IPython.core.inputtransformer2 import TransformerManager
 

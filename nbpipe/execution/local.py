@@ -1,9 +1,12 @@
 """The ``local`` site: an embedded pool of worker processes on this machine.
 
-Each task runs in a worker process of its own (``python -m
-nbpipe.execution.task``), in a new session, so the driver can stop it -- and
-the kernel it started -- on a timeout or Ctrl-C without stopping itself.
-Threads of this process wait for the workers; no server is started.
+With the ``ipython`` engine (the default) a preloaded zygote process forks
+one child per task (:mod:`.zygote`). With the ``kernel`` engine each task runs
+in a worker process of its own (``python -m nbpipe.execution.task``) that
+starts a Jupyter kernel. Either way every task runs in a new session, so the
+driver can stop it -- and whatever it started -- on a timeout or Ctrl-C
+without stopping itself. Threads of this process wait for the workers; no
+server is started.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ GRACE_SECONDS = 5.0
 class LocalExecutor:
     """Run up to ``workers`` tasks at once, each in its own process."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, engine: str = "ipython",
+                 preload: list[str] | tuple[str, ...] = ()) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
+        self.engine = engine
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="nbpipe-local")
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._closing = False
+        self._zygote = _Zygote(preload) if engine == "ipython" else None
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         return self._pool.submit(self._run, spec)
@@ -46,6 +52,8 @@ class LocalExecutor:
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec.to_dict()))
         start = time.time()
+        if self._zygote is not None:
+            return self._run_forked(spec, base, start)
         with open(base.with_suffix(".log"), "wb") as log:
             with self._lock:
                 if self._closing:
@@ -68,11 +76,31 @@ class LocalExecutor:
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
+        return self._collect(spec, base, start, proc.returncode)
+
+    def _run_forked(self, spec: TaskSpec, base: Path, start: float) -> TaskResult:
+        assert self._zygote is not None
+        if self._closing:
+            return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+        task = self._zygote.run(str(base.with_suffix(".spec.json")), str(base.with_suffix(".result.json")),
+                                str(base.with_suffix(".log")))
+        # No per-cell timeout runs inside the child: the app's timeout is enforced here.
+        if not task.done.wait(timeout=spec.timeout):
+            _kill_group(task.pid)
+            task.done.wait()
+            return self._result(spec, start, AppStatus.TIMED_OUT, "TimeoutError",
+                                f"app {spec.app!r} ran longer than its timeout of {spec.timeout:g} s")
+        if self._closing and task.status != 0:
+            return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+        return self._collect(spec, base, start, task.status)
+
+    def _collect(self, spec: TaskSpec, base: Path, start: float, returncode: int | None) -> TaskResult:
+        result_path = base.with_suffix(".result.json")
         if result_path.exists():
             return TaskResult.from_dict(json.loads(result_path.read_text()))
         tail = base.with_suffix(".log").read_text(errors="replace")[-2000:]
         return self._result(spec, start, AppStatus.FAILED, "WorkerDied",
-                            f"worker process exited with status {proc.returncode}: {tail}")
+                            f"worker process exited with status {returncode}: {tail}")
 
     @staticmethod
     def _result(spec: TaskSpec, start: float, status: AppStatus, ename: str, evalue: str) -> TaskResult:
@@ -87,7 +115,99 @@ class LocalExecutor:
         if cancel:
             for proc in procs:
                 _stop(proc)
+            if self._zygote is not None:
+                self._zygote.kill_children()
         self._pool.shutdown(wait=True, cancel_futures=cancel)
+        if self._zygote is not None:
+            self._zygote.close()
+
+
+class _Task:
+    def __init__(self) -> None:
+        self.pid = 0
+        self.status: int | None = None
+        self.started = threading.Event()
+        self.done = threading.Event()
+
+
+class _Zygote:
+    """The driver's side of :mod:`.zygote`: one reader thread resolves the tasks."""
+
+    def __init__(self, preload: list[str] | tuple[str, ...]) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "nbpipe.execution.zygote", *preload],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+        )
+        self._tasks: dict[str, _Task] = {}
+        self._lock = threading.Lock()
+        self._count = 0
+        self._reader = threading.Thread(target=self._read, name="nbpipe-zygote", daemon=True)
+        self._reader.start()
+
+    def run(self, spec: str, result: str, log: str) -> _Task:
+        task = _Task()
+        with self._lock:
+            self._count += 1
+            key = str(self._count)
+            self._tasks[key] = task
+            request = {"op": "run", "key": key, "spec": spec, "result": result, "log": log}
+            assert self._proc.stdin is not None
+            try:
+                self._proc.stdin.write((json.dumps(request) + "\n").encode())
+                self._proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                task.status = -1
+                task.done.set()
+        return task
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            message = json.loads(line)
+            task = self._tasks.get(message.get("key", ""))
+            if task is None:
+                continue
+            if "pid" in message:
+                task.pid = message["pid"]
+                task.started.set()
+            if "exit" in message:
+                task.status = message["exit"]
+                task.done.set()
+        # The zygote is gone: nothing will report on the tasks still waiting.
+        for task in self._tasks.values():
+            if not task.done.is_set():
+                task.status = -1
+                task.done.set()
+
+    def kill_children(self) -> None:
+        for task in list(self._tasks.values()):
+            if task.pid and not task.done.is_set():
+                _kill_group(task.pid)
+
+    def close(self) -> None:
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill_children()
+            self._proc.kill()
+            self._proc.wait()
+        self._reader.join(timeout=GRACE_SECONDS)
+
+
+def _kill_group(pid: int) -> None:
+    """Stop a forked task and whatever it started (it leads its own session)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if sig == signal.SIGTERM:
+            time.sleep(0.2)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

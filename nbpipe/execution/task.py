@@ -32,6 +32,14 @@ def run_task(spec: TaskSpec) -> TaskResult:
     start = time.time()
     status, error = AppStatus.COMPLETED, None
     parameters = {**spec.parameters, CONTEXT_NAME: {"run_dir": spec.run_dir, "app": spec.app}}
+    engine = {}
+    if spec.engine == "ipython":
+        import papermill.engines
+
+        from .ipython import IPythonEngine
+
+        papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
+        engine = {"engine_name": "nbpipe"}
     try:
         papermill.execute_notebook(
             spec.notebook,
@@ -44,6 +52,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
             # Outputs of finished cells survive a timeout or an interrupt.
             request_save_on_cell_execute=True,
             execution_timeout=int(spec.timeout) + 1 if spec.timeout else None,
+            **engine,
         )
     except PapermillExecutionError as exc:
         status = AppStatus.FAILED
@@ -92,11 +101,12 @@ def _interrupted(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], handle_sigterm: bool = True) -> int:
     spec_path, result_path = argv
-    # The driver stops a task with SIGTERM; turning it into KeyboardInterrupt lets
-    # papermill save what ran and shut its kernel down.
-    signal.signal(signal.SIGTERM, _interrupted)
+    if handle_sigterm:
+        # The driver stops a task with SIGTERM; turning it into KeyboardInterrupt
+        # lets papermill save what ran and shut its kernel down.
+        signal.signal(signal.SIGTERM, _interrupted)
     spec = TaskSpec(**json.loads(Path(spec_path).read_text()))
     result = run_task(spec)
     tmp = Path(result_path + ".tmp")

@@ -29,14 +29,15 @@ class Site:
     options: dict[str, Any] = field(default_factory=dict)
     executors: tuple[str, ...] = ("local",)
 
-    def executor(self, workers: int | None = None, *, debug: bool = False) -> Executor:
+    def executor(self, workers: int | None = None, *, engine: str = "ipython",
+                 preload: tuple[str, ...] = (), debug: bool = False) -> Executor:
         if debug:
             from ..execution.sync import SyncExecutor
 
             return SyncExecutor()
         from ..execution.local import LocalExecutor
 
-        return LocalExecutor(workers)
+        return LocalExecutor(workers, engine=engine, preload=preload)
 
     def check(self, pipeline: Pipeline) -> None:
         """Refuse, before anything runs, an app that asks for what this site cannot give."""

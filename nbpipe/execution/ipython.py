@@ -1,0 +1,193 @@
+"""The ``ipython`` engine: cells run in an in-process IPython shell.
+
+A papermill engine (registered as ``nbpipe`` on papermill's
+``papermill.engine`` entry point) that executes a task notebook's cells in an
+:class:`IPython.core.interactiveshell.InteractiveShell` of the current
+process and records the outputs a Jupyter kernel would send: ``stream``
+(stdout, stderr), ``display_data`` (HTML, Markdown, matplotlib PNG through the
+inline backend), ``execute_result`` and ``error``. No kernel is started, so an
+app costs milliseconds.
+
+Isolation comes from the process: the ``local`` site forks a fresh child of a
+preloaded parent for every app (:mod:`.zygote`), so nothing one app does to
+modules, ``sys.path``, the working directory, the environment or random state
+reaches the next.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from typing import Any
+
+from nbformat import v4
+from papermill.engines import Engine
+
+__all__ = ["IPythonEngine", "make_shell"]
+
+_shell: Any = None
+
+
+def make_shell() -> Any:
+    """Create (once per process) the shell that cells run in, set up like ipykernel's."""
+    global _shell
+    if _shell is not None:
+        return _shell
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data: Any, metadata: Any = None, source: Any = None, *,
+                    transient: Any = None, update: bool = False, **kwargs: Any) -> None:
+            _recorder.display(data, metadata or {}, transient or {}, update)
+
+        def clear_output(self, wait: bool = False) -> None:
+            _recorder.clear(wait)
+
+    class Hook(DisplayHook):
+        def start_displayhook(self) -> None:
+            pass
+
+        def write_output_prompt(self) -> None:
+            pass
+
+        def write_format_data(self, format_dict: Any, md_dict: Any = None) -> None:
+            _recorder.result(format_dict, md_dict or {}, self.prompt_count)
+
+        def finish_displayhook(self) -> None:
+            pass
+
+    class Shell(InteractiveShell):
+        def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _recorder.error(str(etype.__name__), str(evalue), list(stb))
+
+    config = Config()
+    config.HistoryManager.enabled = False  # no history thread: this process forks
+    # ipykernel selects the inline backend the same way, so figures come out as PNG.
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    shell = Shell.instance(config=config, display_pub_class=Publisher, displayhook_class=Hook)
+    _shell = shell
+    return shell
+
+
+class _Stream(io.TextIOBase):
+    """sys.stdout / sys.stderr during a cell: text becomes ``stream`` outputs."""
+
+    def __init__(self, name: str, real: Any) -> None:
+        self.name_ = name
+        self.real = real
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            _recorder.stream(self.name_, text)
+        return len(text)
+
+
+class _Recorder:
+    """Collects the outputs of the cell being executed, in order."""
+
+    def __init__(self) -> None:
+        self.outputs: list[Any] = []
+        self.clear_pending = False
+
+    def _append(self, output: Any) -> None:
+        if self.clear_pending:
+            self.outputs.clear()
+            self.clear_pending = False
+        self.outputs.append(output)
+
+    def stream(self, name: str, text: str) -> None:
+        last = self.outputs[-1] if self.outputs and not self.clear_pending else None
+        if last is not None and last.output_type == "stream" and last.name == name:
+            last.text += text  # nbclient coalesces consecutive stream messages too
+        else:
+            self._append(v4.new_output("stream", name=name, text=text))
+
+    def display(self, data: Any, metadata: Any, transient: Any, update: bool) -> None:
+        display_id = transient.get("display_id")
+        if update and display_id:
+            for out in self.outputs:
+                if out.get("metadata", {}).get("_display_id") == display_id:
+                    out.data, out.metadata = data, {**metadata, "_display_id": display_id}
+            return
+        out = v4.new_output("display_data", data=data, metadata=metadata)
+        self._append(out)
+
+    def result(self, data: Any, metadata: Any, count: int) -> None:
+        self._append(v4.new_output("execute_result", data=data, metadata=metadata,
+                                   execution_count=count))
+
+    def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        self._append(v4.new_output("error", ename=ename, evalue=evalue, traceback=traceback))
+
+    def clear(self, wait: bool) -> None:
+        if wait:
+            self.clear_pending = True
+        else:
+            self.outputs.clear()
+
+
+_recorder = _Recorder()
+
+
+def run_cell(shell: Any, source: str) -> tuple[list[Any], int, bool]:
+    """Run one cell; return its outputs, its execution count and whether it raised."""
+    _recorder.outputs, _recorder.clear_pending = [], False
+    real_out, real_err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Stream("stdout", real_out), _Stream("stderr", real_err)
+    try:
+        count = shell.execution_count
+        result = shell.run_cell(source, store_history=True)
+    finally:
+        sys.stdout, sys.stderr = real_out, real_err
+    outputs = _recorder.outputs
+    for out in outputs:
+        out.get("metadata", {}).pop("_display_id", None)
+    failed = result.error_before_exec is not None or result.error_in_exec is not None
+    return outputs, count, failed
+
+
+class IPythonEngine(Engine):
+    """papermill engine running cells in this process's IPython shell."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man: Any, kernel_name: Any, **kwargs: Any) -> None:
+        shell = make_shell()
+        nb_man.nb.metadata.setdefault("language_info", {
+            "name": "python", "version": sys.version.split()[0], "mimetype": "text/x-python",
+            "file_extension": ".py", "codemirror_mode": {"name": "ipython", "version": 3},
+            "pygments_lexer": "ipython3", "nbconvert_exporter": "python"})
+        for index, cell in enumerate(nb_man.nb.cells):
+            if cell.cell_type != "code":
+                continue
+            nb_man.cell_start(cell, index)
+            try:
+                if not cell.source.strip():
+                    continue
+                outputs, count, failed = run_cell(shell, cell.source)
+                cell.outputs, cell.execution_count = outputs, count
+                if failed and "raises-exception" not in cell.metadata.get("tags", []):
+                    nb_man.cell_exception(cell, cell_index=index, exception=RuntimeError("cell raised"))
+                    break
+            finally:
+                nb_man.cell_complete(cell, cell_index=index)

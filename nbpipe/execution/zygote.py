@@ -1,0 +1,123 @@
+"""A preloaded parent that forks one child per task (the ``ipython`` engine).
+
+The zygote imports papermill, IPython and the modules the notebook's setup
+cells import, creates the IPython shell once, and then waits for requests on
+stdin. For each task it forks: the child starts a new session, runs the task
+notebook through papermill with the in-process engine, writes its result and
+exits. A fork costs milliseconds and gives every app a pristine copy of the
+preloaded process, so no state leaks from one app to the next.
+
+Protocol, one JSON object per line.
+driver -> zygote: ``{"op": "run", "key": K, "spec": PATH, "result": PATH, "log": PATH}``.
+zygote -> driver: ``{"ready": true}`` once, then ``{"key": K, "pid": PID}`` and
+``{"key": K, "exit": STATUS}`` for each task. The zygote exits at end of input
+once its children have.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _child(request: dict[str, Any]) -> None:
+    """In the forked child: run one task, write its result, never return."""
+    status = 1
+    try:
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        sys.stdin = open(0, closefd=False)
+        from .task import main as task_main
+
+        status = task_main([request["spec"], request["result"]], handle_sigterm=False)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+def main() -> int:
+    # Imported here, once, so that every forked child has them for free.
+    import papermill  # noqa: F401
+    import papermill.engines
+
+    from .ipython import IPythonEngine, make_shell
+
+    papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
+    make_shell()
+    for name in sys.argv[1:]:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the app reports its own ImportError when it runs
+            pass
+
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints of preloaded modules must not corrupt the protocol
+
+    def send(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    children: dict[int, str] = {}
+    buffer = b""
+    eof = False
+    send({"ready": True})
+    while not eof or children:
+        readable, _, _ = select.select([wake_r] + ([] if eof else [0]), [], [])
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+        if 0 in readable:
+            chunk = os.read(0, 65536)
+            eof = not chunk
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    _child(request)
+                children[pid] = request["key"]
+                send({"key": request["key"], "pid": pid})
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            key = children.pop(pid, None)
+            if key is not None:
+                send({"key": key, "exit": os.waitstatus_to_exitcode(status)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
