@@ -1,8 +1,8 @@
 """App -> task notebook (pure).
 
 A task notebook follows papermill's conventions: the source's ``parameters``
-cell (papermill injects ``injected-parameters`` after it), a load step, the
-``setup`` cells, the app's own cells, and a save step. Every cell copied from
+cell (papermill injects ``injected-parameters`` after it), the ``setup`` cells,
+a load step, the app's own cells, and a save step. Every cell copied from
 the source carries ``metadata.nbpipe.source = {"index", "id"}`` so the merge
 can put its outputs back; the load and save steps are tagged
 ``nbpipe-internal`` and never reach the merged notebook.
@@ -49,10 +49,11 @@ def compile_app(pipeline: Pipeline, app: AppNode) -> Any:
 
     for info in parsed.cells_of("parameters"):
         nb.cells.append(copy_cell(info.index, ["parameters"]))
-    inputs = json.dumps(dict(sorted(app.reads.items())))
-    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.enter(globals(), {inputs})"))
     for info in parsed.cells_of("setup"):
         nb.cells.append(copy_cell(info.index))
+    # Load after setup: a shipped value of a setup name (mutated upstream) must win over setup's.
+    inputs = json.dumps(dict(sorted(app.reads.items())))
+    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.enter(globals(), {inputs})"))
     for index in app.spec.cells:
         nb.cells.append(copy_cell(index))
     ships = json.dumps({k: list(v) for k, v in sorted(app.ships.items())})

@@ -27,6 +27,9 @@ _CODE_MAGICS = {"time", "prun", "capture"}
 #: Magics whose argument is Python code run in a scope of its own (reads only).
 _READ_ONLY_MAGICS = {"timeit"}
 _SHELL_CALLS = {"system", "getoutput"}
+#: IPython's script magics; ``--out``, ``--err`` and ``--proc`` name variables they set.
+_SCRIPT_MAGICS = {"script", "sh", "bash", "zsh", "perl", "ruby", "python", "python2", "python3", "pypy"}
+_SCRIPT_OUTPUTS = re.compile(r"--(?:out|err|proc)(?:\s+|=)([A-Za-z_][A-Za-z0-9_]*)")
 _BRACED = re.compile(r"(?<!\{)\{([^{}]+)\}(?!\})")
 _DOLLAR = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
 _MAGIC_OPTION = re.compile(r"^\s*(-[A-Za-z](\s+(?!-)\S+)?\s+)*")
@@ -49,13 +52,19 @@ def analyse_cell(source: str) -> CellNames:
     except SyntaxError:
         # The cell fails when it runs, as it would under papermill; nothing flows.
         return CellNames(frozenset(), frozenset())
+    reads, defines = _block_names(tree.body)
+    return CellNames(frozenset(reads), frozenset(defines))
+
+
+def _block_names(stmts: list[ast.stmt]) -> tuple[set[str], set[str]]:
+    """Names a sequence of statements reads before defining them, and defines."""
     reads: set[str] = set()
     defines: set[str] = set()
-    for stmt in tree.body:
+    for stmt in stmts:
         r, d = _statement_names(stmt)
         reads |= r - defines
         defines |= d
-    return CellNames(frozenset(reads), frozenset(defines))
+    return reads, defines
 
 
 def transformed_source(source: str) -> str:
@@ -73,6 +82,8 @@ def _transform(source: str) -> str:
 
 
 def _statement_names(stmt: ast.stmt) -> tuple[set[str], set[str]]:
+    if isinstance(stmt, _COMPOUND):
+        return _compound_names(stmt)
     reads, defines = _symtable_names(ast.unparse(stmt))
     defines |= _mutated(stmt)
     reads |= (_mutated(stmt) & _bases_read(stmt)) | _read_by_update(stmt)
@@ -82,6 +93,70 @@ def _statement_names(stmt: ast.stmt) -> tuple[set[str], set[str]]:
             reads |= r - defines
             defines |= d
     return reads, defines
+
+
+_COMPOUND: tuple[type[ast.stmt], ...] = (ast.For, ast.AsyncFor, ast.While, ast.If, ast.With,
+                                         ast.AsyncWith, ast.Try, *filter(None, [getattr(ast, "TryStar", None)]))
+
+
+def _compound_names(stmt: ast.stmt) -> tuple[set[str], set[str]]:
+    """A loop, ``if``, ``with`` or ``try`` analysed body by body, in order.
+
+    So a mutation inside a body counts as defining (``for x in xs:
+    lst.append(x)``; otherwise a later app got the unmutated list), and a name
+    the statement binds before its body (``for f in ...``, ``with open(p) as
+    f``) is not read from an earlier app (two apps each doing ``with open(...)
+    as f`` made the first ship its closed file to the second, and fail).
+    """
+    reads: set[str] = set()
+    defines: set[str] = set()
+
+    def run(names: tuple[set[str], set[str]], bound: set[str] | None = None) -> None:
+        reads.update(names[0] - (defines if bound is None else bound))
+        defines.update(names[1])
+
+    if isinstance(stmt, (ast.For, ast.AsyncFor)):
+        run(_expr_names(stmt.iter))
+        head = set(defines)
+        run(_target_names(stmt.target))
+        run(_block_names(stmt.body))
+        run(_block_names(stmt.orelse), head)  # the loop may not have run at all
+    elif isinstance(stmt, (ast.While, ast.If)):
+        run(_expr_names(stmt.test))
+        head = set(defines)
+        run(_block_names(stmt.body), head)
+        run(_block_names(stmt.orelse), head)
+    elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+        for item in stmt.items:
+            run(_expr_names(item.context_expr))
+            if item.optional_vars is not None:
+                run(_target_names(item.optional_vars))
+        run(_block_names(stmt.body))
+    else:  # ast.Try: any handler may run after any part of the body
+        run(_block_names(stmt.body + stmt.orelse), set())
+        for handler in stmt.handlers:
+            if handler.type is not None:
+                run(_expr_names(handler.type), set())
+            hr, hd = _block_names(handler.body)
+            run((hr - {handler.name or ""}, hd | ({handler.name} if handler.name else set())), set())
+        run(_block_names(stmt.finalbody), set())
+    return reads, defines
+
+
+def _expr_names(expr: ast.expr) -> tuple[set[str], set[str]]:
+    """Names an expression reads, and defines with ``:=``."""
+    reads, defines = _symtable_names(ast.unparse(expr))
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Call):
+            r, d = _magic_names(node)
+            reads |= r
+            defines |= d
+    return reads, defines
+
+
+def _target_names(target: ast.expr) -> tuple[set[str], set[str]]:
+    """What binding ``target`` reads and defines, as ``target = ...`` would."""
+    return _statement_names(ast.Assign(targets=[target], value=ast.Constant(None), lineno=0))
 
 
 def _symtable_names(code: str) -> tuple[set[str], set[str]]:
@@ -192,6 +267,8 @@ def _magic_names(call: ast.Call) -> tuple[set[str], set[str]]:
             if name == "capture":
                 defines |= {w for w in line.split() if w.isidentifier()}
             return set(names.reads), defines
+        if name in _SCRIPT_MAGICS:  # %%bash --out NAME stores the script's stdout in NAME
+            return set(), set(_SCRIPT_OUTPUTS.findall(line))
         return set(), set()
     return set(), set()
 

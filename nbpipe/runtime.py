@@ -39,8 +39,7 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str]) -> None:
         # A name the producer deleted (``del x``) was not shipped: the reader
         # then fails with NameError, as it would in serial execution.
         if path.exists():
-            with open(path, "rb") as f:
-                namespace[name] = pickle.load(f)
+            namespace[name] = _load(path)
 
 
 def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[str] | None = None) -> None:
@@ -54,21 +53,53 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
         if name not in namespace:
             continue
         value = namespace[name]
+        buffers: list[pickle.PickleBuffer] = []
         try:
-            data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
         except Exception as exc:
             raise ShipError(variable=name, type_name=_type_name(value), producer=app,
                             consumers=list(consumers), reason=f"{type(exc).__name__}: {exc}") from None
-        path = value_path(run_dir, app, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        _store(value_path(run_dir, app, name), data, buffers)
     if metrics:
         values = {m: _jsonable(namespace[m]) for m in metrics if m in namespace}
         path = Path(run_dir) / "metrics.json"
         path.write_text(json.dumps(values, indent=1, sort_keys=True))
+
+
+def _store(path: Path, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
+    """Write a pickle and its out-of-band buffers (numpy/pandas data) as raw files.
+
+    Large arrays go to disk straight from their memory and come back with one
+    read into a fresh buffer: no copy through the pickle stream.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for i, buffer in enumerate(buffers):
+        with open(path.with_suffix(f".buf{i}"), "wb") as f:
+            f.write(buffer.raw())
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(len(buffers).to_bytes(4, "little"))
+        f.write(data)
+    os.replace(tmp, path)  # the pickle appears last, complete
+
+
+def _load(path: Path) -> Any:
+    with open(path, "rb") as f:
+        count = int.from_bytes(f.read(4), "little")
+        data = f.read()
+    buffers = []
+    for i in range(count):
+        part = path.with_suffix(f".buf{i}")
+        buffer = bytearray(part.stat().st_size)
+        with open(part, "rb", buffering=0) as f:
+            view = memoryview(buffer)
+            while view:
+                n = f.readinto(view)
+                if not n:
+                    raise EOFError(f"{part} is shorter than it was written")
+                view = view[n:]
+        buffers.append(buffer)
+    return pickle.loads(data, buffers=buffers)
 
 
 def _type_name(value: Any) -> str:

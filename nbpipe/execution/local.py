@@ -98,7 +98,10 @@ class LocalExecutor:
         result_path = base.with_suffix(".result.json")
         if result_path.exists():
             return TaskResult.from_dict(json.loads(result_path.read_text()))
-        tail = base.with_suffix(".log").read_text(errors="replace")[-2000:]
+        log = base.with_suffix(".log")
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else (
+            "the preloaded worker process stopped before it could start the app; "
+            "its error is printed above")
         return self._result(spec, start, AppStatus.FAILED, "WorkerDied",
                             f"worker process exited with status {returncode}: {tail}")
 

@@ -71,6 +71,8 @@ def schedule(
                 app = running.pop(future)
                 task = future.result()
                 result = results[app]
+                if result.attempts == 1:
+                    result.start_time = task.start_time  # when it ran, not when it was queued
                 result.end_time, result.host = task.end_time, task.host
                 result.output, result.error = task.output, task.error
                 spec = pipeline.apps[app].spec

@@ -58,6 +58,34 @@ def _child(request: dict[str, Any]) -> None:
             os._exit(status)
 
 
+def _warm_up(shell: Any) -> None:
+    """Run one throw-away task so that every child inherits warm code paths.
+
+    The first papermill run and the first cell of a shell pay for lazy imports
+    and caches; paid here once instead of in every forked app.
+    """
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    import nbformat
+    import papermill
+    from nbformat import v4
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        nb = v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [v4.new_code_cell("warm = 1", metadata={"tags": ["parameters"]}),
+                    v4.new_code_cell("print(warm)\nwarm")]
+        source = Path(tmp) / "warm.ipynb"
+        nbformat.write(nb, source)
+        papermill.execute_notebook(str(source), str(Path(tmp) / "out.ipynb"), parameters={"warm": 2},
+                                   engine_name="nbpipe", progress_bar=False, kernel_name="python3")
+    shell.reset(new_session=False)
+    shell.execution_count = 1
+
+
 def main() -> int:
     # Imported here, once, so that every forked child has them for free.
     import papermill  # noqa: F401
@@ -66,7 +94,7 @@ def main() -> int:
     from .ipython import IPythonEngine, make_shell
 
     papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
-    make_shell()
+    _warm_up(make_shell())
     for name in sys.argv[1:]:
         try:
             importlib.import_module(name)

@@ -1,0 +1,169 @@
+"""nbpipe benchmarks: ratios measured side by side in one run.
+
+    python bench/run.py            # everything (about two minutes on 2 cores)
+    python bench/run.py fanout     # one part: fanout, overhead, shipping, compile
+
+(a) fan-out: 8 independent 1-second apps and a merge app: nbpipe against
+    papermill running the same notebook top to bottom, and against the ideal
+    (total work / workers + longest chain).
+(b) overhead: 50 trivial apps in a chain and 50 in parallel: per-app overhead.
+(c) shipping a 200 MB array between apps against numpy's own save + load.
+(d) compiling a 500-cell notebook (parse, dataflow, task notebooks).
+
+Timings are measurements, not tests: nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbformat import v4
+
+import nbpipe
+from nbpipe.compile import compile_pipeline
+from nbpipe.graph import build_pipeline
+from nbpipe.parse import parse_notebook
+
+BUSY = """
+import time
+_end = time.perf_counter() + {seconds}
+_n = 0
+while time.perf_counter() < _end:
+    _n += 1
+"""
+
+
+def _notebook(cells: list[tuple[str, list[str]]]) -> nbformat.NotebookNode:
+    nb = v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for source, tags in cells:
+        cell = v4.new_code_cell(source)
+        cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    return nb
+
+
+def _write(tmp: Path, name: str, nb: nbformat.NotebookNode) -> Path:
+    path = tmp / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _papermill(path: Path) -> float:
+    import subprocess
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "papermill", str(path), str(path.with_suffix(".pm.ipynb")),
+                    "--no-progress-bar", "--log-level", "ERROR"], check=True)
+    return time.perf_counter() - start
+
+
+def _nbpipe(path: Path, **kwargs: object) -> tuple[float, nbpipe.RunResult]:
+    start = time.perf_counter()
+    run = nbpipe.execute(path, output=path.with_suffix(".merged.ipynb"), **kwargs)  # type: ignore[arg-type]
+    assert run.ok, {n: r.error for n, r in run.apps.items() if not r.status.ok}
+    return time.perf_counter() - start, run
+
+
+def fanout(tmp: Path) -> list[tuple[str, str]]:
+    workers = os.cpu_count() or 1
+    cells = [(BUSY.format(seconds=1.0) + f"r{i} = _n", [f"app:work{i}"]) for i in range(8)]
+    cells.append(("total = " + " + ".join(f"r{i}" for i in range(8)) + "\nprint(total > 0)", ["app:merge"]))
+    path = _write(tmp, "fanout", _notebook(cells))
+    serial = _papermill(path)
+    ours, _ = _nbpipe(path, workers=workers)
+    kernel, _ = _nbpipe(path, workers=workers, engine="kernel")
+    ideal = 8 * 1.0 / workers + 0.0
+    return [
+        ("fan-out 8 x 1 s + merge: papermill serial", f"{serial:.2f} s"),
+        ("fan-out: nbpipe (ipython engine)", f"{ours:.2f} s = {ours / serial:.2f}x papermill, "
+                                             f"{ours / ideal:.2f}x ideal ({ideal:.1f} s)"),
+        ("fan-out: nbpipe --engine kernel", f"{kernel:.2f} s = {kernel / serial:.2f}x papermill, "
+                                            f"{kernel / ideal:.2f}x ideal"),
+    ]
+
+
+def overhead(tmp: Path) -> list[tuple[str, str]]:
+    rows = []
+    chain = [("v0 = 0", ["app:a0"])] + [(f"v{i} = v{i - 1} + 1", [f"app:a{i}"]) for i in range(1, 50)]
+    wide = [(f"w{i} = {i}", [f"app:b{i}"]) for i in range(50)]
+    for label, cells in (("chain", chain), ("parallel", wide)):
+        path = _write(tmp, label, _notebook(cells))
+        wall, run = _nbpipe(path)
+        durations = sorted(r.duration or 0.0 for r in run.apps.values())
+        workers = os.cpu_count() or 1
+        per_app = wall / 50 if label == "chain" else wall * workers / 50
+        rows.append((f"50 trivial apps, {label}: wall", f"{wall:.2f} s, {per_app * 1000:.0f} ms per app"
+                     + (" of worker time" if label == "parallel" else "")))
+        rows.append((f"50 trivial apps, {label}: app duration",
+                     f"median {statistics.median(durations) * 1000:.0f} ms, "
+                     f"max {durations[-1] * 1000:.0f} ms"))
+    return rows
+
+
+def shipping(tmp: Path) -> list[tuple[str, str]]:
+    import numpy as np
+
+    from nbpipe import runtime
+
+    array = np.random.default_rng(0).random(25_000_000)  # 200 MB of float64
+    start = time.perf_counter()
+    np.save(tmp / "a.npy", array)
+    back = np.load(tmp / "a.npy")
+    numpy_time = time.perf_counter() - start
+    assert np.array_equal(back, array)
+    del back
+    (tmp / "a.npy").unlink()
+
+    run_dir = tmp / "ship"
+    runtime._context.clear()
+    runtime._context.update({"run_dir": str(run_dir), "app": "producer"})
+    start = time.perf_counter()
+    runtime.leave({"big": array}, {"big": ["consumer"]})
+    namespace: dict[str, object] = {"__nbpipe__": {"run_dir": str(run_dir), "app": "consumer"}}
+    runtime.enter(namespace, {"big": "producer"})
+    ship_time = time.perf_counter() - start
+    runtime._context.clear()
+    assert np.array_equal(namespace["big"], array)  # type: ignore[arg-type]
+    return [("ship 200 MB array: numpy save+load", f"{numpy_time:.3f} s"),
+            ("ship 200 MB array: nbpipe ship+load", f"{ship_time:.3f} s = {ship_time / numpy_time:.2f}x numpy")]
+
+
+def compile_time(tmp: Path) -> list[tuple[str, str]]:
+    cells = []
+    for app in range(100):
+        cells.append((f"x{app} = x{app - 1} + 1 if {app} else 0", [f"app:s{app}"]))
+        cells += [(f"y{app}_{j} = [x{app}] * {j}\nprint(len(y{app}_{j}))", []) for j in range(4)]
+    nb = _notebook(cells)
+    start = time.perf_counter()
+    pipeline = build_pipeline(parse_notebook(nb))
+    tasks = compile_pipeline(pipeline)
+    took = time.perf_counter() - start
+    assert len(tasks) == 100
+    return [("compile 500 cells (100 apps)", f"{took * 1000:.0f} ms")]
+
+
+PARTS = {"fanout": fanout, "overhead": overhead, "shipping": shipping, "compile": compile_time}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(PARTS)
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in chosen:
+            rows += PARTS[name](Path(tmp))
+    width = max(len(r[0]) for r in rows)
+    print(f"nbpipe {nbpipe.__version__}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

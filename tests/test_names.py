@@ -1,0 +1,69 @@
+"""What a cell reads and defines (SPEC §3, nbpipe/names.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbpipe.names import analyse_cell
+
+#: Names every IPython-transformed cell may read that no app ever defines.
+IGNORED = {"get_ipython", "print", "sum", "len", "range", "list"}
+
+CASES = [
+    # source, reads, defines
+    ("x = y + 1", {"y"}, {"x"}),
+    ("a, (b, *c) = t", {"t"}, {"a", "b", "c"}),
+    ("x: int = y", {"int", "y"}, {"x"}),
+    ("del x", {"x"}, {"x"}),
+    ("import os\nimport numpy as np\nfrom a.b import c as d\nimport xml.dom", set(),
+     {"os", "np", "d", "xml"}),
+    ("def f(a):\n    return a + g\n", {"g"}, {"f"}),
+    ("@deco\ndef f():\n    pass\n", {"deco"}, {"f"}),
+    ("class C(Base):\n    k = v\n    def m(self):\n        return w\n", {"Base", "v", "w"}, {"C"}),
+    ("x += 1", {"x"}, {"x"}),
+    ("df['x'] = 3", {"df"}, {"df"}),
+    ("df.loc[i, 'x'] = v", {"df", "i", "v"}, {"df"}),
+    ("obj.a = val", {"obj", "val"}, {"obj"}),
+    ("obj.a.b += 1", {"obj"}, {"obj"}),
+    ("del d['k']", {"d"}, {"d"}),
+    ("lst.append(item)", {"lst", "item"}, {"lst"}),
+    ("model.fit(X, y)", {"model", "X", "y"}, {"model"}),
+    ("print(lst.count(1))", {"lst"}, set()),  # a call inside an expression is not a mutation
+    ("x = 1\ny = x", set(), {"x", "y"}),  # defined before it is read: not an input
+    ("y = x\nx = 1", {"x"}, {"x", "y"}),
+    ("total = sum(v for v in values)", {"values"}, {"total"}),
+    ("def f():\n    global G\n    G = 1\n", set(), {"f", "G"}),
+    ("with open(p) as fh:\n    data = fh.read()", {"p", "open"}, {"fh", "data"}),
+    ("for i in items:\n    acc.append(i)", {"items", "acc"}, {"i", "acc"}),
+    ("1 +", set(), set()),  # a syntax error: the cell fails at run time, nothing flows
+    ("", set(), set()),
+    # IPython syntax: magics that run Python code are analysed as that code
+    ("%time z = w * 2", {"w"}, {"z"}),
+    ("%%time\nz = w * 2\n", {"w"}, {"z"}),
+    ("%timeit q = w2 + 1", {"w2"}, set()),  # %timeit runs in a scope of its own
+    ("%%timeit\nq = w2 + 1\n", {"w2"}, set()),
+    ("%%capture cap\nk = m + 1\nprint(k)\n", {"m"}, {"cap", "k"}),
+    ("%%capture --no-stderr out\nk = 1\n", set(), {"out", "k"}),
+    ("%prun -s cumulative r = work(n)", {"work", "n"}, {"r"}),
+    ("!echo {x}", {"x"}, set()),
+    ("!echo $y and {z + 1}", {"y", "z"}, set()),
+    ("files = !ls {pattern}", {"pattern"}, {"files"}),
+    ("%%bash\necho $x\nls\n", set(), set()),  # the shell sees $x, not Python
+    ("%%bash --out listing\nls\n", set(), {"listing"}),
+    ("%%script bash --out so --err se\nls\n", set(), {"so", "se"}),
+    ("%matplotlib inline\nimport math", set(), {"math"}),
+    ("a = 1\n%time b = a + c\n!echo {b}\nd = b", {"c"}, {"a", "b", "d"}),
+]
+
+
+@pytest.mark.parametrize("source, reads, defines", CASES, ids=[c[0][:40] for c in CASES])
+def test_reads_and_defines(source: str, reads: set[str], defines: set[str]) -> None:
+    names = analyse_cell(source)
+    assert set(names.reads) - IGNORED == reads
+    assert set(names.defines) == defines
+
+
+def test_magics_do_not_break_the_analysis_of_the_rest_of_the_cell() -> None:
+    names = analyse_cell("%load_ext autoreload\n%autoreload 2\nresult = compute(data)\n!ls -l\n")
+    assert set(names.reads) - IGNORED == {"compute", "data"}
+    assert names.defines == {"result"}
