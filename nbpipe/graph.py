@@ -170,8 +170,11 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
             if target not in parsed.apps:
                 index = spec.origin.get(f"after={target}", spec.cells[0])
                 close = _did_you_mean(target, parsed.apps)
+                # name the tag as the user wrote it: after:X or its Kale alias prev:X
+                tag = next((t for t in cells[index].tags if t.partition(":")[0] in ("after", "prev")
+                            and t.partition(":")[2].strip() == target), f"after:{target}")
                 raise TagError(f"after: names no app {target!r}{close}", cell_index=index,
-                               cell_id=cells[index].id, tag=f"after:{target}")
+                               cell_id=cells[index].id, tag=tag)
             edge(target, name, "after")
         for pattern in spec.inputs:
             for other, ospec in parsed.apps.items():

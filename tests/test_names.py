@@ -35,6 +35,16 @@ CASES = [
     ("def f():\n    global G\n    G = 1\n", set(), {"f", "G"}),
     ("with open(p) as fh:\n    data = fh.read()", {"p", "open"}, {"fh", "data"}),
     ("for i in items:\n    acc.append(i)", {"items", "acc"}, {"i", "acc"}),
+    # compound statements are analysed body by body: mutations inside count,
+    # names the statement binds first (loop variables, ``as`` targets) are not inputs
+    ("if flag:\n    d['k'] = 1\nelse:\n    d['k'] = 2", {"flag", "d"}, {"d"}),
+    ("with open(p) as fh:\n    obj.data = fh.read()", {"open", "p", "obj"}, {"fh", "obj"}),
+    ("try:\n    lst.append(1)\nexcept ValueError as e:\n    log(e)", {"lst", "ValueError", "log"},
+     {"lst", "e"}),
+    ("while (line := nxt()):\n    lines.append(line)", {"nxt", "lines"}, {"line", "lines"}),
+    ("for k, v in d.items():\n    total += v", {"d", "total"}, {"k", "v", "total"}),
+    ("for row in rows:\n    if row:\n        out[row] = f(row)", {"rows", "out", "f"}, {"row", "out"}),
+    ("for i in xs:\n    pass\nelse:\n    print(i)", {"xs", "i"}, {"i"}),  # xs may be empty
     ("1 +", set(), set()),  # a syntax error: the cell fails at run time, nothing flows
     ("", set(), set()),
     # IPython syntax: magics that run Python code are analysed as that code

@@ -200,6 +200,8 @@ class _Zygote:
             self._proc.kill()
             self._proc.wait()
         self._reader.join(timeout=GRACE_SECONDS)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
 
 
 def _kill_group(pid: int) -> None:

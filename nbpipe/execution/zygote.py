@@ -43,6 +43,10 @@ def _child(request: dict[str, Any]) -> None:
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         sys.stdin = open(0, closefd=False)
+        # ``random`` reseeds itself after a fork; numpy's global generator does
+        # not, and parallel apps must not draw the same "random" numbers.
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
         from .task import main as task_main
 
         status = task_main([request["spec"], request["result"]], handle_sigterm=False)

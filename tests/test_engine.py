@@ -1,0 +1,123 @@
+"""The ipython engine: fast, and no app's global state reaches another app."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat import v4
+
+import nbpipe
+
+
+def _notebook(path: Path, cells: list[tuple[str, list[str]]]) -> Path:
+    nb = v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for source, tags in cells:
+        cell = v4.new_code_cell(source)
+        cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+    return path
+
+
+def _text(run: nbpipe.RunResult, app: str) -> str:
+    cells = [c for c in run.notebook.cells if c.metadata.get("nbpipe", {}).get("app") == app]
+    return "".join(o.get("text", "") for c in cells for o in c.outputs if o.output_type == "stream")
+
+
+LEAK = """
+import os, sys, json, random
+import numpy as np
+import matplotlib
+sys.path.insert(0, "/leaked/path")
+os.chdir("/")
+os.environ["NBPIPE_LEAK"] = "1"
+json.LEAKED = True
+np.set_printoptions(precision=1)
+matplotlib.rcParams["lines.linewidth"] = 9.0
+random.seed(123)
+np.random.seed(123)
+"""
+
+CHECK = """
+import os, sys, json, random
+import numpy as np
+import matplotlib
+print("path", "/leaked/path" in sys.path)
+print("cwd", os.getcwd() == {cwd!r})
+print("env", "NBPIPE_LEAK" in os.environ)
+print("module", hasattr(json, "LEAKED"))
+print("printoptions", np.get_printoptions()["precision"])
+print("rc", matplotlib.rcParams["lines.linewidth"])
+print("random", random.random() == random.Random(123).random())
+print("nprandom", np.random.random() == np.random.RandomState(123).random_sample())
+"""
+
+
+def test_no_state_leaks_between_apps_on_one_worker(tmp_path: Path) -> None:
+    cwd = str(tmp_path.resolve())
+    path = _notebook(tmp_path / "leak.ipynb", [
+        ("import numpy as np\nimport matplotlib", ["setup"]),
+        (LEAK, ["app:leaker"]),
+        (CHECK.format(cwd=cwd), ["app:checker", "after:leaker"]),
+    ])
+    run = nbpipe.execute(path, output=tmp_path / "out.ipynb", workers=1, engine="ipython")
+    assert run.ok, {n: r.error for n, r in run.apps.items()}
+    lines = dict(line.split(" ", 1) for line in _text(run, "checker").splitlines())
+    assert lines == {
+        "path": "False", "cwd": "True", "env": "False", "module": "False",
+        "printoptions": "8", "rc": "1.5", "random": "False", "nprandom": "False",
+    }
+
+
+def test_parallel_apps_draw_different_random_numbers(tmp_path: Path) -> None:
+    path = _notebook(tmp_path / "rand.ipynb", [
+        ("import random\nimport numpy as np", ["setup"]),
+        ("a = (random.random(), float(np.random.random()))", ["app:one"]),
+        ("b = (random.random(), float(np.random.random()))", ["app:two"]),
+        ("print(a[0] != b[0], a[1] != b[1])", ["app:compare"]),
+    ])
+    run = nbpipe.execute(path, output=tmp_path / "out.ipynb", workers=2)
+    assert run.ok
+    assert _text(run, "compare").strip() == "True True"
+
+
+def test_app_timeout_kills_a_forked_app_promptly(tmp_path: Path) -> None:
+    path = _notebook(tmp_path / "slow.ipynb", [
+        ("import subprocess, time\nprint('started', flush=True)\n"
+         "subprocess.run(['sleep', '60'])", ["app:slow", "timeout:1"]),
+        ("x = 1\nprint(x)", ["app:quick"]),
+    ])
+    run = nbpipe.execute(path, output=tmp_path / "out.ipynb", workers=2)
+    slow = run.apps["slow"]
+    assert slow.status is nbpipe.api.AppStatus.TIMED_OUT
+    assert slow.duration is not None and slow.duration < 10
+    assert "timeout of 1 s" in slow.error["evalue"]
+    assert run.apps["quick"].status is nbpipe.api.AppStatus.COMPLETED
+    # The `sleep 60` the app started was stopped with it.
+    sleeping = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060\x00"]
+    assert sleeping == []
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_no_worker_process_left_after_a_run(tmp_path: Path) -> None:
+    path = _notebook(tmp_path / "plain.ipynb", [("x = 1", ["app:a"]), ("y = x + 1", ["app:b"])])
+    before = _zygotes()
+    run = nbpipe.execute(path, output=tmp_path / "out.ipynb")
+    assert run.ok
+    assert _zygotes() - before == set()
+
+
+def _zygotes() -> set[str]:
+    return {p for p in os.listdir("/proc") if p.isdigit() and "nbpipe.execution.zygote" in _cmdline(p)}
