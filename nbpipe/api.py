@@ -8,6 +8,7 @@ runs in processes of its own.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from .execution.scheduler import schedule
 from .graph import Pipeline, build_pipeline
 from .merge import merge
 from .parse import parse_notebook, read_notebook
+from .runtime import split_count_path
 from .sites import get_site
 
 __all__ = ["ENGINES", "RunResult", "execute", "load_pipeline"]
@@ -116,37 +118,49 @@ def execute(
     for name, nb in compile_pipeline(pipeline).items():
         nbformat.write(nb, tasks / f"{name}.ipynb")
 
-    def make_spec(app: str, attempt: int) -> TaskSpec:
+    def make_spec(app: str, attempt: int, *, item: int | None = None, split: bool = False,
+                  maps: dict[str, int]) -> TaskSpec:
         spec = pipeline.apps[app].spec
         limits = [t for t in (spec.timeout, spec.resources.walltime) if t]
+        name = f"{app}.split" if split else app
+        which = f"{app}.{item}" if item is not None else name
         return TaskSpec(
             app=app,
-            notebook=str(tasks / f"{app}.ipynb"),
-            output=str(tasks / f"{app}.out.ipynb"),
+            notebook=str(tasks / f"{name}.ipynb"),
+            output=str(tasks / f"{which}.out.ipynb"),
             run_dir=str(run_dir),
             cwd=str(cwd),
             parameters=parameters,
             kernel_name=pipeline.parsed.kernel_name,
             timeout=min(limits) if limits else None,
             attempt=attempt,
-            outputs=list(spec.outputs),
+            outputs=[] if split else list(spec.outputs),
             engine=engine,
+            item=item,
+            split=split,
+            maps={k: v for k, v in maps.items() if k in pipeline.apps[app].reads.values()},
         )
+
+    def map_size(app: str) -> list[str]:
+        return list(json.loads(split_count_path(run_dir, app).read_text())["labels"])
 
     if engine == "ipython" and (pipeline.parsed.language != "python" or not hasattr(os, "fork")):
         engine = "kernel"  # the in-process engine runs Python by forking
     executor = chosen.executor(workers, engine=engine, preload=_setup_imports(pipeline), debug=debug)
     interrupt: KeyboardInterrupt | None = None
     try:
-        results = schedule(pipeline, executor, make_spec, on_event)
+        results = schedule(pipeline, executor, make_spec, on_event, map_size)
     except KeyboardInterrupt as exc:
         interrupt, results = exc, exc.results  # type: ignore[attr-defined]
     finally:
         executor.shutdown(cancel=True)
 
-    executed = {}
+    executed: dict[str, Any] = {}
     for app, result in results.items():
-        if result.output and Path(result.output).exists():
+        if result.items is not None:
+            executed[app] = [nbformat.read(r.output, as_version=4) if r.output and Path(r.output).exists()
+                             else None for r in result.items]
+        elif result.output and Path(result.output).exists():
             executed[app] = nbformat.read(result.output, as_version=4)
     metrics = _read_metrics(run_dir)
     extra = {
@@ -218,8 +232,6 @@ def _input_files(pipeline: Pipeline, cwd: Path) -> list[Path]:
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    import json
-
     path = run_dir / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
 

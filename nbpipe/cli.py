@@ -144,6 +144,14 @@ class _Progress:
             line = f"started   {app}"
         elif kind == "retry":
             line = f"retrying  {app} (attempt {result.attempts})"
+        elif kind == "split":
+            line = f"mapping   {app} over {len(result.items)} item(s)"
+        elif kind == "item":
+            finished = sum(1 for item in result.items if item.status.final)
+            total = len(result.items)
+            if finished != total and finished % max(1, total // 10):
+                return  # about ten progress lines per map app
+            line = f"items     {app}: {finished}/{total} finished"
         elif kind == "skip":
             self.done += 1
             line = f"skipped   {app}: {result.reason}"

@@ -26,12 +26,22 @@ INTERNAL_TAG = "nbpipe-internal"
 
 
 def compile_pipeline(pipeline: Pipeline) -> dict[str, Any]:
-    """Return one task notebook per app, in the pipeline's order."""
-    return {name: compile_app(pipeline, pipeline.apps[name]) for name in pipeline.order}
+    """Return one task notebook per app, in the pipeline's order.
+
+    A ``map:`` app has a second notebook, ``NAME.split``: its first step,
+    which stores the elements of the iterable for the item tasks.
+    """
+    out = {}
+    for name in pipeline.order:
+        app = pipeline.apps[name]
+        if app.spec.map is not None:
+            out[f"{name}.split"] = compile_app(pipeline, app, split=True)
+        out[name] = compile_app(pipeline, app)
+    return out
 
 
-def compile_app(pipeline: Pipeline, app: AppNode) -> Any:
-    """Build the task notebook of one app."""
+def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
+    """Build the task notebook of one app (or of the split step of a map: app)."""
     parsed = pipeline.parsed
     source = parsed.nb
     nb = v4.new_notebook()
@@ -52,8 +62,18 @@ def compile_app(pipeline: Pipeline, app: AppNode) -> Any:
     for info in parsed.cells_of("setup"):
         nb.cells.append(copy_cell(info.index))
     # Load after setup: a shipped value of a setup name (mutated upstream) must win over setup's.
-    inputs = json.dumps(dict(sorted(app.reads.items())))
-    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.enter(globals(), {inputs})"))
+    spec = app.spec
+    reads = app.reads
+    if spec.map is not None:
+        reads = {k: v for k, v in reads.items() if k == spec.map.iterable} if split else app.item_reads or {}
+    inputs = json.dumps(dict(sorted(reads.items())))
+    item = f", item={spec.map.item!r}" if spec.map is not None and not split else ""
+    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.enter(globals(), {inputs}{item})"))
+    if split:
+        assert spec.map is not None
+        nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.split("
+                                  f"globals(), {spec.map.iterable!r}, {spec.map.item!r})"))
+        return nb
     for index in app.spec.cells:
         nb.cells.append(copy_cell(index))
     ships = json.dumps({k: list(v) for k, v in sorted(app.ships.items())})

@@ -37,6 +37,8 @@ class AppNode:
     ships: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: for the metrics block: the names its lines print
     metric_names: tuple[str, ...] = ()
+    #: for a map: app, what each item task loads (the iterable only if its cells read it)
+    item_reads: dict[str, str] | None = None
 
     @property
     def name(self) -> str:
@@ -130,9 +132,15 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
 
     reads: dict[str, dict[str, str]] = {}
     defines: dict[str, set[str]] = {}
+    map_sources: dict[str, str | None] = {}
+    items_skip: dict[str, str] = {}  # map app -> iterable its items need not load
     for name, spec in parsed.apps.items():
-        own: set[str] = set()
+        # In a map: app the item name is bound per task, never read from upstream.
+        own: set[str] = {spec.map.item} if spec.map else set()
         got: dict[str, str] = {}
+        if spec.map:
+            map_sources[name] = _map_source(spec, cells, definers, app_of,
+                                            parameter_names | setup_names)
         for index in spec.cells:
             for n in sorted(names[index].reads - own):
                 if n in got:
@@ -141,6 +149,10 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
                 if producer is not None:
                     got[n] = producer
             own |= names[index].defines
+        if spec.map and map_sources[name] is not None:
+            if spec.map.iterable not in got:
+                items_skip[name] = spec.map.iterable
+            got[spec.map.iterable] = map_sources[name]  # type: ignore[assignment]
         reads[name], defines[name] = got, own
 
     ships: dict[str, dict[str, list[str]]] = {name: {} for name in parsed.apps}
@@ -196,9 +208,26 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
         if spec.metrics:
             metric_names = tuple(dict.fromkeys(
                 m for i in spec.cells for m in _metric_names(cells[i].source)))
+        item_reads = {k: v for k, v in reads[name].items() if k != items_skip.get(name)}
         apps[name] = AppNode(spec, reads[name], frozenset(defines[name]),
-                             {k: tuple(v) for k, v in ships[name].items()}, metric_names)
+                             {k: tuple(v) for k, v in ships[name].items()}, metric_names,
+                             item_reads if spec.map else None)
     return Pipeline(parsed, graph, apps, order, parameter_names, setup_names)
+
+
+def _map_source(spec: AppSpec, cells: Any, definers: dict[str, list[int]],
+                app_of: dict[int, str | None], everywhere: frozenset[str]) -> str | None:
+    """The app that defines a map: app's iterable (None: parameters or setup define it)."""
+    assert spec.map is not None
+    first = spec.cells[0]
+    producer = _nearest_definer(definers.get(spec.map.iterable, []), first, spec.name, app_of)
+    if producer is None and spec.map.iterable not in everywhere:
+        index = spec.origin.get("map", first)
+        raise TagError(f"map: iterates over {spec.map.iterable!r}, which no app above this cell, "
+                       "no parameters cell and no setup cell defines",
+                       cell_index=index, cell_id=cells[index].id,
+                       tag=f"map:{spec.map.item}={spec.map.iterable}")
+    return producer
 
 
 def _nearest_definer(indices: list[int], before: int, app: str, app_of: dict[int, str | None]) -> str | None:

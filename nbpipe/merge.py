@@ -41,7 +41,11 @@ def merge(
     """
     parsed = pipeline.parsed
     merged = copy.deepcopy(parsed.nb)
-    by_app = {app: _by_source(nb) for app, nb in executed.items()}
+    by_app = {app: _by_source(nb) for app, nb in executed.items() if not isinstance(nb, list)}
+    by_item = {app: [_by_source(nb) if nb is not None else {} for nb in nbs]
+               for app, nbs in executed.items() if isinstance(nbs, list)}
+    for app, items in by_item.items():  # shared cells (setup, parameters) of a map app
+        by_app[app] = next((i for i in items if i), {})
     notebook_order = list(pipeline.apps)  # apps in order of their first cell
 
     for info in parsed.cells:
@@ -62,6 +66,11 @@ def merge(
             else:
                 meta["status"] = AppStatus.SKIPPED.value
                 meta["reason"] = "no app ran"
+        elif results[info.app or ""].items is not None:
+            app = info.app or ""
+            meta = {"app": app, **_map_cell(cell, info.index, results[app], by_item.get(app, []),
+                                            pipeline.apps[app].spec.map)}
+            meta.update(_host(results[app]))
         else:
             app = info.app or ""
             result = results[app]
@@ -107,6 +116,77 @@ def _by_source(nb: Any) -> dict[int, Any]:
         if source is not None and INTERNAL_TAG not in cell.metadata.get("tags", []):
             out[int(source["index"])] = cell
     return out
+
+
+#: A map app's cell shows every item's outputs up to this many items; beyond, the
+#: first and last few and every failed item, so the notebook stays readable.
+SHOW_ITEMS = 20
+SHOW_HEAD, SHOW_TAIL = 10, 5
+
+
+def _map_cell(cell: Any, index: int, result: AppResult, items: list[dict[int, Any]], spec: Any) -> dict[str, Any]:
+    """Outputs of every item of a map: app in one cell, each labelled with its item."""
+    records = result.items or []
+    runs = [(record, items[record.index].get(index) if record.index < len(items) else None)
+            for record in records]
+    ran = [(r, c) for r, c in runs if c is not None and c.get("execution_count") is not None]
+    meta: dict[str, Any] = {"items": len(records)}
+    if not records:
+        meta.update(status=result.status.value, reason="the iterable was empty: no item ran")
+        return meta
+    if not ran:
+        meta.update(status=AppStatus.SKIPPED.value, reason=result.reason or _not_reached(result))
+        return meta
+    cell.execution_count = ran[0][1].get("execution_count")
+    statuses = {r.index: _cell_status(c, r) for r, c in ran}
+    failed = [r for r, _ in ran if statuses[r.index] != AppStatus.COMPLETED.value]
+    groups = [(r, copy.deepcopy(c.get("outputs", []))) for r, c in ran]
+    keys = {_outputs_key(outs) for _, outs in groups}
+    label = (lambda r: f"{spec.item} = {r.label}") if spec else (lambda r: r.label)
+    if len(groups) > 1 and len(keys) == 1 and not failed:
+        first, last = groups[0][0], groups[-1][0]
+        cell.outputs = [_label_output(f"all {len(groups)} items, {label(first)} … {label(last)}: "
+                                      "identical outputs")] + groups[0][1] if groups[0][1] else []
+    else:
+        shown = groups
+        if len(groups) > SHOW_ITEMS:
+            keep = {r.index for r, _ in groups[:SHOW_HEAD] + groups[-SHOW_TAIL:]} | {r.index for r in failed}
+            shown = [(r, o) for r, o in groups if r.index in keep]
+        outputs: list[Any] = []
+        previous = -1
+        for record, outs in shown:
+            if record.index > previous + 1:
+                outputs.append(_label_output(f"… {record.index - previous - 1} item(s) folded: "
+                                             "their outputs are in the per-item task notebooks"))
+            outputs.append(_label_output(f"item {record.index}: {label(record)}"))
+            outputs.extend(outs)
+            previous = record.index
+        cell.outputs = outputs
+    timings = [_cell_timing(c) for _, c in ran]
+    starts = [t["start_time"] for t in timings if "start_time" in t]
+    ends = [t["end_time"] for t in timings if "end_time" in t]
+    if starts and ends:
+        meta.update(start_time=min(starts), end_time=max(ends))
+    meta["duration"] = round(sum(t.get("duration") or 0.0 for t in timings), 6)
+    meta["status"] = statuses[failed[0].index] if failed else AppStatus.COMPLETED.value
+    if len(records) <= 100:
+        meta["item_status"] = [{"item": r.index, "status": statuses.get(r.index, AppStatus.SKIPPED.value),
+                                **{k: v for k, v in _cell_timing(c).items() if k == "duration"}}
+                               for r, c in runs]
+    return meta
+
+
+def _outputs_key(outputs: list[Any]) -> str:
+    import json
+
+    return json.dumps([{k: v for k, v in o.items() if k not in ("execution_count", "metadata")}
+                       for o in outputs], sort_keys=True)
+
+
+def _label_output(text: str) -> Any:
+    return v4.new_output("display_data", data={"text/plain": f"[{text}]",
+                                               "text/markdown": f"**{text}**"},
+                         metadata={"nbpipe": {"item_label": True}})
 
 
 def _first_run(index: int, apps: list[str], by_app: dict[str, dict[int, Any]]) -> tuple[str, Any]:

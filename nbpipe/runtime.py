@@ -16,54 +16,115 @@ from typing import Any
 
 from .errors import ShipError
 
-__all__ = ["enter", "leave", "value_path"]
+__all__ = ["enter", "leave", "split", "value_path"]
 
 CONTEXT_NAME = "__nbpipe__"
 _context: dict[str, Any] = {}
 
 
-def value_path(run_dir: str | Path, app: str, name: str) -> Path:
-    """Where app ``app`` ships its value of ``name`` inside a run directory."""
-    return Path(run_dir) / "values" / app / f"{name}.pkl"
+def value_path(run_dir: str | Path, app: str, name: str, item: int | None = None) -> Path:
+    """Where app ``app`` (item ``item`` of a ``map:`` app) ships its value of ``name``."""
+    base = Path(run_dir) / "values" / app
+    if item is not None:
+        base = base / "items" / str(item)
+    return base / f"{name}.pkl"
 
 
-def enter(namespace: dict[str, Any], inputs: dict[str, str]) -> None:
-    """Bind each name in ``inputs`` (name -> producing app) to the shipped value."""
+def item_path(run_dir: str | Path, app: str, item: int) -> Path:
+    """Where the element ``item`` of a ``map:`` app's iterable is stored."""
+    return Path(run_dir) / "values" / app / "split" / f"{item}.pkl"
+
+
+def split_count_path(run_dir: str | Path, app: str) -> Path:
+    return Path(run_dir) / "values" / app / "split" / "count.json"
+
+
+def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = None) -> None:
+    """Bind each name in ``inputs`` (name -> producing app) to the shipped value.
+
+    A name from a ``map:`` app arrives as the list of its items' values, in
+    the iterable's order. In an item of a ``map:`` app, ``item`` is the name
+    bound to this task's element.
+    """
     context = namespace.pop(CONTEXT_NAME, None)
     _context.clear()
     if not context:
         return
     _context.update(context)
+    run_dir, maps = context["run_dir"], context.get("maps", {})
     for name, producer in inputs.items():
-        path = value_path(context["run_dir"], producer, name)
+        if producer in maps:
+            namespace[name] = [_load_or_none(value_path(run_dir, producer, name, i))
+                               for i in range(maps[producer])]
+            continue
+        path = value_path(run_dir, producer, name)
         # A name the producer deleted (``del x``) was not shipped: the reader
         # then fails with NameError, as it would in serial execution.
         if path.exists():
             namespace[name] = _load(path)
+    if item is not None and context.get("item") is not None:
+        namespace[item] = _load(item_path(run_dir, context["app"], context["item"]))
+
+
+def split(namespace: dict[str, Any], iterable: str, item: str) -> None:
+    """The first step of a ``map:`` app: store each element of ``iterable`` apart."""
+    if not _context:
+        return
+    app, run_dir = _context["app"], _context["run_dir"]
+    if iterable not in namespace:
+        raise NameError(f"map:{item}={iterable} of app {app!r}: {iterable!r} is not defined "
+                        "by an app above or by the parameters")
+    value = namespace[iterable]
+    where = f"map:{item}={iterable} of app {app!r}"
+    if not hasattr(value, "__iter__"):
+        raise TypeError(f"{where}: {iterable} is {_type_name(value)}, which is not iterable; "
+                        "give it a list, tuple, range or array of the items to map over")
+    if isinstance(value, (str, bytes, dict)):
+        raise TypeError(f"{where}: {iterable} is a {type(value).__name__}; map over a list of "
+                        f"items instead (e.g. list({iterable}))")
+    labels = []
+    for index, element in enumerate(value):
+        _ship(element, item_path(run_dir, app, index), f"{iterable}[{index}]", app, [app])
+        labels.append(_label(element))
+    path = split_count_path(run_dir, app)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"count": len(labels), "labels": labels}))
 
 
 def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[str] | None = None) -> None:
     """Ship each name in ``ships`` (name -> consuming apps); record metrics."""
     if not _context:
         return
-    import cloudpickle
-
-    run_dir, app = _context["run_dir"], _context["app"]
+    run_dir, app, item = _context["run_dir"], _context["app"], _context.get("item")
     for name, consumers in ships.items():
         if name not in namespace:
             continue
-        value = namespace[name]
-        buffers: list[pickle.PickleBuffer] = []
-        try:
-            data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-        except Exception as exc:
-            raise ShipError(variable=name, type_name=_type_name(value), producer=app,
-                            consumers=list(consumers), reason=f"{type(exc).__name__}: {exc}") from None
-        _store(value_path(run_dir, app, name), data, buffers)
+        _ship(namespace[name], value_path(run_dir, app, name, item), name, app, consumers)
     if metrics:
         values = {m: _jsonable(namespace[m]) for m in metrics if m in namespace}
         path = Path(run_dir) / "metrics.json"
         path.write_text(json.dumps(values, indent=1, sort_keys=True))
+
+
+def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> None:
+    import cloudpickle
+
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise ShipError(variable=name, type_name=_type_name(value), producer=app,
+                        consumers=list(consumers), reason=f"{type(exc).__name__}: {exc}") from None
+    _store(path, data, buffers)
+
+
+def _label(element: Any, limit: int = 60) -> str:
+    text = repr(element)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _load_or_none(path: Path) -> Any:
+    return _load(path) if path.exists() else None
 
 
 def _store(path: Path, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:

@@ -172,8 +172,10 @@ _MASKS = [
     (re.compile(r"^CPU times: .*$", re.M), "CPU times: <masked>"),
     (re.compile(r"^Wall time: .*$", re.M), "Wall time: <masked>"),
     (re.compile(r"0x[0-9a-fA-F]{6,16}\b"), "0x<address>"),
-    # ipykernel compiles each cell to $TMPDIR/ipykernel_<pid>/<hash>.py (warnings name it)
+    # The pseudo-file a cell is compiled to, which warnings name: ipykernel's
+    # $TMPDIR/ipykernel_<pid>/<hash>.py, or plain IPython's <ipython-input-<n>-<hash>>.
     (re.compile(r"(?:[^\s\"']*/)?ipykernel_\d+/\d+\.py"), "<cell-file>"),
+    (re.compile(r"<ipython-input-\d+-[0-9a-f]+>"), "<cell-file>"),
 ]
 
 #: Whether image bytes are compared too; matplotlib's PNG output was checked to
@@ -275,12 +277,13 @@ def assert_well_formed(runs: Runs, *, failed: bool = False) -> None:
         assert (got.cell_type, got.source) == (cell.cell_type, cell.source), f"cell {cell.id} changed"
         assert [t for t in got.metadata.get("tags", [])] == list(cell.metadata.get("tags", []))
 
+    statuses = {a: r.to_dict() for a, r in runs.result.apps.items()}
     extra = [c for c in merged.cells if c.id not in set(source_ids)]
     injected = [c for c in extra if INJECTED_TAG in c.metadata.get("tags", [])]
     banners = [c for c in extra if ERROR_TAG in c.metadata.get("tags", [])]
     assert len(injected) == (1 if runs.parameters else 0), "injected-parameters cell"
     assert all(c.cell_type == "markdown" for c in banners)
-    assert bool(banners) == failed, "error banner only when an app failed"
+    assert bool(banners) == failed, f"error banner only when an app failed: {statuses}"
     assert len(extra) == len(injected) + len(banners), f"unexpected generated cells: {extra}"
 
     counts = [c.execution_count for c in merged.cells
@@ -293,4 +296,4 @@ def assert_well_formed(runs: Runs, *, failed: bool = False) -> None:
         assert all(o.execution_count == cell.execution_count for o in results)
         if not failed and "skip" not in cell.metadata.get("tags", []) and cell.source.strip():
             assert cell.execution_count is not None, f"cell {cell.id} did not run:\n{cell.source}"
-    assert runs.result.ok is (not failed), {a: r.to_dict() for a, r in runs.result.apps.items()}
+    assert runs.result.ok is (not failed), statuses

@@ -121,6 +121,10 @@ def test_functions_classes_lambdas_closures(both: Any) -> None:
     assert c[3].outputs[-1]["data"]["text/plain"] == "[Point(3, 4), Point(1, 2), Point(0, 1)]"
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: a value whose class is defined in setup comes back as an instance of "
+    "cloudpickle's copy of the class, not of the class setup just defined in the "
+    "consuming app, so isinstance(b, Box) is False (nbpipe/runtime.py)"))
 def test_class_defined_in_setup(both: Any) -> None:
     """SPEC §2 puts class definitions in ``setup``; instances must stay instances."""
     nb = notebook(
@@ -149,6 +153,13 @@ def test_display_outputs(both: Any, matplotlib_ready: None) -> None:
         code("HTML('<table><tr><td>%d</td></tr></table>' % sum(ys))", "app:table"),
         code("display({'text/plain': 'plain', 'application/json': {'n': len(xs)}}, raw=True)\n"
              "{'total': sum(ys)}"),
+        code("from IPython.display import clear_output\n\n"
+             "class Badge:\n    def __init__(self, n):\n        self.n = n\n\n"
+             "    def _repr_html_(self):\n        return f'<span>{self.n}</span>'\n\n"
+             "badge = Badge(len(xs))\nprint('cleared away')\nclear_output()\n"
+             "h = display(Markdown('v1'), display_id=True)\nh.update(Markdown('v2'))\n"
+             "for i in range(3):\n    print(f'\\r{i}', end='')\nprint()", "app:live"),
+        code("badge", "app:show"),
     )
     runs = both(nb)
     assert_well_formed(runs)
@@ -160,6 +171,9 @@ def test_display_outputs(both: Any, matplotlib_ready: None) -> None:
     assert [o.output_type for o in c[4].outputs] == ["execute_result"]
     assert c[4].outputs[0]["data"]["text/html"] == "<table><tr><td>14</td></tr></table>"
     assert c[5].outputs[-1]["data"]["text/plain"] == "{'total': 14}"
+    assert [o.get("data", {}).get("text/markdown") for o in c[6].outputs] == ["v2", None]
+    assert stream(c[6]) == "\r0\r1\r2\n"
+    assert c[7].outputs[0]["data"]["text/html"] == "<span>4</span>"
 
 
 # --------------------------------------------------------------------- 5. stderr
@@ -237,7 +251,7 @@ def test_untagged_notebook_is_one_app(both: Any) -> None:
         code(""),
         code("# only a comment"),
         code("b"),
-        code("def f(v):\n    return v + 1\n\nf(b[-1])"),
+        code("def f(v):\n    return v + 1\n\nprint(__name__)\nf(b[-1])"),
     )
     runs = both(nb)
     assert_well_formed(runs)
@@ -246,7 +260,7 @@ def test_untagged_notebook_is_one_app(both: Any) -> None:
     c = runs.merged.cells
     assert stream(c[2]) == "[1, 2]\n"
     assert c[4].execution_count is None and c[5].execution_count is not None
-    assert c[7].outputs[0]["data"]["text/plain"] == "3"
+    assert stream(c[7]) == "__main__\n" and c[7].outputs[-1]["data"]["text/plain"] == "3"
 
 
 # --------------------------------------------------------------------- 9. Kale tags

@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["AppResult", "AppStatus", "Executor", "TaskResult", "TaskSpec"]
+__all__ = ["AppResult", "AppStatus", "Executor", "ItemResult", "TaskResult", "TaskSpec"]
 
 
 class AppStatus(str, enum.Enum):
@@ -56,6 +56,12 @@ class TaskSpec:
     #: files the app declared with ``outputs:``; missing ones fail the app
     outputs: list[str] = field(default_factory=list)
     engine: str = "kernel"
+    #: the element of a ``map:`` app's iterable this task runs, or None
+    item: int | None = None
+    #: the split step of a ``map:`` app
+    split: bool = False
+    #: number of items of each ``map:`` app whose values this task reads
+    maps: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +92,32 @@ class TaskResult:
 
 
 @dataclass
+class ItemResult:
+    """One item of a ``map:`` app."""
+
+    index: int
+    label: str
+    status: AppStatus = AppStatus.PENDING
+    attempts: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    host: str | None = None
+    output: str | None = None
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"index": self.index, "item": self.label, "status": self.status.value,
+                                "attempts": self.attempts}
+        if self.start_time is not None and self.end_time is not None:
+            data["duration"] = round(self.end_time - self.start_time, 6)
+        if self.host:
+            data["host"] = self.host
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+@dataclass
 class AppResult:
     """The outcome of an app over all its attempts."""
 
@@ -98,6 +130,8 @@ class AppResult:
     output: str | None = None
     error: dict[str, Any] | None = None
     reason: str | None = None  # why it was skipped
+    #: for a ``map:`` app, one record per element of its iterable
+    items: list[ItemResult] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -106,8 +140,10 @@ class AppResult:
         return self.end_time - self.start_time
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if v is not None and k != "output"}
+        data = {k: v for k, v in asdict(self).items() if v is not None and k not in ("output", "items")}
         data["status"] = self.status.value
+        if self.items is not None:
+            data["items"] = [item.to_dict() for item in self.items]
         if self.duration is not None:
             data["duration"] = round(self.duration, 6)
         return data

@@ -47,7 +47,8 @@ class LocalExecutor:
         return self._pool.submit(self._run, spec)
 
     def _run(self, spec: TaskSpec) -> TaskResult:
-        base = Path(spec.run_dir) / "tasks" / f"{spec.app}.{spec.attempt}"
+        which = "split" if spec.split else spec.item if spec.item is not None else "app"
+        base = _Files(Path(spec.run_dir) / "tasks" / f"{spec.app}.{which}.{spec.attempt}")
         spec_path, result_path = base.with_suffix(".spec.json"), base.with_suffix(".result.json")
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec.to_dict()))
@@ -78,7 +79,7 @@ class LocalExecutor:
                     self._procs.pop(proc.pid, None)
         return self._collect(spec, base, start, proc.returncode)
 
-    def _run_forked(self, spec: TaskSpec, base: Path, start: float) -> TaskResult:
+    def _run_forked(self, spec: TaskSpec, base: _Files, start: float) -> TaskResult:
         assert self._zygote is not None
         if self._closing:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
@@ -94,7 +95,7 @@ class LocalExecutor:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
         return self._collect(spec, base, start, task.status)
 
-    def _collect(self, spec: TaskSpec, base: Path, start: float, returncode: int | None) -> TaskResult:
+    def _collect(self, spec: TaskSpec, base: _Files, start: float, returncode: int | None) -> TaskResult:
         result_path = base.with_suffix(".result.json")
         if result_path.exists():
             return TaskResult.from_dict(json.loads(result_path.read_text()))
@@ -123,6 +124,16 @@ class LocalExecutor:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         if self._zygote is not None:
             self._zygote.close()
+
+
+class _Files:
+    """The files of one attempt: ``BASE.spec.json``, ``BASE.result.json``, ``BASE.log``."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def with_suffix(self, suffix: str) -> Path:
+        return self.base.parent / (self.base.name + suffix)
 
 
 class _Task:

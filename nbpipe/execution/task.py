@@ -31,7 +31,8 @@ def run_task(spec: TaskSpec) -> TaskResult:
 
     start = time.time()
     status, error = AppStatus.COMPLETED, None
-    parameters = {**spec.parameters, CONTEXT_NAME: {"run_dir": spec.run_dir, "app": spec.app}}
+    context = {"run_dir": spec.run_dir, "app": spec.app, "item": spec.item, "maps": spec.maps}
+    parameters = {**spec.parameters, CONTEXT_NAME: context}
     engine = {}
     if spec.engine == "ipython":
         import papermill.engines

@@ -52,10 +52,6 @@ class Site:
                 return UnsupportedTagError(f"app {name!r}: {problem}", cell_index=index,
                                            cell_id=cells[index].id, tag=tag)
 
-            if spec.map is not None:
-                raise refuse("map", f"map:{spec.map.item}={spec.map.iterable}",
-                             "map: fan-out is not supported by this version of nbpipe; "
-                             "loop over the items inside the app for now")
             if spec.container is not None:
                 raise refuse("container", f"container:{spec.container}",
                              f"site {self.name!r} has no container runtime configured, "
