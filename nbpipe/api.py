@@ -110,6 +110,7 @@ def execute(
     chosen.check(pipeline)
     cwd = path.resolve().parent
     _check_inputs(pipeline, cwd)
+    _check_map_parameters(pipeline, parameters)
     output = Path(output) if output else default_output(path)
 
     run_dir = Path(tempfile.mkdtemp(prefix="nbpipe-run-"))  # mode 0700: values stay private
@@ -207,6 +208,37 @@ def _setup_imports(pipeline: Pipeline) -> tuple[str, ...]:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 modules.append(node.module)
     return tuple(dict.fromkeys(modules))
+
+
+def _check_map_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> None:
+    """A map: over a parameter must get something to iterate over, known before the run."""
+    import ast
+
+    from .errors import TagError
+
+    defaults: dict[str, Any] = {}
+    for info in pipeline.parsed.cells_of("parameters"):
+        try:
+            tree = ast.parse(info.source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    defaults[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    defaults.pop(node.targets[0].id, None)  # not a literal: only the run can tell
+    values = {**defaults, **parameters}
+    for name, node in pipeline.apps.items():
+        spec = node.spec
+        if spec.map is None or spec.map.iterable in node.reads or spec.map.iterable not in values:
+            continue
+        value = values[spec.map.iterable]
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+            index = spec.origin.get("map", spec.cells[0])
+            raise TagError(f"parameter {spec.map.iterable} = {value!r} is not a list of items to map over",
+                           cell_index=index, cell_id=pipeline.parsed.cells[index].id,
+                           tag=f"map:{spec.map.item}={spec.map.iterable}")
 
 
 def _check_inputs(pipeline: Pipeline, cwd: Path) -> None:

@@ -90,8 +90,9 @@ def merge(
     _insert_injected_parameters(pipeline, merged, executed, parameters)
     _insert_error_banner(pipeline, merged, results)
 
-    for app, nb in executed.items():
-        if "language_info" in nb.metadata:
+    for nb in executed.values():
+        nb = next((n for n in nb if n is not None), None) if isinstance(nb, list) else nb
+        if nb is not None and "language_info" in nb.metadata:
             merged.metadata["language_info"] = copy.deepcopy(nb.metadata["language_info"])
             break
     statuses = [r.status for r in results.values()]

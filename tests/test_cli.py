@@ -61,9 +61,10 @@ def test_execute_parameters_file_then_p_overrides(tmp_path: Path) -> None:
     src = params_notebook(tmp_path / "nb.ipynb")
     (tmp_path / "params.yaml").write_text("n: 4\nname: from-yaml\nflag: true\n")
     proc = nbpipe_cli("execute", src, "-f", "params.yaml", "-p", "name", "from-cli", "--workers", "2",
-                      cwd=tmp_path)
+                      "--html", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # no --json: nothing on stdout
+    assert "from-cli" in (tmp_path / "nb.merged.html").read_text()  # bare --html: beside the output
     merged = read(tmp_path / "nb.merged.ipynb")  # the default output
     assert merged.metadata["nbpipe"]["parameters"] == {"n": 4, "name": "from-cli", "flag": True}
     show = by_id(merged, read(src).cells[2].id)
@@ -208,6 +209,17 @@ def test_graph_formats(tmp_path: Path) -> None:
     assert '    load["load"]' in mermaid
     assert "    load -->|x| square" in mermaid and "    square -.-> report" in mermaid
     assert not (tmp_path / "ran").exists()
+
+
+def test_graph_svg_needs_graphviz(tmp_path: Path) -> None:
+    import shutil
+
+    src = small_pipeline(tmp_path / "nb.ipynb", tmp_path / "ran")
+    proc = nbpipe_cli("graph", src, "--format", "svg", cwd=tmp_path)
+    if shutil.which("dot") is None:
+        assert proc.returncode == 2 and "Graphviz" in proc.stderr and "--format dot" in proc.stderr
+    else:
+        assert proc.returncode == 0 and "<svg" in proc.stdout and "square" in proc.stdout
 
 
 def test_graph_of_a_bad_notebook_exits_2(tmp_path: Path) -> None:
