@@ -1,7 +1,7 @@
 """nbpipe benchmarks: ratios measured side by side in one run.
 
     python bench/run.py            # everything (about two minutes on 2 cores)
-    python bench/run.py fanout     # one part: fanout, overhead, shipping, compile
+    python bench/run.py fanout     # one part: fanout, overhead, shipping, compile, map
 
 (a) fan-out: 8 independent 1-second apps and a merge app: nbpipe against
     papermill running the same notebook top to bottom, and against the ideal
@@ -9,6 +9,7 @@
 (b) overhead: 50 trivial apps in a chain and 50 in parallel: per-app overhead.
 (c) shipping a 200 MB array between apps against numpy's own save + load.
 (d) compiling a 500-cell notebook (parse, dataflow, task notebooks).
+(e) map: fan-out over 10, 100 and 1,000 trivial items: items per second.
 
 Timings are measurements, not tests: nothing here passes or fails.
 """
@@ -149,7 +150,24 @@ def compile_time(tmp: Path) -> list[tuple[str, str]]:
     return [("compile 500 cells (100 apps)", f"{took * 1000:.0f} ms")]
 
 
-PARTS = {"fanout": fanout, "overhead": overhead, "shipping": shipping, "compile": compile_time}
+def mapping(tmp: Path) -> list[tuple[str, str]]:
+    rows = []
+    for n in (10, 100, 1000):
+        cells = [(f"items = list(range({n}))", ["app:load"]),
+                 ("y = i * 2", ["app:work", "map:i=items"]),
+                 ("total = sum(y)", ["app:total"])]
+        path = _write(tmp, f"map{n}", _notebook(cells))
+        wall, run = _nbpipe(path)
+        work = run.apps["work"]
+        span = (work.end_time or 0.0) - (work.start_time or 0.0)
+        rows.append((f"map over {n} trivial items",
+                     f"{wall:.2f} s whole run, map app {span:.2f} s = {n / span:.0f} items/s, "
+                     f"{span / n * 1000:.1f} ms per item"))
+    return rows
+
+
+PARTS = {"fanout": fanout, "overhead": overhead, "shipping": shipping, "compile": compile_time,
+         "map": mapping}
 
 
 def main(argv: list[str]) -> int:

@@ -159,10 +159,9 @@ def execute(
     executed: dict[str, Any] = {}
     for app, result in results.items():
         if result.items is not None:
-            executed[app] = [nbformat.read(r.output, as_version=4) if r.output and Path(r.output).exists()
-                             else None for r in result.items]
-        elif result.output and Path(result.output).exists():
-            executed[app] = nbformat.read(result.output, as_version=4)
+            executed[app] = [_read_executed(r.output) for r in result.items]
+        elif result.output:
+            executed[app] = _read_executed(result.output)
     metrics = _read_metrics(run_dir)
     extra = {
         "metrics": metrics,
@@ -188,6 +187,14 @@ def execute(
         interrupt.run_result = run  # type: ignore[attr-defined]
         raise interrupt
     return run
+
+
+def _read_executed(path: str | None) -> Any:
+    """An executed task notebook, or None. Not validated here: the merged notebook is."""
+    if not path or not Path(path).exists():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return nbformat.from_dict(json.load(f))
 
 
 def _setup_imports(pipeline: Pipeline) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ def merge(
     """
     parsed = pipeline.parsed
     merged = copy.deepcopy(parsed.nb)
+    executed = {app: nb for app, nb in executed.items() if nb is not None}
     by_app = {app: _by_source(nb) for app, nb in executed.items() if not isinstance(nb, list)}
     by_item = {app: [_by_source(nb) if nb is not None else {} for nb in nbs]
                for app, nbs in executed.items() if isinstance(nbs, list)}

@@ -12,9 +12,7 @@ import nbpipe
 from nbpipe.api import ENGINES
 from nbpipe.errors import GraphError
 
-pytestmark = pytest.mark.parametrize("engine", ENGINES)
-
-
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_failing_app_is_isolated(tmp_path: Path, engine: str) -> None:
     src = write(tmp_path / "nb.ipynb",
                 md("# Analysis"),
@@ -59,6 +57,7 @@ def test_a_failing_app_is_isolated(tmp_path: Path, engine: str) -> None:
     assert merged.metadata["nbpipe"]["status"] == "failed"
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_retries_rerun_a_failed_app(tmp_path: Path, engine: str) -> None:
     marker = tmp_path / "attempted"
     src = write(tmp_path / "nb.ipynb",
@@ -79,6 +78,7 @@ def test_retries_rerun_a_failed_app(tmp_path: Path, engine: str) -> None:
     assert run.notebook.metadata["nbpipe"]["apps"]["always"]["attempts"] == 2
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_timeout_stops_an_app_and_reports_it(tmp_path: Path, engine: str) -> None:
     src = write(tmp_path / "nb.ipynb",
                 code("import time\nprint('before')\ntime.sleep(120)\nprint('AFTER-SLEEP')", "app:slow",
@@ -102,6 +102,7 @@ def test_timeout_stops_an_app_and_reports_it(tmp_path: Path, engine: str) -> Non
     assert streams == "before\n"
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_an_unshippable_value_names_variable_type_apps_and_fix(tmp_path: Path, engine: str) -> None:
     src = write(tmp_path / "nb.ipynb",
                 code("gen = (i for i in range(3))", "app:make_gen"),
@@ -128,6 +129,7 @@ def test_an_unshippable_value_names_variable_type_apps_and_fix(tmp_path: Path, e
         assert "ShipError" in shown and f"{variable!r}" in shown
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_declared_output_not_written_fails_the_app(tmp_path: Path, engine: str) -> None:
     src = write(tmp_path / "nb.ipynb",
                 code("x = 1", "app:make", "outputs:result.csv"),
@@ -142,15 +144,15 @@ def test_declared_output_not_written_fails_the_app(tmp_path: Path, engine: str) 
     assert "result.csv" in run.notebook.cells[0].source  # the banner says which file
 
 
-def test_a_missing_input_nobody_produces_stops_before_anything_runs(tmp_path: Path, engine: str) -> None:
+def test_a_missing_input_nobody_produces_stops_before_anything_runs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     src = write(tmp_path / "nb.ipynb",
                 code(f"open({str(marker)!r}, 'w').close()", "app:first"),
                 code("print(open('nothing.csv').read())", "app:reader", "inputs:nothing.csv"))
     with pytest.raises(GraphError) as info:
-        nbpipe.execute(src, workers=2, engine=engine)
+        nbpipe.execute(src, workers=2)
     assert "nothing.csv" in str(info.value) and "'reader'" in str(info.value)
-    proc = nbpipe_cli("execute", src, "--engine", engine, cwd=tmp_path)
+    proc = nbpipe_cli("execute", src, cwd=tmp_path)
     assert proc.returncode == 2 and "inputs:nothing.csv" in proc.stderr
     assert not marker.exists()
     assert not (tmp_path / "nb.merged.ipynb").exists()
@@ -166,18 +168,19 @@ UNSUPPORTED = [
     pytest.param("limit:nvidia.com/gpu:1", "no GPUs", id="limit", marks=ALIAS_BUG),
     pytest.param("executor:gpu", "no executor labelled 'gpu'", id="executor"),
     pytest.param("cpus:100000", "CPUs", id="cpus"),
+    pytest.param("memory:1000TiB", "GiB of memory", id="memory", marks=pytest.mark.xfail(
+        strict=True, reason="site check names the tag 'memory:' without its value")),
 ]
 
 
 @pytest.mark.parametrize("tag, problem", UNSUPPORTED)
-def test_tags_the_local_site_cannot_honour_exit_2(tmp_path: Path, engine: str, tag: str,
-                                                  problem: str) -> None:
+def test_tags_the_local_site_cannot_honour_exit_2(tmp_path: Path, tag: str, problem: str) -> None:
     marker = tmp_path / "ran"
     src = write(tmp_path / "nb.ipynb", code("items = [1, 2]", "app:make"),
                 code(f"open({str(marker)!r}, 'w').close()", "app:other"),
                 code("print(items)", "app:fan", tag))
     cell_id = read(src).cells[2].id
-    proc = nbpipe_cli("execute", src, "--engine", engine, "--workers", "2", cwd=tmp_path)
+    proc = nbpipe_cli("execute", src, "--workers", "2", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert f"cell 2 (id {cell_id})" in proc.stderr and repr(tag) in proc.stderr.replace('"', "'")
     assert problem in proc.stderr and "'fan'" in proc.stderr

@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from nbformat import v4
-from papermill.engines import Engine
+from papermill.engines import Engine, NotebookExecutionManager
 
 __all__ = ["IPythonEngine", "make_shell"]
 
@@ -167,8 +167,35 @@ def run_cell(shell: Any, source: str) -> tuple[list[Any], int, bool]:
     return outputs, count, failed
 
 
+class _Manager(NotebookExecutionManager):  # type: ignore[misc]
+    """papermill's manager writes the notebook at every cell start and end; here at
+    most once a second (papermill writes it once more when the run ends), so a
+    small app is not dominated by notebook writes and a stopped app loses at
+    most a second of outputs."""
+
+    SAVE_EVERY = 1.0
+
+    def save(self, **kwargs: Any) -> None:
+        if (self.now() - self.last_save_time).total_seconds() >= self.SAVE_EVERY:
+            super().save(**kwargs)
+
+
 class IPythonEngine(Engine):
     """papermill engine running cells in this process's IPython shell."""
+
+    @classmethod
+    def execute_notebook(cls, nb: Any, kernel_name: Any, output_path: Any = None,
+                         progress_bar: bool = True, log_output: bool = False,
+                         autosave_cell_every: int = 30, **kwargs: Any) -> Any:
+        nb_man = _Manager(nb, output_path=output_path, progress_bar=progress_bar,
+                          log_output=log_output, autosave_cell_every=autosave_cell_every)
+        nb_man.notebook_start()
+        try:
+            cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+        finally:
+            nb_man.cleanup_pbar()
+            nb_man.notebook_complete()
+        return nb_man.nb
 
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: Any, **kwargs: Any) -> None:
