@@ -16,6 +16,7 @@ once its children have.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -119,6 +120,11 @@ def main() -> int:
     children: dict[int, str] = {}
     buffer = b""
     eof = False
+    # Children inherit the preloaded heap copy-on-write; a garbage collection in a
+    # child would touch (and so copy) every page of it. Freezing moves it out of
+    # the collector's reach.
+    gc.collect()
+    gc.freeze()
     send({"ready": True})
     while not eof or children:
         readable, _, _ = select.select([wake_r] + ([] if eof else [0]), [], [])
