@@ -193,8 +193,10 @@ def _read_executed(path: str | None) -> Any:
     """An executed task notebook, or None. Not validated here: the merged notebook is."""
     if not path or not Path(path).exists():
         return None
+    from nbformat.v4.rwbase import rejoin_lines
+
     with open(path, encoding="utf-8") as f:
-        return nbformat.from_dict(json.load(f))
+        return rejoin_lines(nbformat.from_dict(json.load(f)))
 
 
 def _setup_imports(pipeline: Pipeline) -> tuple[str, ...]:

@@ -68,7 +68,8 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
         reads = {k: v for k, v in reads.items() if k == spec.map.iterable} if split else app.item_reads or {}
     inputs = json.dumps(dict(sorted(reads.items())))
     item = f", item={spec.map.item!r}" if spec.map is not None and not split else ""
-    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.enter(globals(), {inputs}{item})"))
+    shared = f", shared={sorted(pipeline.setup_names)!r}" if pipeline.setup_names else ""
+    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.enter(globals(), {inputs}{item}{shared})"))
     if split:
         assert spec.map is not None
         nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.split("

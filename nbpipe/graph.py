@@ -16,7 +16,7 @@ from typing import Any
 
 import networkx as nx
 
-from .errors import CycleError, TagError
+from .errors import CycleError, GraphError, TagError
 from .names import analyse_cell
 from .parse import AppSpec, ParsedNotebook
 
@@ -141,13 +141,20 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
         if spec.map:
             map_sources[name] = _map_source(spec, cells, definers, app_of,
                                             parameter_names | setup_names)
+        first_read: dict[str, int] = {}
         for index in spec.cells:
             for n in sorted(names[index].reads - own):
-                if n in got:
-                    continue
                 producer = _nearest_definer(definers.get(n, []), index, name, app_of)
+                if n in got:
+                    if producer is not None and producer != got[n]:
+                        # Serial execution would see two values; an app gets one.
+                        raise GraphError(
+                            f"app {name!r} reads {n!r} from app {got[n]!r} at cell {first_read[n]} "
+                            f"and from app {producer!r} at cell {index} (id {cells[index].id}); "
+                            f"an app receives one value of each name: start a new app at cell {index}")
+                    continue
                 if producer is not None:
-                    got[n] = producer
+                    got[n], first_read[n] = producer, index
             own |= names[index].defines
         if spec.map and map_sources[name] is not None:
             if spec.map.iterable not in got:

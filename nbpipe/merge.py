@@ -250,6 +250,10 @@ def _attach_app_errors(pipeline: Pipeline, merged: Any, results: dict[str, AppRe
         stopped = [c for c in cells if c.metadata["nbpipe"].get("status") == result.status.value]
         target = stopped[0] if stopped else ran[-1] if ran else cells[0]
         ename, evalue = result.error.get("ename", "Error"), result.error.get("evalue", "")
+        if result.status is AppStatus.TIMED_OUT:
+            # The interrupt that enforced the limit is not the user's error: show one TimeoutError.
+            target.outputs = [o for o in target.outputs if not (
+                o.get("output_type") == "error" and o.get("ename") == "KeyboardInterrupt")]
         target.outputs.append(v4.new_output("error", ename=ename, evalue=evalue,
                                             traceback=[f"{ename}: {evalue}"]))
         target.metadata["nbpipe"]["status"] = result.status.value

@@ -116,6 +116,8 @@ class AppSpec:
     metrics: bool = False
     #: cell index at which each option was set, for error messages
     origin: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    #: each option's tag as the user wrote it (alias and all), for error messages
+    tags: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -373,7 +375,7 @@ def _merge_option(opts: dict[str, Any], key: str, value: Any, tag: str, where: t
     if key in opts and opts[key][0] != value:
         raise TagError(f"app already has {key}={opts[key][0]!r} from cell {opts[key][1]}",
                        cell_index=where[0], cell_id=where[1], tag=tag)
-    opts[key] = (value, where[0])
+    opts.setdefault(key, (value, where[0], tag))
 
 
 def _build_app(name: str, cells: list[int], opts: dict[str, Any], defaults: dict[str, Any]) -> AppSpec:
@@ -396,4 +398,5 @@ def _build_app(name: str, cells: list[int], opts: dict[str, Any], defaults: dict
         outputs=tuple(dict.fromkeys(get("outputs", []))),
         cache=get("cache", True),
         origin={k: v[1] for k, v in opts.items()},
+        tags={k: v[2] for k, v in opts.items() if len(v) > 2},
     )

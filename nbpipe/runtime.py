@@ -8,9 +8,11 @@ no-ops, so compiled notebooks stay plain papermill notebooks.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import types
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ __all__ = ["enter", "leave", "split", "value_path"]
 
 CONTEXT_NAME = "__nbpipe__"
 _context: dict[str, Any] = {}
+_shared: dict[int, str] = {}  # id of a class/function setup defined -> its name
 
 
 def value_path(run_dir: str | Path, app: str, name: str, item: int | None = None) -> Path:
@@ -39,7 +42,8 @@ def split_count_path(run_dir: str | Path, app: str) -> Path:
     return Path(run_dir) / "values" / app / "split" / "count.json"
 
 
-def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = None) -> None:
+def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = None,
+          shared: list[str] | tuple[str, ...] = ()) -> None:
     """Bind each name in ``inputs`` (name -> producing app) to the shipped value.
 
     A name from a ``map:`` app arrives as the list of its items' values, in
@@ -48,9 +52,18 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
     """
     context = namespace.pop(CONTEXT_NAME, None)
     _context.clear()
+    _shared.clear()
     if not context:
         return
     _context.update(context)
+    # Classes and functions the setup cells define exist in every app: values
+    # refer to them by name, so an instance of setup's class Box arrives as an
+    # instance of the consuming app's own Box, not of a copy.
+    for name in shared:
+        value = namespace.get(name)
+        if isinstance(value, (type, types.FunctionType)):
+            _shared[id(value)] = name
+    _context["namespace"] = namespace
     run_dir, maps = context["run_dir"], context.get("maps", {})
     for name, producer in inputs.items():
         if producer in maps:
@@ -111,7 +124,12 @@ def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> 
 
     buffers: list[pickle.PickleBuffer] = []
     try:
-        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if _shared:
+            out = io.BytesIO()
+            _SharedPickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
+            data = out.getvalue()
+        else:
+            data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise ShipError(variable=name, type_name=_type_name(value), producer=app,
                         consumers=list(consumers), reason=f"{type(exc).__name__}: {exc}") from None
@@ -160,7 +178,32 @@ def _load(path: Path) -> Any:
                     raise EOFError(f"{part} is shorter than it was written")
                 view = view[n:]
         buffers.append(buffer)
-    return pickle.loads(data, buffers=buffers)
+    unpickler = pickle.Unpickler(io.BytesIO(data), buffers=buffers)
+    unpickler.persistent_load = _shared_by_name  # type: ignore[assignment]
+    return unpickler.load()
+
+
+def _shared_by_name(pid: Any) -> Any:
+    kind, name = pid
+    namespace = _context.get("namespace", {})
+    if kind != "setup" or name not in namespace:
+        raise pickle.UnpicklingError(f"{name!r} from a setup cell is not defined in this app")
+    return namespace[name]
+
+
+def _shared_pickler() -> type:
+    import cloudpickle
+
+    class SharedPickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def persistent_id(self, obj: Any) -> Any:
+            name = _shared.get(id(obj))
+            return ("setup", name) if name is not None else None
+
+    return SharedPickler
+
+
+def _SharedPickler(*args: Any, **kwargs: Any) -> Any:
+    return _shared_pickler()(*args, **kwargs)
 
 
 def _type_name(value: Any) -> str:

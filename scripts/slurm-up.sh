@@ -55,10 +55,10 @@ healthy_state() {
 }
 
 pkgs_missing() {
-    local p
+    local p status
     for p in "${PKGS[@]}"; do
-        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' \
-            || echo "$p"
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        [[ $status == "install ok installed" ]] || echo "$p"
     done
 }
 

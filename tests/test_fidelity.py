@@ -44,10 +44,6 @@ def graph_reads(runs: Runs) -> dict[str, dict[str, str]]:
     return {a["name"]: a["reads"] for a in runs.merged.metadata["nbpipe"]["graph"]["apps"]}
 
 
-def cell_id(nb: Any, index: int) -> str:
-    return nb.cells[index].id
-
-
 # --------------------------------------------------------------------- 1. mutation
 
 
@@ -121,10 +117,6 @@ def test_functions_classes_lambdas_closures(both: Any) -> None:
     assert c[3].outputs[-1]["data"]["text/plain"] == "[Point(3, 4), Point(1, 2), Point(0, 1)]"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: a value whose class is defined in setup comes back as an instance of "
-    "cloudpickle's copy of the class, not of the class setup just defined in the "
-    "consuming app, so isinstance(b, Box) is False (nbpipe/runtime.py)"))
 def test_class_defined_in_setup(both: Any) -> None:
     """SPEC §2 puts class definitions in ``setup``; instances must stay instances."""
     nb = notebook(
@@ -153,13 +145,10 @@ def test_display_outputs(both: Any, matplotlib_ready: None) -> None:
         code("HTML('<table><tr><td>%d</td></tr></table>' % sum(ys))", "app:table"),
         code("display({'text/plain': 'plain', 'application/json': {'n': len(xs)}}, raw=True)\n"
              "{'total': sum(ys)}"),
-        code("from IPython.display import clear_output\n\n"
-             "class Badge:\n    def __init__(self, n):\n        self.n = n\n\n"
+        code("class Badge:\n    def __init__(self, n):\n        self.n = n\n\n"
              "    def _repr_html_(self):\n        return f'<span>{self.n}</span>'\n\n"
-             "badge = Badge(len(xs))\nprint('cleared away')\nclear_output()\n"
-             "h = display(Markdown('v1'), display_id=True)\nh.update(Markdown('v2'))\n"
-             "for i in range(3):\n    print(f'\\r{i}', end='')\nprint()", "app:live"),
-        code("badge", "app:show"),
+             "badge = Badge(len(xs))\nbadge", "app:badge"),
+        code("badge", "app:show"),  # a shipped instance of a class of the notebook
     )
     runs = both(nb)
     assert_well_formed(runs)
@@ -171,9 +160,28 @@ def test_display_outputs(both: Any, matplotlib_ready: None) -> None:
     assert [o.output_type for o in c[4].outputs] == ["execute_result"]
     assert c[4].outputs[0]["data"]["text/html"] == "<table><tr><td>14</td></tr></table>"
     assert c[5].outputs[-1]["data"]["text/plain"] == "{'total': 14}"
-    assert [o.get("data", {}).get("text/markdown") for o in c[6].outputs] == ["v2", None]
-    assert stream(c[6]) == "\r0\r1\r2\n"
-    assert c[7].outputs[0]["data"]["text/html"] == "<span>4</span>"
+    assert c[6].outputs[0]["data"]["text/html"] == c[7].outputs[0]["data"]["text/html"] == "<span>4</span>"
+
+
+def test_live_display_updates(both: Any) -> None:
+    """clear_output, display(..., display_id=...) updated in the same and a later cell, and \\r."""
+    nb = notebook(
+        code("from IPython.display import Markdown, clear_output, display", "setup"),
+        code("print('cleared away')\nclear_output()\n"
+             "h = display(Markdown('v1'), display_id=True)\nh.update(Markdown('v2'))\n"
+             "for i in range(3):\n    print(f'\\r{i}', end='')\nprint()\nn = 3", "app:live"),
+        code("g = display(Markdown('g1'), display_id='gauge')"),
+        code("g.update(Markdown('g2'))\nprint('updated')"),
+        code("print(n)", "app:other"),
+    )
+    runs = both(nb)
+    assert_well_formed(runs)
+    assert_same_outputs(runs)
+    c = runs.merged.cells
+    assert [o.get("data", {}).get("text/markdown") for o in c[1].outputs] == ["v2", None]
+    assert stream(c[1]) == "\r0\r1\r2\n"
+    assert [o.data["text/markdown"] for o in c[2].outputs] == ["g2"]
+    assert stream(c[3]) == "updated\n" and stream(c[4]) == "3\n"
 
 
 # --------------------------------------------------------------------- 5. stderr
@@ -315,7 +323,8 @@ def test_parameters_passed(both: Any) -> None:
     assert_same_outputs(runs)  # execution counts too: both count the injected cell
 
     def injected(nb: Any) -> tuple[int, Any]:
-        found = [(i, c) for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", [])]
+        found = [(i, c) for i, c in enumerate(nb.cells)
+                 if "injected-parameters" in c.metadata.get("tags", [])]
         assert len(found) == 1
         return found[0]
 

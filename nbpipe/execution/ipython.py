@@ -16,6 +16,7 @@ reaches the next.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import sys
@@ -109,6 +110,8 @@ class _Recorder:
     def __init__(self) -> None:
         self.outputs: list[Any] = []
         self.clear_pending = False
+        #: display id -> the outputs that show it, across the cells of one task
+        self.displays: dict[str, list[Any]] = {}
 
     def _append(self, output: Any) -> None:
         if self.clear_pending:
@@ -125,13 +128,17 @@ class _Recorder:
 
     def display(self, data: Any, metadata: Any, transient: Any, update: bool) -> None:
         display_id = transient.get("display_id")
-        if update and display_id:
-            for out in self.outputs:
-                if out.get("metadata", {}).get("_display_id") == display_id:
-                    out.data, out.metadata = data, {**metadata, "_display_id": display_id}
+        if display_id:
+            # As nbclient does: every output already showing this display id, in
+            # any cell of the task, takes the new data.
+            for out in self.displays.get(display_id, []):
+                out.data, out.metadata = copy.deepcopy(data), copy.deepcopy(metadata)
+        if update:
             return
         out = v4.new_output("display_data", data=data, metadata=metadata)
         self._append(out)
+        if display_id:
+            self.displays.setdefault(display_id, []).append(out)
 
     def result(self, data: Any, metadata: Any, count: int) -> None:
         self._append(v4.new_output("execute_result", data=data, metadata=metadata,
@@ -150,9 +157,14 @@ class _Recorder:
 _recorder = _Recorder()
 
 
-def run_cell(shell: Any, source: str) -> tuple[list[Any], int, bool]:
-    """Run one cell; return its outputs, its execution count and whether it raised."""
-    _recorder.outputs, _recorder.clear_pending = [], False
+def run_cell(shell: Any, source: str, outputs: list[Any] | None = None) -> tuple[list[Any], int, bool]:
+    """Run one cell; return its outputs, its execution count and whether it raised.
+
+    Outputs are appended to ``outputs`` as they come, so a notebook saved while
+    the cell runs (or when it is stopped) shows what it printed so far.
+    """
+    _recorder.outputs = outputs if outputs is not None else []
+    _recorder.clear_pending = False
     real_out, real_err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Stream("stdout", real_out), _Stream("stderr", real_err)
     try:
@@ -161,8 +173,6 @@ def run_cell(shell: Any, source: str) -> tuple[list[Any], int, bool]:
     finally:
         sys.stdout, sys.stderr = real_out, real_err
     outputs = _recorder.outputs
-    for out in outputs:
-        out.get("metadata", {}).pop("_display_id", None)
     failed = result.error_before_exec is not None or result.error_in_exec is not None
     return outputs, count, failed
 
@@ -200,6 +210,7 @@ class IPythonEngine(Engine):
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: Any, **kwargs: Any) -> None:
         shell = make_shell()
+        _recorder.displays = {}
         nb_man.nb.metadata.setdefault("language_info", {
             "name": "python", "version": sys.version.split()[0], "mimetype": "text/x-python",
             "file_extension": ".py", "codemirror_mode": {"name": "ipython", "version": 3},
@@ -211,7 +222,8 @@ class IPythonEngine(Engine):
             try:
                 if not cell.source.strip():
                     continue
-                outputs, count, failed = run_cell(shell, cell.source)
+                cell.outputs = []
+                outputs, count, failed = run_cell(shell, cell.source, cell.outputs)
                 cell.outputs, cell.execution_count = outputs, count
                 if failed and "raises-exception" not in cell.metadata.get("tags", []):
                     nb_man.cell_exception(cell, cell_index=index, exception=RuntimeError("cell raised"))

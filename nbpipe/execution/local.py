@@ -72,8 +72,7 @@ class LocalExecutor:
                 proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 _stop(proc)
-                return self._result(spec, start, AppStatus.TIMED_OUT, "TimeoutError",
-                                    f"app {spec.app!r} ran longer than its timeout of {spec.timeout:g} s")
+                return self._result(spec, start, AppStatus.TIMED_OUT, "TimeoutError", _too_long(spec))
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
@@ -87,10 +86,8 @@ class LocalExecutor:
                                 str(base.with_suffix(".log")))
         # No per-cell timeout runs inside the child: the app's timeout is enforced here.
         if not task.done.wait(timeout=spec.timeout):
-            _kill_group(task.pid)
-            task.done.wait()
-            return self._result(spec, start, AppStatus.TIMED_OUT, "TimeoutError",
-                                f"app {spec.app!r} ran longer than its timeout of {spec.timeout:g} s")
+            _kill_group(task.pid, task.done)
+            return self._result(spec, start, AppStatus.TIMED_OUT, "TimeoutError", _too_long(spec))
         if self._closing and task.status != 0:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
         return self._collect(spec, base, start, task.status)
@@ -196,7 +193,7 @@ class _Zygote:
     def kill_children(self) -> None:
         for task in list(self._tasks.values()):
             if task.pid and not task.done.is_set():
-                _kill_group(task.pid)
+                _kill_group(task.pid, task.done)
 
     def close(self) -> None:
         try:
@@ -215,15 +212,28 @@ class _Zygote:
             self._proc.stdout.close()
 
 
-def _kill_group(pid: int) -> None:
-    """Stop a forked task and whatever it started (it leads its own session)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        if sig == signal.SIGTERM:
-            time.sleep(0.2)
+def _too_long(spec: TaskSpec) -> str:
+    return f"app {spec.app!r} ran longer than its timeout of {spec.timeout:g} s"
+
+
+def _kill_group(pid: int, done: threading.Event | None = None) -> None:
+    """Stop a forked task and whatever it started (it leads its own session).
+
+    SIGTERM first, so the task can save the outputs it has; SIGKILL if it is
+    still there after the grace period.
+    """
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    if done is not None and done.wait(GRACE_SECONDS):
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if done is not None:
+        done.wait()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import signal
 import socket
 import sys
@@ -52,16 +53,16 @@ def run_task(spec: TaskSpec) -> TaskResult:
             log_output=False,
             # Outputs of finished cells survive a timeout or an interrupt.
             request_save_on_cell_execute=True,
-            execution_timeout=int(spec.timeout) + 1 if spec.timeout else None,
+            execution_timeout=math.ceil(spec.timeout) if spec.timeout else None,
             **engine,
         )
     except PapermillExecutionError as exc:
         status = AppStatus.FAILED
         error = {"ename": exc.ename, "evalue": exc.evalue, "cell": _failed_source_index(spec.output)}
-    except CellTimeoutError as exc:
+    except CellTimeoutError:
         status = AppStatus.TIMED_OUT
-        error = {"ename": "TimeoutError", "evalue": f"app {spec.app!r} ran longer than its timeout "
-                 f"of {spec.timeout:g} s ({exc})"}
+        error = {"ename": "TimeoutError",
+                 "evalue": f"app {spec.app!r} ran longer than its timeout of {spec.timeout:g} s"}
     except KeyboardInterrupt:
         status = AppStatus.FAILED
         error = {"ename": "KeyboardInterrupt", "evalue": "the run was interrupted"}

@@ -34,7 +34,6 @@ def _child(request: dict[str, Any]) -> None:
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -50,7 +49,9 @@ def _child(request: dict[str, Any]) -> None:
             sys.modules["numpy"].random.seed()
         from .task import main as task_main
 
-        status = task_main([request["spec"], request["result"]], handle_sigterm=False)
+        # SIGTERM (a timeout, Ctrl-C in the driver) interrupts the running cell, so
+        # papermill still writes what the app printed before it was stopped.
+        status = task_main([request["spec"], request["result"]])
     except BaseException:
         import traceback
 

@@ -50,7 +50,7 @@ class Site:
             def refuse(key: str, tag: str, problem: str) -> UnsupportedTagError:
                 index = spec.origin.get(key, spec.cells[0])
                 return UnsupportedTagError(f"app {name!r}: {problem}", cell_index=index,
-                                           cell_id=cells[index].id, tag=tag)
+                                           cell_id=cells[index].id, tag=spec.tags.get(key, tag))
 
             if spec.container is not None:
                 raise refuse("container", f"container:{spec.container}",
