@@ -51,6 +51,9 @@ class RunResult:
     run_dir: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
+    #: seconds from the start of the run until the first app completed
+    first_result: float | None = None
+
     @property
     def ok(self) -> bool:
         return all(r.status.ok for r in self.apps.values())
@@ -62,6 +65,7 @@ class RunResult:
             "output": str(self.output),
             "html": str(self.html) if self.html else None,
             "duration": round(self.duration, 3),
+            "first_result": round(self.first_result, 3) if self.first_result is not None else None,
             "apps": {name: r.to_dict() for name, r in self.apps.items()},
             "metrics": self.metrics,
         }
@@ -86,6 +90,7 @@ def execute(
     workers: int | None = None,
     html: str | Path | bool | None = None,
     engine: str = "ipython",
+    sites_file: str | Path | None = None,
     debug: bool = False,
     keep_run_dir: bool = False,
     on_event: Callable[[str, str, AppResult], None] | None = None,
@@ -106,14 +111,18 @@ def execute(
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     pipeline = load_pipeline(path)
-    chosen = get_site(site)
+    chosen = get_site(site, notebook=path, sites_file=Path(sites_file) if sites_file else None)
     chosen.check(pipeline)
     cwd = path.resolve().parent
     _check_inputs(pipeline, cwd)
     _check_map_parameters(pipeline, parameters)
     output = Path(output) if output else default_output(path)
 
-    run_dir = Path(tempfile.mkdtemp(prefix="nbpipe-run-"))  # mode 0700: values stay private
+    run_root = chosen.run_root(cwd)
+    if run_root is not None:
+        run_root.mkdir(parents=True, exist_ok=True)
+    # mode 0700: shipped values stay private
+    run_dir = Path(tempfile.mkdtemp(prefix="nbpipe-run-", dir=run_root))
     tasks = run_dir / "tasks"
     tasks.mkdir()
     for name, nb in compile_pipeline(pipeline).items():
@@ -140,6 +149,7 @@ def execute(
             item=item,
             split=split,
             maps={k: v for k, v in maps.items() if k in pipeline.apps[app].reads.values()},
+            executor=spec.executor,
         )
 
     def map_size(app: str) -> list[str]:
@@ -147,7 +157,12 @@ def execute(
 
     if engine == "ipython" and (pipeline.parsed.language != "python" or not hasattr(os, "fork")):
         engine = "kernel"  # the in-process engine runs Python by forking
-    executor = chosen.executor(workers, engine=engine, preload=_setup_imports(pipeline), debug=debug)
+    try:
+        executor = chosen.executor(workers, engine=engine, preload=_setup_imports(pipeline),
+                                   run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     interrupt: KeyboardInterrupt | None = None
     try:
         results = schedule(pipeline, executor, make_spec, on_event, map_size)
@@ -181,8 +196,10 @@ def execute(
         render_html(merged, html_path)
     if not keep_run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
+    ends = [r.end_time for r in results.values() if r.status.ok and r.end_time]
     run = RunResult(merged, output, results, time.time() - started, html_path,
-                    run_dir if keep_run_dir else None, metrics)
+                    run_dir if keep_run_dir else None, metrics,
+                    min(ends) - started if ends else None)
     if interrupt is not None:
         interrupt.run_result = run  # type: ignore[attr-defined]
         raise interrupt

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("notebook", type=Path)
     p.add_argument("-o", "--output", type=Path, help="merged notebook (default: NAME.merged.ipynb)")
     p.add_argument("--site", default="local", help="where the apps run (default: local)")
+    p.add_argument("--sites", type=Path, metavar="FILE", help="a sites file (default: nbpipe.toml "
+                   "beside the notebook, then in the working directory, then pyproject.toml)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="override a parameter; VALUE is parsed like papermill's -p")
     p.add_argument("-f", "--parameters-file", type=Path, action="append", default=[],
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate tags and dataflow; print apps and edges")
     p.add_argument("notebook", type=Path)
     p.add_argument("--site", default="local", help="also check the apps against this site")
+    p.add_argument("--sites", type=Path, metavar="FILE", help="a sites file")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("graph", help="print the app graph")
@@ -91,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_render)
 
     p = sub.add_parser("sites", help="list the sites known here and where each is defined")
+    p.add_argument("notebook", type=Path, nargs="?", help="also look for nbpipe.toml beside it")
+    p.add_argument("--sites", type=Path, metavar="FILE", help="a sites file")
     p.set_defaults(func=_sites)
     return parser
 
@@ -176,7 +181,8 @@ def _execute(args: argparse.Namespace) -> int:
     parameters = _parameters(args)
     total = len(load_pipeline(args.notebook).apps)
     run = execute(args.notebook, output=args.output, site=args.site, parameters=parameters,
-                  workers=args.workers, html=args.html, engine=args.engine, debug=args.debug,
+                  workers=args.workers, html=args.html, engine=args.engine, sites_file=args.sites,
+                  debug=args.debug,
                   keep_run_dir=args.keep_run_dir, on_event=_Progress(total))
     print(f"nbpipe: wrote {run.output}" + (f" and {run.html}" if run.html else "")
           + f" in {run.duration:.1f}s", file=sys.stderr)
@@ -196,7 +202,7 @@ def _check(args: argparse.Namespace) -> int:
     from .sites import get_site
 
     pipeline = load_pipeline(args.notebook)
-    get_site(args.site).check(pipeline)
+    get_site(args.site, notebook=args.notebook, sites_file=args.sites).check(pipeline)
     print(_text_graph(pipeline, args.notebook))
     return 0
 
@@ -295,6 +301,8 @@ def _render(args: argparse.Namespace) -> int:
 def _sites(args: argparse.Namespace) -> int:
     from .sites import known_sites
 
-    for site in known_sites().values():
-        print(f"{site.name:<12} engine={site.engine:<6} defined in: {site.defined_in}")
+    sites = known_sites(args.notebook, args.sites)
+    width = max(len(name) for name in sites)
+    for site in sites.values():
+        print(f"{site.name:<{width}}  {site.describe:<40}  defined in {site.defined_in}")
     return 0

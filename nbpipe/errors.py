@@ -14,6 +14,7 @@ cross process boundaries (worker -> driver).
     ├── GraphError                 the apps do not form a valid graph      (exit 2)
     │   └── CycleError             the apps depend on each other in a loop
     ├── SiteError                  unknown or malformed site               (exit 2)
+    ├── WorkerError                the site's workers cannot run apps      (exit 1)
     ├── ShipError                  a value cannot be moved between apps
     └── RunError                   one or more apps failed or timed out    (exit 1)
 """
@@ -31,6 +32,7 @@ __all__ = [
     "GraphError",
     "CycleError",
     "SiteError",
+    "WorkerError",
     "ShipError",
     "RunError",
 ]
@@ -101,6 +103,12 @@ class CycleError(GraphError):
 
 class SiteError(NbpipeError):
     """The site is unknown or its definition is malformed."""
+
+
+class WorkerError(NbpipeError):
+    """The site's workers did not start in time, or lack what nbpipe needs."""
+
+    exit_code = 1
 
 
 class ShipError(NbpipeError):

@@ -225,6 +225,8 @@ def _host(result: AppResult) -> dict[str, Any]:
     out: dict[str, Any] = {"attempts": result.attempts}
     if result.host:
         out["host"] = result.host
+    if result.job_id:
+        out["job_id"] = result.job_id
     return out
 
 

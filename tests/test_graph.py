@@ -177,3 +177,19 @@ def test_to_json_describes_apps_and_edges() -> None:
     assert data["apps"][0]["options"] == {"retries": 2}
     assert data["apps"][1]["reads"] == {"x": "a"} and data["apps"][1]["options"] == {"timeout": 5.0}
     assert data["edges"] == [{"from": "a", "to": "b", "kinds": ["data"], "names": ["x"], "files": []}]
+
+
+def test_an_app_split_around_a_redefinition_is_an_error_naming_the_cell() -> None:
+    # Serial execution prints 1 then 2; one app cannot receive both values of x.
+    split = code("print(x)", "app:c")
+    with pytest.raises(GraphError) as info:
+        pipeline(code("x = 1", "app:a"), code("print(x)", "app:c"), code("x = 2", "app:d"), split)
+    message = str(info.value)
+    assert "app 'c' reads 'x' from app 'a' at cell 1 and from app 'd' at cell 3" in message
+    assert f"id {split.id}" in message and "start a new app at cell 3" in message
+
+
+def test_an_app_split_around_an_unrelated_app_is_fine() -> None:
+    p = pipeline(code("x = 1", "app:a"), code("print(x)", "app:c"), code("y = 2", "app:d"),
+                 code("print(x, y)", "app:c"))
+    assert p.apps["c"].reads == {"x": "a", "y": "d"}

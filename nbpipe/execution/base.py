@@ -62,6 +62,8 @@ class TaskSpec:
     split: bool = False
     #: number of items of each ``map:`` app whose values this task reads
     maps: dict[str, int] = field(default_factory=dict)
+    #: the site executor to run on (``executor:LABEL``), None for the default
+    executor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +82,8 @@ class TaskResult:
     attempt: int
     output: str | None = None
     error: dict[str, Any] | None = None
+    #: the batch job (Slurm, PBS, LSF) the task ran in, if any
+    job_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -102,6 +106,7 @@ class ItemResult:
     start_time: float | None = None
     end_time: float | None = None
     host: str | None = None
+    job_id: str | None = None
     output: str | None = None
     error: dict[str, Any] | None = None
 
@@ -112,6 +117,8 @@ class ItemResult:
             data["duration"] = round(self.end_time - self.start_time, 6)
         if self.host:
             data["host"] = self.host
+        if self.job_id:
+            data["job_id"] = self.job_id
         if self.error:
             data["error"] = self.error
         return data
@@ -127,6 +134,7 @@ class AppResult:
     start_time: float | None = None
     end_time: float | None = None
     host: str | None = None
+    job_id: str | None = None
     output: str | None = None
     error: dict[str, Any] | None = None
     reason: str | None = None  # why it was skipped

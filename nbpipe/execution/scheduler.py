@@ -113,6 +113,7 @@ def schedule(
         record = result.items[item]
         record.start_time = record.start_time or task.start_time
         record.end_time, record.host, record.output = task.end_time, task.host, task.output
+        record.job_id = task.job_id
         record.status, record.error = task.status, task.error
         if not task.status.ok and record.attempts <= pipeline.apps[app].spec.retries:
             submit(app, item=item)
@@ -121,7 +122,7 @@ def schedule(
         if any(not r.status.final for r in result.items):
             return
         result.end_time = max(r.end_time or 0.0 for r in result.items)
-        result.host = task.host
+        result.host, result.job_id = task.host, task.job_id
         bad = [r for r in result.items if not r.status.ok]
         if bad:
             first = bad[0]
@@ -151,7 +152,7 @@ def schedule(
                 if item is not None:
                     on_item(app, item, task)
                     continue
-                result.end_time, result.host = task.end_time, task.host
+                result.end_time, result.host, result.job_id = task.end_time, task.host, task.job_id
                 result.output, result.error = task.output, task.error
                 if task.status is not AppStatus.COMPLETED and result.attempts <= pipeline.apps[app].spec.retries:
                     submit(app, split=split)

@@ -77,8 +77,10 @@ def run_task(spec: TaskSpec) -> TaskResult:
                      "evalue": f"app {spec.app!r} declared outputs:{missing[0]} but did not write "
                                f"{Path(spec.cwd) / missing[0]}"}
     output = spec.output if Path(spec.output).exists() else None
+    from .remote import batch_job_id
+
     return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
-                      output, error)
+                      output, error, batch_job_id())
 
 
 def _failed_source_index(output: str) -> int | None:

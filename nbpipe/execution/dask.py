@@ -1,0 +1,89 @@
+"""The Dask engine: apps run on the workers of a Dask cluster.
+
+``address`` names an existing scheduler; without it a local cluster of worker
+processes is started for the run and closed after it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+from ..errors import SiteError, WorkerError
+from .base import TaskResult, TaskSpec
+from .parsl import _failed, _worker_fix
+from .remote import probe, run_remote
+
+__all__ = ["DaskExecutor"]
+
+
+class DaskExecutor:
+    """Tasks as Dask futures; one task per worker thread at a time."""
+
+    def __init__(self, site: Any, *, workers: int | None = None, engine: str = "ipython",
+                 preload: tuple[str, ...] = (), kernel_name: str | None = None) -> None:
+        if importlib.util.find_spec("distributed") is None:
+            raise SiteError(f"site {site.name!r} uses Dask, which is not installed here: "
+                            "pip install 'nbpipe[dask]'")
+        from distributed import Client, LocalCluster
+
+        self.site, self.preload = site, list(preload)
+        timeout = float(site.options.get("start_timeout", 60))
+        self.cluster = None
+        address = site.options.get("address")
+        try:
+            if address:
+                self.client = Client(address, timeout=timeout, set_as_default=False)
+            else:
+                n = workers or site.options.get("workers") or os.cpu_count() or 1
+                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
+                self.client = Client(self.cluster, set_as_default=False)
+        except OSError as exc:
+            raise WorkerError(f"site {site.name!r}: cannot reach the Dask scheduler at {address}: {exc}") from None
+        self._futures: list[Any] = []
+        try:
+            start = time.time()
+            self.client.wait_for_workers(1, timeout=timeout)
+            report = self.client.submit(probe, kernel_name if engine == "kernel" else None,
+                                        pure=False).result(timeout=timeout)
+            if report["missing"] or report["kernel"]:
+                lacks = report["missing"] + ([f"the Jupyter kernel {report['kernel']!r}"]
+                                             if report["kernel"] else [])
+                raise WorkerError(f"site {site.name!r}: the Dask workers (python {report['python']} on "
+                                  f"{report['host']}) lack {', '.join(lacks)}; install them there")
+            report["seconds"] = time.time() - start
+            self.first_worker = report
+        except WorkerError:
+            self.shutdown()
+            raise
+        except Exception as exc:
+            self.shutdown()
+            raise WorkerError(_worker_fix(site.name, exc)) from None
+        self.workers = sum(self.client.nthreads().values()) or 1
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]:
+        out: Future[TaskResult] = Future()
+        key = f"nbpipe-{spec.app}-{spec.item if spec.item is not None else 'app'}-{uuid.uuid4().hex[:8]}"
+        future = self.client.submit(run_remote, spec.to_dict(), self.preload, pure=False, key=key)
+        self._futures.append(future)
+
+        def done(f: Any) -> None:
+            try:
+                out.set_result(TaskResult.from_dict(f.result()))
+            except Exception as exc:
+                out.set_result(_failed(spec, _worker_fix(self.site.name, exc)))
+
+        future.add_done_callback(done)
+        return out
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        if cancel and self._futures:
+            self.client.cancel(self._futures)
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

@@ -1,0 +1,182 @@
+"""The Parsl engine: apps run on the executors of a Parsl configuration.
+
+nbpipe owns its DataFlowKernel for the run (no global ``parsl.load``), builds
+a fresh Config every run, turns usage tracking off, asks for the first block
+at once, and always cleans up: ``shutdown`` stops the interchange and cancels
+the batch jobs, on success, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import SiteError, WorkerError
+from .base import AppStatus, TaskResult, TaskSpec
+from .remote import probe, run_remote
+
+__all__ = ["ParslExecutor", "load_config"]
+
+
+@dataclass
+class LoadedConfig:
+    config: Any  # parsl.config.Config
+    labels: list[str]
+
+
+def load_config(site: Any, run_dir: Path | None = None) -> LoadedConfig:
+    """A fresh parsl Config for ``site``: from ``config = "file.py:function"`` or built
+    from ``provider``/``provider_options``/``executor_options``."""
+    if importlib.util.find_spec("parsl") is None:
+        raise SiteError(f"site {site.name!r} uses Parsl, which is not installed here: "
+                        "pip install 'nbpipe[parsl]'")
+    options = site.options
+    if "config" in options:
+        config = _config_from_file(site)
+    else:
+        config = _config_from_provider(site)
+    config.usage_tracking = 0
+    config.strategy_period = 0.5  # ask for the first block at once, not after 5 s
+    config.initialize_logging = True
+    if run_dir is not None:
+        config.run_dir = str(run_dir / "parsl")
+    return LoadedConfig(config, [executor.label for executor in config.executors])
+
+
+def _config_from_file(site: Any) -> Any:
+    from parsl.config import Config
+
+    file, _, function = site.options["config"].rpartition(":")
+    path = (site.base_dir or Path.cwd()) / file
+    if not path.exists():
+        raise SiteError(f"{site.defined_in}: sites.{site.name}.config: no file {path}")
+    spec = importlib.util.spec_from_file_location(f"nbpipe_site_{site.name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise SiteError(f"{path}: cannot load the site's config: {type(exc).__name__}: {exc}") from None
+    make = getattr(module, function, None)
+    if make is None:
+        raise SiteError(f"{path}: has no {function!r} for sites.{site.name}.config")
+    config = make() if callable(make) else make
+    if not isinstance(config, Config):
+        raise SiteError(f"{path}: {function} gave {type(config).__name__}, not a parsl Config")
+    return config
+
+
+def _config_from_provider(site: Any) -> Any:
+    import parsl.providers
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+
+    from ..sites import PROVIDERS, _parsl_executors
+
+    executors = []
+    for label, table in _parsl_executors(site.options).items():
+        provider_class = getattr(parsl.providers, PROVIDERS[table.get("provider", "local")])
+        provider_options = dict(table.get("provider_options", {}))
+        try:
+            provider = provider_class(**provider_options)
+            executor = HighThroughputExecutor(label=label, provider=provider,
+                                              **table.get("executor_options", {}))
+        except TypeError as exc:
+            raise SiteError(f"{site.defined_in}: sites.{site.name}: {exc}") from None
+        executors.append(executor)
+    return Config(executors=executors)
+
+
+class ParslExecutor:
+    """Tasks as Parsl apps on a DataFlowKernel that this executor owns."""
+
+    def __init__(self, site: Any, *, run_dir: Path | None, engine: str = "ipython",
+                 preload: tuple[str, ...] = (), kernel_name: str | None = None) -> None:
+        from parsl.app.python import PythonApp
+        from parsl.dataflow.dflow import DataFlowKernel
+
+        self.site, self.engine, self.preload = site, engine, list(preload)
+        loaded = load_config(site, run_dir)
+        self.labels = loaded.labels
+        # HTEX starts interchange.py and process_worker_pool.py from PATH: make it
+        # this environment's, which jobs inherit too.
+        bindir = str(Path(sys.executable).parent)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        self.dfk = DataFlowKernel(loaded.config)
+        self.workers = sum(getattr(e, "max_workers_per_node", None) or 1 for e in loaded.config.executors)
+        self._apps = {label: PythonApp(run_remote, data_flow_kernel=self.dfk, executors=[label])
+                      for label in self.labels}
+        self._probe = PythonApp(probe, data_flow_kernel=self.dfk, executors=[self.labels[0]])
+        try:
+            self.first_worker = self._wait_for_worker(float(site.options.get("start_timeout", 300)),
+                                                      kernel_name if engine == "kernel" else None)
+        except BaseException:
+            self.dfk.cleanup()
+            raise
+
+    def _wait_for_worker(self, timeout: float, kernel_name: str | None) -> dict[str, Any]:
+        """Run the probe: a worker exists, has what nbpipe needs, within ``timeout``."""
+        start = time.time()
+        future = self._probe(kernel_name)
+        executor = self.dfk.executors[self.labels[0]]
+        while not future.done():
+            if getattr(executor, "bad_state_is_set", False):
+                raise WorkerError(f"site {self.site.name!r}: Parsl could not start workers: "
+                                  f"{executor.executor_exception}")
+            if time.time() - start > timeout:
+                raise WorkerError(f"site {self.site.name!r}: no worker started within {timeout:g} s "
+                                  "(start_timeout); check the batch queue and the provider options")
+            time.sleep(0.2)
+        try:
+            report = future.result()
+        except Exception as exc:
+            raise WorkerError(_worker_fix(self.site.name, exc)) from None
+        if report["missing"] or report["kernel"]:
+            lacks = report["missing"] + ([f"the Jupyter kernel {report['kernel']!r}"] if report["kernel"] else [])
+            raise WorkerError(f"site {self.site.name!r}: the workers (python {report['python']} on "
+                              f"{report['host']}) lack {', '.join(lacks)}; install them in the workers' "
+                              "environment or activate this one with worker_init")
+        report["seconds"] = time.time() - start
+        return report
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]:
+        label = spec.executor or self.labels[0]
+        out: Future[TaskResult] = Future()
+        app_future = self._apps[label](spec.to_dict(), self.preload)
+
+        def done(f: Any) -> None:
+            try:
+                out.set_result(TaskResult.from_dict(f.result()))
+            except Exception as exc:
+                out.set_result(_failed(spec, _worker_fix(self.site.name, exc)))
+
+        app_future.add_done_callback(done)
+        return out
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        # cleanup() stops the interchange and cancels the blocks (batch jobs).
+        self.dfk.cleanup()
+
+
+def _failed(spec: TaskSpec, message: str) -> TaskResult:
+    now = time.time()
+    return TaskResult(spec.app, AppStatus.FAILED, now, now, "", spec.attempt, None,
+                      {"ename": "WorkerError", "evalue": message})
+
+
+def _worker_fix(site: str, exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    for module in ("nbpipe", "papermill", "ipykernel", "cloudpickle"):
+        if f"No module named '{module}'" in text:
+            return (f"site {site!r}: the workers cannot import {module}: install nbpipe in the "
+                    "workers' environment, or set worker_init in the site's provider_options to "
+                    f"activate this one (e.g. \"source {Path(sys.executable).parent}/activate\")")
+    return f"site {site!r}: {text}"

@@ -1,0 +1,74 @@
+"""Runs on a worker of a Parsl or Dask site: tasks and the environment probe.
+
+Each worker process keeps one :class:`~.local.LocalExecutor` of its own, so
+a task on a worker runs exactly as on the ``local`` site: the ``ipython``
+engine forks it from the worker's preloaded zygote, the ``kernel`` engine
+starts a kernel. Both functions here are imported by reference on the
+worker, which is why a worker without nbpipe fails to run them; the driver
+turns that failure into a message saying how to fix the environment.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import socket
+import sys
+import threading
+from typing import Any
+
+__all__ = ["REQUIRED", "probe", "run_remote"]
+
+#: What a worker needs besides nbpipe, by import name -> distribution name.
+REQUIRED = {"papermill": "papermill", "ipykernel": "ipykernel", "IPython": "ipython",
+            "nbformat": "nbformat", "cloudpickle": "cloudpickle"}
+_executors: dict[tuple[str, tuple[str, ...]], Any] = {}
+_lock = threading.Lock()
+
+
+def probe(kernel_name: str | None = None) -> dict[str, Any]:
+    """Describe this worker: where it runs and what of nbpipe's needs it lacks."""
+    from .. import __version__
+
+    missing = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
+    kernel_ok = True
+    if kernel_name and "jupyter_client" not in missing:
+        try:
+            from jupyter_client.kernelspec import KernelSpecManager
+
+            kernel_ok = kernel_name in KernelSpecManager().find_kernel_specs() or kernel_name == "python3"
+        except Exception:
+            kernel_ok = False
+    return {"host": socket.gethostname(), "python": sys.executable, "nbpipe": __version__,
+            "missing": missing, "kernel": kernel_name if not kernel_ok else None,
+            "job_id": batch_job_id()}
+
+
+def batch_job_id() -> str | None:
+    """The batch system's id of the job this process runs in, if any."""
+    for name in ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "COBALT_JOBID", "FLUX_JOB_ID"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def run_remote(spec: dict[str, Any], preload: list[str]) -> dict[str, Any]:
+    """Run one task on this worker; return its :class:`TaskResult` as a dict."""
+    from .base import TaskSpec
+    from .local import LocalExecutor
+
+    task = TaskSpec(**spec)
+    key = (task.engine, tuple(preload))
+    with _lock:
+        executor = _executors.get(key)
+        if executor is None:
+            # Concurrency is the site's business (its workers); this pool never limits it.
+            executor = _executors[key] = LocalExecutor(256, engine=task.engine, preload=preload)
+    return executor.submit(task).result().to_dict()
+
+
+@atexit.register
+def _close() -> None:
+    for executor in _executors.values():
+        executor.shutdown(cancel=True)
