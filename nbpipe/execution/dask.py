@@ -32,6 +32,7 @@ class DaskExecutor:
         from distributed import Client, LocalCluster
 
         self.site, self.preload = site, list(preload)
+        self._closed = False
         timeout = float(site.options.get("start_timeout", 60))
         self.cluster = None
         address = site.options.get("address")
@@ -41,7 +42,7 @@ class DaskExecutor:
             else:
                 n = workers or site.options.get("workers") or os.cpu_count() or 1
                 self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            dashboard_address=None)
+                                            dashboard_address=":0")
                 self.client = Client(self.cluster, set_as_default=False)
         except OSError as exc:
             raise WorkerError(f"site {site.name!r}: cannot reach the Dask scheduler at {address}: {exc}") from None
@@ -82,6 +83,9 @@ class DaskExecutor:
         return out
 
     def shutdown(self, *, cancel: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if cancel and self._futures:
             self.client.cancel(self._futures)
         self.client.close()

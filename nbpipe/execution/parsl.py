@@ -111,6 +111,7 @@ class ParslExecutor:
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.dfk = DataFlowKernel(loaded.config)
+        self._closed = False
         self.workers = sum(getattr(e, "max_workers_per_node", None) or 1 for e in loaded.config.executors)
         self._apps = {label: PythonApp(run_remote, data_flow_kernel=self.dfk, executors=[label])
                       for label in self.labels}
@@ -119,7 +120,7 @@ class ParslExecutor:
             self.first_worker = self._wait_for_worker(float(site.options.get("start_timeout", 300)),
                                                       kernel_name if engine == "kernel" else None)
         except BaseException:
-            self.dfk.cleanup()
+            self.shutdown()
             raise
 
     def _wait_for_worker(self, timeout: float, kernel_name: str | None) -> dict[str, Any]:
@@ -162,8 +163,10 @@ class ParslExecutor:
         return out
 
     def shutdown(self, *, cancel: bool = False) -> None:
-        # cleanup() stops the interchange and cancels the blocks (batch jobs).
-        self.dfk.cleanup()
+        # cleanup() stops the interchange and cancels the blocks (batch jobs); once.
+        if not self._closed:
+            self._closed = True
+            self.dfk.cleanup()
 
 
 def _failed(spec: TaskSpec, message: str) -> TaskResult:
@@ -174,6 +177,10 @@ def _failed(spec: TaskSpec, message: str) -> TaskResult:
 
 def _worker_fix(site: str, exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
+    if "Failed to start block" in text:
+        # Parsl repeats the provider's error once per block; its last stderr says why.
+        reason = text.rpartition("stderr=")[2].strip().splitlines()[0] if "stderr=" in text else text
+        return f"site {site!r}: Parsl could not start a block of workers: {reason}"
     for module in ("nbpipe", "papermill", "ipykernel", "cloudpickle"):
         if f"No module named '{module}'" in text:
             return (f"site {site!r}: the workers cannot import {module}: install nbpipe in the "

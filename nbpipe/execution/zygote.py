@@ -23,6 +23,7 @@ import os
 import select
 import signal
 import sys
+import time
 from typing import Any
 
 __all__ = ["main"]
@@ -92,6 +93,14 @@ def _warm_up(shell: Any) -> None:
     shell.execution_count = 1
 
 
+def _signal_children(children: dict[int, str], sig: int) -> None:
+    for pid in children:
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def main() -> int:
     # Imported here, once, so that every forked child has them for free.
     import papermill  # noqa: F401
@@ -127,8 +136,16 @@ def main() -> int:
     gc.collect()
     gc.freeze()
     send({"ready": True})
+    stop_at = None
     while not eof or children:
-        readable, _, _ = select.select([wake_r] + ([] if eof else [0]), [], [])
+        if eof and stop_at is None:
+            # The driver is gone (a worker killed by its batch system, Ctrl-C):
+            # stop the running apps rather than leave them behind.
+            stop_at = time.monotonic() + 5.0
+            _signal_children(children, signal.SIGTERM)
+        if stop_at is not None and time.monotonic() > stop_at:
+            _signal_children(children, signal.SIGKILL)
+        readable, _, _ = select.select([wake_r] + ([] if eof else [0]), [], [], 0.5 if eof else None)
         if wake_r in readable:
             os.read(wake_r, 4096)
         if 0 in readable:

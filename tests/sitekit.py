@@ -1,0 +1,65 @@
+"""Helpers for the site suites: sites files, reference runs, output comparison."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from conftest import normalise_outputs
+
+import nbpipe
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "example_notebooks"
+
+
+def copy_example(name: str, into: Path) -> Path:
+    """Copy an example notebook (and its data) into ``into``; return its path."""
+    shutil.copy(EXAMPLES / name, into)
+    if (EXAMPLES / "data").exists() and not (into / "data").exists():
+        shutil.copytree(EXAMPLES / "data", into / "data")
+    return into / name
+
+
+def outputs_by_cell(nb: Any) -> dict[str, list[dict[str, Any]]]:
+    """Normalised outputs of every code cell, by cell id."""
+    return {c.id: normalise_outputs(c.outputs) for c in nb.cells if c.cell_type == "code"}
+
+
+def assert_same_outputs(a: nbpipe.RunResult, b: nbpipe.RunResult) -> None:
+    left, right = outputs_by_cell(a.notebook), outputs_by_cell(b.notebook)
+    assert left.keys() == right.keys()
+    for cell_id in left:
+        assert left[cell_id] == right[cell_id], f"cell {cell_id} differs"
+
+
+PARSL_LOCAL = """
+[sites.htex]
+engine = "parsl"
+provider = "local"
+start_timeout = 120
+[sites.htex.provider_options]
+init_blocks = 1
+max_blocks = 1
+[sites.htex.executor_options]
+max_workers_per_node = 2
+address = "127.0.0.1"
+"""
+
+SLURM = """
+[sites.cluster]
+engine = "parsl"
+provider = "slurm"
+start_timeout = {timeout}
+[sites.cluster.provider_options]
+partition = "debug"
+nodes_per_block = 1
+init_blocks = 1
+max_blocks = 1
+walltime = "00:10:00"
+exclusive = false
+cores_per_node = 2
+[sites.cluster.executor_options]
+max_workers_per_node = 2
+address = "127.0.0.1"
+"""

@@ -1,0 +1,100 @@
+"""The Dask engine: a real scheduler and two workers on 127.0.0.1, and a local cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sitekit import assert_same_outputs, copy_example
+
+import nbpipe
+from nbpipe.errors import WorkerError
+
+pytest.importorskip("distributed", reason="the Dask engine needs the dask extra: pip install -e '.[dask]'")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``dask scheduler`` and two ``dask worker`` processes, stopped by PID afterwards."""
+    logs = tmp_path_factory.mktemp("dask")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    port = address.rsplit(":", 1)[1]
+    commands = [[sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                 "--port", port, "--no-dashboard"]]
+    commands += [[sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                  "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"]
+                 for i in range(2)]
+    procs = []
+    for i, command in enumerate(commands):
+        with open(logs / f"{i}.log", "wb") as log:
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        _stop(procs)
+
+
+def _sites(tmp_path: Path, address: str) -> Path:
+    path = tmp_path / "nbpipe.toml"
+    path.write_text(f'[sites.dask]\nengine = "dask"\naddress = "{address}"\n'
+                    '[sites.dasklocal]\nengine = "dask"\nworkers = 2\n'
+                    '[sites.nowhere]\nengine = "dask"\naddress = "tcp://127.0.0.1:9"\nstart_timeout = 3\n')
+    return path
+
+
+def test_quickstart_on_a_dask_scheduler_matches_the_local_site(tmp_path: Path, scheduler: str) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    _sites(tmp_path, scheduler)
+    local = nbpipe.execute(nb, output=tmp_path / "local.ipynb", workers=2)
+    remote = nbpipe.execute(nb, output=tmp_path / "dask.ipynb", site="dask")
+    assert local.ok and remote.ok
+    assert_same_outputs(local, remote)
+    assert remote.notebook.metadata["nbpipe"]["site"] == "dask"
+
+
+@pytest.mark.slow
+def test_hep_example_on_a_local_dask_cluster(tmp_path: Path) -> None:
+    pytest.importorskip("uproot")
+    nb = copy_example("zmumu.ipynb", tmp_path)
+    _sites(tmp_path, "tcp://unused:1")
+    run = nbpipe.execute(nb, site="dasklocal")
+    assert run.ok and run.metrics["z_mass"] == pytest.approx(90.8, abs=0.1)
+
+
+def test_an_unreachable_scheduler_fails_clearly_and_quickly(tmp_path: Path) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    _sites(tmp_path, "tcp://unused:1")
+    start = time.time()
+    with pytest.raises(WorkerError, match="site 'nowhere'"):
+        nbpipe.execute(nb, site="nowhere")
+    assert time.time() - start < 30
+    assert not (tmp_path / "quickstart.merged.ipynb").exists()

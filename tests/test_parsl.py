@@ -1,0 +1,119 @@
+"""The Parsl engine on a real DataFlowKernel with a local HighThroughputExecutor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sitekit import PARSL_LOCAL, assert_same_outputs, copy_example
+
+import nbpipe
+from nbpipe.errors import SiteError, WorkerError
+
+parsl = pytest.importorskip("parsl", reason="the Parsl engine needs the parsl extra: pip install -e '.[parsl]'")
+
+
+def _leftovers(marker: str) -> list[str]:
+    """Processes whose command line mentions ``marker`` (a test's own tmp path)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and (marker in cmdline or marker in environ):
+            found.append(f"{pid}: {cmdline[:120]}")
+    return found
+
+
+def test_quickstart_on_parsl_htex_matches_the_local_site_and_cleans_up(tmp_path: Path) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)
+    local = nbpipe.execute(nb, output=tmp_path / "local.ipynb", workers=2)
+    remote = nbpipe.execute(nb, output=tmp_path / "parsl.ipynb", site="htex")
+    assert local.ok and remote.ok, {n: r.error for n, r in remote.apps.items()}
+    assert_same_outputs(local, remote)
+    assert remote.first_result is not None and remote.first_result < remote.duration
+    # nbpipe owned its DataFlowKernel: nothing global is left loaded
+    with pytest.raises(parsl.errors.NoDataFlowKernelError):
+        parsl.dfk()
+    time.sleep(1)
+    assert _leftovers(str(tmp_path)) == []
+    # the run directory for a batch site sits beside the notebook and is removed
+    assert list((tmp_path / ".nbpipe-runs").iterdir()) == []
+
+
+def test_config_from_a_python_file(tmp_path: Path) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "mine.py").write_text(
+        "from parsl.config import Config\n"
+        "from parsl.executors import HighThroughputExecutor\n"
+        "from parsl.providers import LocalProvider\n\n"
+        "def config():\n"
+        "    return Config(executors=[HighThroughputExecutor(label='cpu', address='127.0.0.1',\n"
+        "        max_workers_per_node=2, provider=LocalProvider(init_blocks=1, max_blocks=1))])\n")
+    (tmp_path / "nbpipe.toml").write_text('[sites.theta]\nengine = "parsl"\nconfig = "sites/mine.py:config"\n')
+    run = nbpipe.execute(nb, site="theta")
+    assert run.ok
+    assert run.notebook.metadata["nbpipe"]["site"] == "theta"
+
+
+def test_config_file_errors_are_one_line(tmp_path: Path) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    (tmp_path / "nbpipe.toml").write_text('[sites.a]\nengine = "parsl"\nconfig = "nothere.py:config"\n'
+                                          '[sites.b]\nengine = "parsl"\nconfig = "bad.py:config"\n')
+    (tmp_path / "bad.py").write_text("def config():\n    return 42\n")
+    with pytest.raises(SiteError, match="sites.a.config: no file"):
+        nbpipe.execute(nb, site="a")
+    with pytest.raises(SiteError, match="config gave int, not a parsl Config"):
+        nbpipe.execute(nb, site="b")
+
+
+def test_a_worker_without_nbpipe_is_detected_with_the_fix(tmp_path: Path) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    # A worker environment in which `import nbpipe` fails, as on a node where it is not installed.
+    fake = tmp_path / "no-nbpipe" / "nbpipe"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'nbpipe'\", name='nbpipe')\n")
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL.replace(
+        "max_blocks = 1", f"max_blocks = 1\nworker_init = \"export PYTHONPATH={fake.parent}\""))
+    start = time.time()
+    with pytest.raises(WorkerError) as info:
+        nbpipe.execute(nb, site="htex")
+    assert "the workers cannot import nbpipe" in str(info.value) and "worker_init" in str(info.value)
+    assert time.time() - start < 120
+    time.sleep(1)
+    assert _leftovers(str(tmp_path)) == []
+
+
+def test_ctrl_c_during_a_parsl_run_leaves_nothing_behind(tmp_path: Path) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)
+    import nbformat
+
+    book = nbformat.read(nb, as_version=4)
+    slow = nbformat.v4.new_code_cell("import time\ntime.sleep(60)")
+    slow.metadata["tags"] = ["app:slow"]
+    book.cells.append(slow)
+    nbformat.write(book, nb)
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb), "--site", "htex"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "started   slow" in line or time.time() > deadline:
+            break
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    proc.stderr.close()
+    assert (tmp_path / "quickstart.merged.ipynb").exists()
+    time.sleep(1)
+    assert _leftovers(str(tmp_path)) == []
