@@ -84,6 +84,8 @@ def _config_from_provider(site: Any) -> Any:
     for label, table in _parsl_executors(site.options).items():
         provider_class = getattr(parsl.providers, PROVIDERS[table.get("provider", "local")])
         provider_options = dict(table.get("provider_options", {}))
+        if isinstance(provider_options.get("launcher"), str):
+            provider_options["launcher"] = _launcher(site, provider_options["launcher"])
         try:
             provider = provider_class(**provider_options)
             executor = HighThroughputExecutor(label=label, provider=provider,
@@ -92,6 +94,21 @@ def _config_from_provider(site: Any) -> Any:
             raise SiteError(f"{site.defined_in}: sites.{site.name}: {exc}") from None
         executors.append(executor)
     return Config(executors=executors)
+
+
+#: Parsl launchers by the name a site file uses (``launcher = "srun"``).
+LAUNCHERS = {"single": "SingleNodeLauncher", "srun": "SrunLauncher", "mpiexec": "MpiExecLauncher",
+             "mpirun": "MpiRunLauncher", "aprun": "AprunLauncher", "simple": "SimpleLauncher",
+             "gnuparallel": "GnuParallelLauncher", "jsrun": "JsrunLauncher"}
+
+
+def _launcher(site: Any, name: str) -> Any:
+    import parsl.launchers
+
+    if name not in LAUNCHERS:
+        raise SiteError(f"{site.defined_in}: sites.{site.name}.provider_options.launcher: unknown "
+                        f"launcher {name!r}; one of {', '.join(sorted(LAUNCHERS))}")
+    return getattr(parsl.launchers, LAUNCHERS[name])()
 
 
 class ParslExecutor:

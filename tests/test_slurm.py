@@ -1,0 +1,86 @@
+"""Parsl on a real single-node Slurm cluster (scripts/slurm-up.sh), behind the slow marker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sitekit import SLURM, assert_same_outputs, copy_example
+
+import nbpipe
+from nbpipe.errors import WorkerError
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("parsl", reason="the Slurm site runs on Parsl: pip install -e '.[parsl]'")
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _slurm(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[None]:
+    """A running single-node Slurm; the tests skip, saying why, where it cannot start."""
+    if os.geteuid() != 0:
+        pytest.skip("starting Slurm and munge needs root")
+    if shutil.which("apt-get") is None and shutil.which("sinfo") is None:
+        pytest.skip("Slurm is not installed and there is no apt-get to install it")
+    up = _slurm("slurm-up.sh")
+    if up.returncode != 0:
+        pytest.skip(f"a single-node Slurm could not start here: {(up.stdout + up.stderr)[-500:]}")
+    yield
+
+
+def _queue() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def _wait_for_empty_queue(seconds: float = 30) -> list[str]:
+    deadline = time.time() + seconds
+    while _queue() and time.time() < deadline:
+        time.sleep(0.5)
+    return _queue()
+
+
+@pytest.mark.parametrize("example", ["quickstart.ipynb", "zmumu.ipynb"])
+def test_examples_on_slurm_match_the_local_site_and_run_in_slurm_jobs(
+        tmp_path: Path, slurm: None, example: str) -> None:
+    if example == "zmumu.ipynb":
+        pytest.importorskip("uproot")
+    nb = copy_example(example, tmp_path)
+    (tmp_path / "nbpipe.toml").write_text(SLURM.format(timeout=120))
+    local = nbpipe.execute(nb, output=tmp_path / "local.ipynb", workers=2)
+    remote = nbpipe.execute(nb, output=tmp_path / "slurm.ipynb", site="cluster")
+    assert local.ok and remote.ok, {n: r.error for n, r in remote.apps.items()}
+    assert_same_outputs(local, remote)
+    jobs = {c.metadata["nbpipe"].get("job_id") for c in remote.notebook.cells
+            if c.cell_type == "code" and c.metadata["nbpipe"].get("status") == "completed"}
+    assert len(jobs) == 1 and None not in jobs and next(iter(jobs)).isdigit()
+    assert all(r.job_id in jobs for r in remote.apps.values())
+    # the block (batch job) was cancelled when the run ended
+    assert _wait_for_empty_queue() == []
+
+
+def test_a_stopped_slurm_fails_clearly_within_bounded_time(tmp_path: Path, slurm: None) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    (tmp_path / "nbpipe.toml").write_text(SLURM.format(timeout=45))
+    down = _slurm("slurm-down.sh")
+    assert down.returncode == 0, down.stderr
+    try:
+        start = time.time()
+        with pytest.raises(WorkerError) as info:
+            nbpipe.execute(nb, site="cluster")
+        took = time.time() - start
+    finally:
+        assert _slurm("slurm-up.sh").returncode == 0
+    assert took < 60, f"took {took:.0f} s"
+    message = str(info.value)
+    assert "site 'cluster'" in message
+    assert "Unable to contact slurm controller" in message or "no worker started" in message
