@@ -17,6 +17,7 @@ from .errors import (  # noqa: E402
     TagError,
     UnsupportedTagError,
     UsageError,
+    WorkerError,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "TagError",
     "UnsupportedTagError",
     "UsageError",
+    "WorkerError",
     "execute",
     "load_pipeline",
 ]

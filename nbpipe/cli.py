@@ -304,5 +304,6 @@ def _sites(args: argparse.Namespace) -> int:
     sites = known_sites(args.notebook, args.sites)
     width = max(len(name) for name in sites)
     for site in sites.values():
-        print(f"{site.name:<{width}}  {site.describe:<40}  defined in {site.defined_in}")
+        print(f"{site.name:<{width}}  engine={site.engine:<6} {site.describe:<42} "
+              f"defined in {site.defined_in}")
     return 0

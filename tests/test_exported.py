@@ -28,6 +28,7 @@ def test_public_names_are_exactly_these() -> None:
         "TagError",
         "UnsupportedTagError",
         "UsageError",
+        "WorkerError",
         "execute",
         "load_pipeline",
     ])
@@ -56,6 +57,7 @@ def samples() -> list[Any]:
         nbpipe.ShipError(variable="gen", type_name="generator", producer="make", consumers=["use", "plot"],
                          reason="TypeError: cannot pickle 'generator' object"),
         nbpipe.RunError("1 app failed"),
+        nbpipe.WorkerError("site 'cluster': no worker started within 60 s"),
     ]
 
 

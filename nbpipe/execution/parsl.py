@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -44,7 +45,9 @@ def load_config(site: Any, run_dir: Path | None = None) -> LoadedConfig:
         config = _config_from_provider(site)
     config.usage_tracking = 0
     config.strategy_period = 0.5  # ask for the first block at once, not after 5 s
-    config.initialize_logging = True
+    # Parsl's own log set-up adds a file handler to the "parsl" logger that it
+    # never closes; ParslExecutor attaches one for the run and removes it after.
+    config.initialize_logging = False
     if run_dir is not None:
         config.run_dir = str(run_dir / "parsl")
     return LoadedConfig(config, [executor.label for executor in config.executors])
@@ -127,6 +130,13 @@ class ParslExecutor:
         bindir = str(Path(sys.executable).parent)
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        self._log = None
+        if run_dir is not None:
+            (run_dir / "parsl").mkdir(parents=True, exist_ok=True)
+            self._log = logging.FileHandler(run_dir / "parsl" / "parsl.log")
+            self._log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            self._log.setLevel(logging.DEBUG)
+            logging.getLogger("parsl").addHandler(self._log)
         self.dfk = DataFlowKernel(loaded.config)
         self._closed = False
         self.workers = sum(getattr(e, "max_workers_per_node", None) or 1 for e in loaded.config.executors)
@@ -183,7 +193,12 @@ class ParslExecutor:
         # cleanup() stops the interchange and cancels the blocks (batch jobs); once.
         if not self._closed:
             self._closed = True
-            self.dfk.cleanup()
+            try:
+                self.dfk.cleanup()
+            finally:
+                if self._log is not None:
+                    logging.getLogger("parsl").removeHandler(self._log)
+                    self._log.close()
 
 
 def _failed(spec: TaskSpec, message: str) -> TaskResult:
