@@ -6,22 +6,14 @@ import os
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbformat import v4
+from nbbuild import code, write
 
 import nbpipe
 
 
 def _notebook(path: Path, cells: list[tuple[str, list[str]]]) -> Path:
-    nb = v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    for source, tags in cells:
-        cell = v4.new_code_cell(source)
-        cell.metadata["tags"] = tags
-        nb.cells.append(cell)
-    nbformat.write(nb, path)
-    return path
+    return write(path, *(code(source, *tags) for source, tags in cells))
 
 
 def _text(run: nbpipe.RunResult, app: str) -> str:

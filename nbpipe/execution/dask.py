@@ -15,8 +15,7 @@ from typing import Any
 
 from ..errors import SiteError, WorkerError
 from .base import TaskResult, TaskSpec
-from .parsl import _failed, _worker_fix
-from .remote import probe, run_remote
+from .remote import probe, run_remote, settle, worker_fix
 
 __all__ = ["DaskExecutor"]
 
@@ -64,23 +63,14 @@ class DaskExecutor:
             raise
         except Exception as exc:
             self.shutdown()
-            raise WorkerError(_worker_fix(site.name, exc)) from None
+            raise WorkerError(worker_fix(site.name, exc)) from None
         self.workers = sum(self.client.nthreads().values()) or 1
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
-        out: Future[TaskResult] = Future()
         key = f"nbpipe-{spec.app}-{spec.item if spec.item is not None else 'app'}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(run_remote, spec.to_dict(), self.preload, pure=False, key=key)
         self._futures.append(future)
-
-        def done(f: Any) -> None:
-            try:
-                out.set_result(TaskResult.from_dict(f.result()))
-            except Exception as exc:
-                out.set_result(_failed(spec, _worker_fix(self.site.name, exc)))
-
-        future.add_done_callback(done)
-        return out
+        return settle(future, spec, self.site.name)
 
     def shutdown(self, *, cancel: bool = False) -> None:
         if self._closed:

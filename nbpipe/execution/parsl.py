@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SiteError, WorkerError
-from .base import AppStatus, TaskResult, TaskSpec
-from .remote import probe, run_remote
+from .base import TaskResult, TaskSpec
+from .remote import probe, run_remote, settle, worker_fix
 
 __all__ = ["ParslExecutor", "load_config"]
 
@@ -166,7 +166,7 @@ class ParslExecutor:
         try:
             report = future.result()
         except Exception as exc:
-            raise WorkerError(_worker_fix(self.site.name, exc)) from None
+            raise WorkerError(worker_fix(self.site.name, exc)) from None
         if report["missing"] or report["kernel"]:
             lacks = report["missing"] + ([f"the Jupyter kernel {report['kernel']!r}"] if report["kernel"] else [])
             raise WorkerError(f"site {self.site.name!r}: the workers (python {report['python']} on "
@@ -177,17 +177,7 @@ class ParslExecutor:
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         label = spec.executor or self.labels[0]
-        out: Future[TaskResult] = Future()
-        app_future = self._apps[label](spec.to_dict(), self.preload)
-
-        def done(f: Any) -> None:
-            try:
-                out.set_result(TaskResult.from_dict(f.result()))
-            except Exception as exc:
-                out.set_result(_failed(spec, _worker_fix(self.site.name, exc)))
-
-        app_future.add_done_callback(done)
-        return out
+        return settle(self._apps[label](spec.to_dict(), self.preload), spec, self.site.name)
 
     def shutdown(self, *, cancel: bool = False) -> None:
         # cleanup() stops the interchange and cancels the blocks (batch jobs); once.
@@ -199,23 +189,3 @@ class ParslExecutor:
                 if self._log is not None:
                     logging.getLogger("parsl").removeHandler(self._log)
                     self._log.close()
-
-
-def _failed(spec: TaskSpec, message: str) -> TaskResult:
-    now = time.time()
-    return TaskResult(spec.app, AppStatus.FAILED, now, now, "", spec.attempt, None,
-                      {"ename": "WorkerError", "evalue": message})
-
-
-def _worker_fix(site: str, exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    if "Failed to start block" in text:
-        # Parsl repeats the provider's error once per block; its last stderr says why.
-        reason = text.rpartition("stderr=")[2].strip().splitlines()[0] if "stderr=" in text else text
-        return f"site {site!r}: Parsl could not start a block of workers: {reason}"
-    for module in ("nbpipe", "papermill", "ipykernel", "cloudpickle"):
-        if f"No module named '{module}'" in text:
-            return (f"site {site!r}: the workers cannot import {module}: install nbpipe in the "
-                    "workers' environment, or set worker_init in the site's provider_options to "
-                    f"activate this one (e.g. \"source {Path(sys.executable).parent}/activate\")")
-    return f"site {site!r}: {text}"

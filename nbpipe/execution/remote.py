@@ -16,9 +16,12 @@ import os
 import socket
 import sys
 import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
-__all__ = ["REQUIRED", "probe", "run_remote"]
+__all__ = ["REQUIRED", "failed", "probe", "run_remote", "settle", "worker_fix"]
 
 #: What a worker needs besides nbpipe, by import name -> distribution name.
 REQUIRED = {"papermill": "papermill", "ipykernel": "ipykernel", "IPython": "ipython",
@@ -66,6 +69,45 @@ def run_remote(spec: dict[str, Any], preload: list[str]) -> dict[str, Any]:
             # Concurrency is the site's business (its workers); this pool never limits it.
             executor = _executors[key] = LocalExecutor(256, engine=task.engine, preload=preload)
     return executor.submit(task).result().to_dict()
+
+
+def settle(remote: Any, spec: Any, site: str) -> Future[Any]:
+    """A :class:`concurrent.futures.Future` of the TaskResult that a Parsl or Dask
+    future of :func:`run_remote` will give; an exception becomes a failed result."""
+    from .base import TaskResult
+
+    out: Future[Any] = Future()
+
+    def done(f: Any) -> None:
+        try:
+            out.set_result(TaskResult.from_dict(f.result()))
+        except Exception as exc:
+            out.set_result(failed(spec, worker_fix(site, exc)))
+
+    remote.add_done_callback(done)
+    return out
+
+
+def failed(spec: Any, message: str) -> Any:
+    from .base import AppStatus, TaskResult
+
+    now = time.time()
+    return TaskResult(spec.app, AppStatus.FAILED, now, now, "", spec.attempt, None,
+                      {"ename": "WorkerError", "evalue": message})
+
+
+def worker_fix(site: str, exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if "Failed to start block" in text:
+        # Parsl repeats the provider's error once per block; its last stderr says why.
+        reason = text.rpartition("stderr=")[2].strip().splitlines()[0] if "stderr=" in text else text
+        return f"site {site!r}: Parsl could not start a block of workers: {reason}"
+    for module in ("nbpipe", "papermill", "ipykernel", "cloudpickle"):
+        if f"No module named '{module}'" in text:
+            return (f"site {site!r}: the workers cannot import {module}: install nbpipe in the "
+                    "workers' environment, or set worker_init in the site's provider_options to "
+                    f"activate this one (e.g. \"source {Path(sys.executable).parent}/activate\")")
+    return f"site {site!r}: {text}"
 
 
 @atexit.register
