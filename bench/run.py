@@ -1,7 +1,7 @@
 """nbpipe benchmarks: ratios measured side by side in one run.
 
     python bench/run.py            # everything (about two minutes on 2 cores)
-    python bench/run.py fanout     # one part: fanout, overhead, shipping, compile, map
+    python bench/run.py fanout     # one part: fanout, overhead, shipping, compile, map, sites
 
 (a) fan-out: 8 independent 1-second apps and a merge app: nbpipe against
     papermill running the same notebook top to bottom, and against the ideal
@@ -10,6 +10,9 @@
 (c) shipping a 200 MB array between apps against numpy's own save + load.
 (d) compiling a 500-cell notebook (parse, dataflow, task notebooks).
 (e) map: fan-out over 10, 100 and 1,000 trivial items: items per second.
+(f) sites: the HEP example on each site this machine has (local, Parsl with a
+    local provider, a local Dask cluster, Slurm if `sinfo` shows a node):
+    time to the first result and for the whole run.
 
 Timings are measurements, not tests: nothing here passes or fails.
 """
@@ -166,8 +169,61 @@ def mapping(tmp: Path) -> list[tuple[str, str]]:
     return rows
 
 
+SITES = """
+[sites.parsl-local]
+engine = "parsl"
+provider = "local"
+[sites.parsl-local.provider_options]
+init_blocks = 1
+max_blocks = 1
+[sites.parsl-local.executor_options]
+max_workers_per_node = 2
+address = "127.0.0.1"
+
+[sites.slurm]
+engine = "parsl"
+provider = "slurm"
+start_timeout = 120
+[sites.slurm.provider_options]
+partition = "debug"
+init_blocks = 1
+max_blocks = 1
+exclusive = false
+cores_per_node = 2
+walltime = "00:10:00"
+[sites.slurm.executor_options]
+max_workers_per_node = 2
+address = "127.0.0.1"
+
+[sites.dask-local]
+engine = "dask"
+workers = 2
+"""
+
+
+def sites(tmp: Path) -> list[tuple[str, str]]:
+    """The HEP example on every site this machine has: time to first result, whole run."""
+    import shutil
+    import subprocess
+
+    examples = Path(__file__).resolve().parent.parent / "example_notebooks"
+    work = tmp / "sites"
+    shutil.copytree(examples, work, ignore=shutil.ignore_patterns("*.merged.*", ".nbpipe-runs"))
+    (work / "nbpipe.toml").write_text(SITES)
+    names = ["local", "parsl-local", "dask-local"]
+    if shutil.which("sinfo") and "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
+                                                         text=True).stdout:
+        names.append("slurm")
+    rows = []
+    for name in names:
+        wall, run = _nbpipe(work / "zmumu.ipynb", site=name)
+        rows.append((f"HEP example on site {name}",
+                     f"first result after {run.first_result:.2f} s, whole run {wall:.2f} s"))
+    return rows
+
+
 PARTS = {"fanout": fanout, "overhead": overhead, "shipping": shipping, "compile": compile_time,
-         "map": mapping}
+         "map": mapping, "sites": sites}
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,7 @@ import nbformat
 
 from .cache import cache_keys, provenance
 from .compile import compile_pipeline
-from .errors import GraphError, UsageError
+from .errors import GraphError, UsageError, WorkerError
 from .execution.base import AppResult, AppStatus, TaskSpec
 from .execution.scheduler import schedule
 from .graph import Pipeline, build_pipeline
@@ -160,6 +160,13 @@ def execute(
     try:
         executor = chosen.executor(workers, engine=engine, preload=_setup_imports(pipeline),
                                    run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
+    except WorkerError as exc:
+        logs = run_dir / "parsl"
+        if not logs.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        # Keep what Parsl logged: it says why no worker came.
+        raise WorkerError(f"{exc}; Parsl's logs are in {logs}") from None
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise

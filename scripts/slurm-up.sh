@@ -154,7 +154,9 @@ start_munge() {
 
 write_conf() {
     local cpus mem_total mem
-    cpus=$(nproc)
+    # Not nproc: it honours OMP_NUM_THREADS, which a parent process (a Dask
+    # cluster, a numerical library) may have set to 1 for itself.
+    cpus=$(getconf _NPROCESSORS_ONLN)
     mem_total=$(free -m | awk '/^Mem:/ {print $2}')
     # Below the real total: slurmd drains a node whose configured RealMemory
     # exceeds what it measures, and the kernel reports slightly less than

@@ -98,3 +98,12 @@ def test_an_unreachable_scheduler_fails_clearly_and_quickly(tmp_path: Path) -> N
         nbpipe.execute(nb, site="nowhere")
     assert time.time() - start < 30
     assert not (tmp_path / "quickstart.merged.ipynb").exists()
+
+
+def test_a_local_dask_cluster_leaves_the_callers_environment_alone(tmp_path: Path) -> None:
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    _sites(tmp_path, "tcp://unused:1")
+    before = dict(os.environ)
+    run = nbpipe.execute(nb, site="dasklocal")
+    assert run.ok
+    assert dict(os.environ) == before  # LocalCluster alone would set OMP_NUM_THREADS=1

@@ -40,8 +40,15 @@ class DaskExecutor:
                 self.client = Client(address, timeout=timeout, set_as_default=False)
             else:
                 n = workers or site.options.get("workers") or os.cpu_count() or 1
-                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            dashboard_address=":0")
+                environ = dict(os.environ)
+                try:
+                    self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                dashboard_address=":0")
+                finally:
+                    # LocalCluster sets OMP_NUM_THREADS=1 and friends in this process's
+                    # environment, for good; the user's session must not inherit that.
+                    os.environ.clear()
+                    os.environ.update(environ)
                 self.client = Client(self.cluster, set_as_default=False)
         except OSError as exc:
             raise WorkerError(f"site {site.name!r}: cannot reach the Dask scheduler at {address}: {exc}") from None

@@ -128,6 +128,7 @@ class ParslExecutor:
         # HTEX starts interchange.py and process_worker_pool.py from PATH: make it
         # this environment's, which jobs inherit too.
         bindir = str(Path(sys.executable).parent)
+        self._path = os.environ.get("PATH")
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self._log = None
@@ -186,6 +187,8 @@ class ParslExecutor:
             try:
                 self.dfk.cleanup()
             finally:
+                if self._path is not None:
+                    os.environ["PATH"] = self._path
                 if self._log is not None:
                     logging.getLogger("parsl").removeHandler(self._log)
                     self._log.close()
