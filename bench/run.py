@@ -7,7 +7,8 @@
     papermill running the same notebook top to bottom, and against the ideal
     (total work / workers + longest chain).
 (b) overhead: 50 trivial apps in a chain and 50 in parallel: per-app overhead.
-(c) shipping a 200 MB array between apps against numpy's own save + load.
+(c) shipping a 200 MB array between apps against numpy's own save + load, the
+    consumer reading every value once on both sides.
 (d) compiling a 500-cell notebook (parse, dataflow, task notebooks).
 (e) map: fan-out over 10, 100 and 1,000 trivial items: items per second.
 (f) sites: the HEP example on each site this machine has (local, Parsl with a
@@ -117,26 +118,39 @@ def shipping(tmp: Path) -> list[tuple[str, str]]:
     from nbpipe import runtime
 
     array = np.random.default_rng(0).random(25_000_000)  # 200 MB of float64
-    start = time.perf_counter()
-    np.save(tmp / "a.npy", array)
-    back = np.load(tmp / "a.npy")
-    numpy_time = time.perf_counter() - start
-    assert np.array_equal(back, array)
-    del back
-    (tmp / "a.npy").unlink()
-
     run_dir = tmp / "ship"
-    runtime._context.clear()
-    runtime._context.update({"run_dir": str(run_dir), "app": "producer"})
-    start = time.perf_counter()
-    runtime.leave({"big": array}, {"big": ["consumer"]})
-    namespace: dict[str, object] = {"__nbpipe__": {"run_dir": str(run_dir), "app": "consumer"}}
-    runtime.enter(namespace, {"big": "producer"})
-    ship_time = time.perf_counter() - start
-    runtime._context.clear()
-    assert np.array_equal(namespace["big"], array)  # type: ignore[arg-type]
-    return [("ship 200 MB array: numpy save+load", f"{numpy_time:.3f} s"),
-            ("ship 200 MB array: nbpipe ship+load", f"{ship_time:.3f} s = {ship_time / numpy_time:.2f}x numpy")]
+
+    def numpy_round_trip() -> float:
+        start = time.perf_counter()
+        np.save(tmp / "a.npy", array)
+        back = np.load(tmp / "a.npy")
+        back.sum()  # the consumer reads every value once
+        took = time.perf_counter() - start
+        assert np.array_equal(back, array)
+        (tmp / "a.npy").unlink()
+        return took
+
+    def nbpipe_round_trip() -> float:
+        runtime._context.clear()
+        runtime._context.update({"run_dir": str(run_dir), "app": "producer"})
+        start = time.perf_counter()
+        runtime.leave({"big": array}, {"big": ["consumer"]})
+        namespace: dict[str, object] = {"__nbpipe__": {"run_dir": str(run_dir), "app": "consumer"}}
+        runtime.enter(namespace, {"big": "producer"})
+        namespace["big"].sum()  # type: ignore[attr-defined]  # the consumer reads every value once
+        took = time.perf_counter() - start
+        runtime._context.clear()
+        assert np.array_equal(namespace["big"], array)  # type: ignore[arg-type]
+        return took
+
+    # Alternate and keep the best of three, so neither side pays for a cold page cache.
+    numpy_time = nbpipe_time = float("inf")
+    for _ in range(3):
+        numpy_time = min(numpy_time, numpy_round_trip())
+        nbpipe_time = min(nbpipe_time, nbpipe_round_trip())
+    return [("ship 200 MB array: numpy save+load", f"{numpy_time:.3f} s (best of 3)"),
+            ("ship 200 MB array: nbpipe ship+load",
+             f"{nbpipe_time:.3f} s (best of 3) = {nbpipe_time / numpy_time:.2f}x numpy")]
 
 
 def compile_time(tmp: Path) -> list[tuple[str, str]]:

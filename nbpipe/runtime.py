@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import pickle
 import types
@@ -166,21 +167,32 @@ def _load(path: Path) -> Any:
     with open(path, "rb") as f:
         count = int.from_bytes(f.read(4), "little")
         data = f.read()
-    buffers = []
-    for i in range(count):
-        part = path.with_suffix(f".buf{i}")
-        buffer = bytearray(part.stat().st_size)
-        with open(part, "rb", buffering=0) as f:
-            view = memoryview(buffer)
-            while view:
-                n = f.readinto(view)
-                if not n:
-                    raise EOFError(f"{part} is shorter than it was written")
-                view = view[n:]
-        buffers.append(buffer)
+    buffers = [_read_buffer(path.with_suffix(f".buf{i}")) for i in range(count)]
     unpickler = pickle.Unpickler(io.BytesIO(data), buffers=buffers)
     unpickler.persistent_load = _shared_by_name  # type: ignore[assignment]
     return unpickler.load()
+
+
+#: Buffers from this size on are memory-mapped instead of read.
+MMAP_FROM = 1 << 20
+
+
+def _read_buffer(part: Path) -> Any:
+    """One out-of-band buffer: a private copy-on-write mapping of the file for
+    large ones (pages come from the page cache as the app touches them; writing
+    to the array never reaches the file), a plain read for small ones."""
+    size = part.stat().st_size
+    with open(part, "rb", buffering=0) as f:
+        if size >= MMAP_FROM:
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        while view:
+            n = f.readinto(view)
+            if not n:
+                raise EOFError(f"{part} is shorter than it was written")
+            view = view[n:]
+        return buffer
 
 
 def _shared_by_name(pid: Any) -> Any:

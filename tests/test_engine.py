@@ -113,3 +113,18 @@ def test_no_worker_process_left_after_a_run(tmp_path: Path) -> None:
 
 def _zygotes() -> set[str]:
     return {p for p in os.listdir("/proc") if p.isdigit() and "nbpipe.execution.zygote" in _cmdline(p)}
+
+
+def test_a_large_array_ships_between_apps_and_stays_writable(tmp_path: Path) -> None:
+    path = _notebook(tmp_path / "big.ipynb", [
+        ("import numpy as np\n\ndef poke(a):\n    a[0] = -1.0", ["setup"]),
+        ("big = np.arange(1_000_000, dtype=np.float64)", ["app:make"]),
+        # poke(big) is a plain call, not a mutation nbpipe sees: "again" reads make's big
+        ("poke(big)\nprint(big.sum(), big.flags.writeable)", ["app:use"]),
+        ("print(big[0])", ["app:again", "after:use"]),
+    ])
+    run = nbpipe.execute(path, output=tmp_path / "out.ipynb", workers=2)
+    assert run.ok
+    assert _text(run, "use").strip() == f"{sum(range(1_000_000)) - 1.0} True"
+    # a reader changes its own copy only: the shipped (memory-mapped) value is untouched
+    assert _text(run, "again").strip() == "0.0"
