@@ -8,6 +8,7 @@ no-ops, so compiled notebooks stay plain papermill notebooks.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import mmap
@@ -127,7 +128,7 @@ def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> 
     try:
         if _shared:
             out = io.BytesIO()
-            _SharedPickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
+            _shared_pickler()(out, protocol=5, buffer_callback=buffers.append).dump(value)
             data = out.getvalue()
         else:
             data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -149,8 +150,8 @@ def _load_or_none(path: Path) -> Any:
 def _store(path: Path, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
     """Write a pickle and its out-of-band buffers (numpy/pandas data) as raw files.
 
-    Large arrays go to disk straight from their memory and come back with one
-    read into a fresh buffer: no copy through the pickle stream.
+    Large arrays go to disk straight from their memory and come back
+    memory-mapped (:func:`_read_buffer`): no copy through the pickle stream.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     for i, buffer in enumerate(buffers):
@@ -203,7 +204,9 @@ def _shared_by_name(pid: Any) -> Any:
     return namespace[name]
 
 
+@functools.lru_cache(maxsize=1)
 def _shared_pickler() -> type:
+    """cloudpickle's Pickler, writing setup's classes and functions by name."""
     import cloudpickle
 
     class SharedPickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -212,10 +215,6 @@ def _shared_pickler() -> type:
             return ("setup", name) if name is not None else None
 
     return SharedPickler
-
-
-def _SharedPickler(*args: Any, **kwargs: Any) -> Any:
-    return _shared_pickler()(*args, **kwargs)
 
 
 def _type_name(value: Any) -> str:
