@@ -117,3 +117,22 @@ def test_ctrl_c_during_a_parsl_run_leaves_nothing_behind(tmp_path: Path) -> None
     assert (tmp_path / "quickstart.merged.ipynb").exists()
     time.sleep(1)
     assert _leftovers(str(tmp_path)) == []
+
+
+def test_executor_tag_routes_an_app_to_the_executor_with_that_label(tmp_path: Path) -> None:
+    from nbbuild import code, text_of, write
+
+    def executor(label: str) -> str:
+        return (f"[sites.two.executors.{label}]\nprovider = 'local'\n"
+                f"provider_options = {{ init_blocks = 1, max_blocks = 1, worker_init = 'export WHICH={label}' }}\n"
+                "executor_options = { max_workers_per_node = 1, address = '127.0.0.1' }\n")
+
+    (tmp_path / "nbpipe.toml").write_text("[sites.two]\nengine = 'parsl'\n" + executor("small") + executor("big"))
+    default, routed = code("import os\nprint(os.environ['WHICH'])", "app:a"), \
+        code("import os\nprint(os.environ['WHICH'])", "app:b", "executor:big")
+    nb = write(tmp_path / "nb.ipynb", default, routed)
+    run = nbpipe.execute(nb, site="two")
+    assert run.ok, {n: r.error for n, r in run.apps.items()}
+    cells = {c.id: c for c in run.notebook.cells}
+    assert text_of(cells[default.id]) == "small\n"  # the first executor is the default
+    assert text_of(cells[routed.id]) == "big\n"

@@ -84,7 +84,9 @@ class LocalExecutor:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
         task = self._zygote.run(str(base.with_suffix(".spec.json")), str(base.with_suffix(".result.json")),
                                 str(base.with_suffix(".log")))
-        # No per-cell timeout runs inside the child: the app's timeout is enforced here.
+        # No per-cell timeout runs inside the child: the app's timeout is enforced
+        # here, from the moment the child exists (not while the zygote starts).
+        task.started.wait()
         if not task.done.wait(timeout=spec.timeout):
             _kill_group(task.pid, task.done)
             return self._result(spec, start, AppStatus.TIMED_OUT, "TimeoutError", _too_long(spec))
@@ -168,6 +170,7 @@ class _Zygote:
                 self._proc.stdin.flush()
             except (BrokenPipeError, ValueError):
                 task.status = -1
+                task.started.set()
                 task.done.set()
         return task
 
@@ -188,6 +191,7 @@ class _Zygote:
         for task in self._tasks.values():
             if not task.done.is_set():
                 task.status = -1
+                task.started.set()
                 task.done.set()
 
     def kill_children(self) -> None:
@@ -226,8 +230,10 @@ def _kill_group(pid: int, done: threading.Event | None = None) -> None:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
-    if done is not None and done.wait(GRACE_SECONDS):
-        return
+    if done is not None:
+        done.wait(GRACE_SECONDS)
+    # Then whatever is left of the group, also a process the app was starting
+    # when SIGTERM came (it missed the signal, and its parent is gone).
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
