@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nbbuild
 import nbformat
 import pytest
+from nbbuild import code, md  # noqa: F401  (the fidelity suite builds cells with these)
 from nbformat import v4
 
 import nbpipe
@@ -37,18 +39,6 @@ INJECTED_TAG = "injected-parameters"
 # --------------------------------------------------------------------- building
 
 
-def code(source: str, *tags: str) -> Any:
-    """A code cell with ``tags`` in ``metadata.tags`` (none: an untagged cell)."""
-    cell = v4.new_code_cell(source)
-    if tags:
-        cell.metadata["tags"] = list(tags)
-    return cell
-
-
-def md(source: str) -> Any:
-    return v4.new_markdown_cell(source)
-
-
 def raw(source: str) -> Any:
     return v4.new_raw_cell(source)
 
@@ -59,10 +49,7 @@ def notebook(*cells: Any) -> Any:
     Cell ids are derived from position and content, so the same notebook built
     twice is the same file (and its papermill run can be reused).
     """
-    nb = v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = [copy.deepcopy(c) for c in cells]
+    nb = nbbuild.notebook(*cells)
     for i, cell in enumerate(nb.cells):
         digest = hashlib.sha1(json.dumps([cell.cell_type, cell.source, cell.metadata],
                                          sort_keys=True).encode()).hexdigest()
