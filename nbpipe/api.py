@@ -157,6 +157,8 @@ def execute(
 
     if engine == "ipython" and (pipeline.parsed.language != "python" or not hasattr(os, "fork")):
         engine = "kernel"  # the in-process engine runs Python by forking
+    if debug and engine == "ipython" and _inside_ipython():
+        engine = "kernel"  # --debug runs apps in this process, which has a shell of its own
     try:
         executor = chosen.executor(workers, engine=engine, preload=_setup_imports(pipeline),
                                    run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
@@ -211,6 +213,13 @@ def execute(
         interrupt.run_result = run  # type: ignore[attr-defined]
         raise interrupt
     return run
+
+
+def _inside_ipython() -> bool:
+    import sys
+
+    shell_module = sys.modules.get("IPython.core.interactiveshell")
+    return bool(shell_module and shell_module.InteractiveShell.initialized())
 
 
 def _read_executed(path: str | None) -> Any:

@@ -135,3 +135,14 @@ def test_a_large_array_ships_between_apps_and_stays_writable(tmp_path: Path) -> 
     assert _text(run, "use").strip() == f"{sum(range(1_000_000)) - 1.0} True"
     # a reader changes its own copy only: the shipped (memory-mapped) value is untouched
     assert _text(run, "again").strip() == "0.0"
+
+
+def test_debug_runs_apps_one_by_one_in_this_process_each_in_a_clean_namespace(tmp_path: Path) -> None:
+    path = _notebook(tmp_path / "debug.ipynb", [
+        ("secret = 42\nx = 1", ["app:a"]),
+        ("print('secret' in dir(), x + 1)", ["app:b"]),
+    ])
+    run = nbpipe.execute(path, output=tmp_path / "out.ipynb", debug=True)
+    assert run.ok
+    # b got x, which it reads, but not secret, which only a's namespace had
+    assert _text(run, "b").strip() == "False 2"

@@ -28,6 +28,13 @@ from papermill.engines import Engine, NotebookExecutionManager
 __all__ = ["IPythonEngine", "make_shell"]
 
 _shell: Any = None
+_used = False  # whether a task ran in this process's shell already
+
+
+def mark_fresh() -> None:
+    """Declare the shell pristine (after the zygote's warm-up, before it forks)."""
+    global _used
+    _used = False
 
 
 def make_shell() -> Any:
@@ -209,7 +216,14 @@ class IPythonEngine(Engine):
 
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: Any, **kwargs: Any) -> None:
+        global _used
         shell = make_shell()
+        if _used:
+            # A second task in this process (the in-process executor of --debug):
+            # start from a clean namespace, as a forked app does.
+            shell.reset(new_session=False)
+            shell.execution_count = 1
+        _used = True
         _recorder.displays = {}
         nb_man.nb.metadata.setdefault("language_info", {
             "name": "python", "version": sys.version.split()[0], "mimetype": "text/x-python",

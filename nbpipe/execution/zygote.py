@@ -89,8 +89,11 @@ def _warm_up(shell: Any) -> None:
         nbformat.write(nb, source)
         papermill.execute_notebook(str(source), str(Path(tmp) / "out.ipynb"), parameters={"warm": 2},
                                    engine_name="nbpipe", progress_bar=False, kernel_name="python3")
+    from .ipython import mark_fresh
+
     shell.reset(new_session=False)
     shell.execution_count = 1
+    mark_fresh()
 
 
 def _signal_children(children: dict[int, str], sig: int) -> None:
