@@ -130,6 +130,11 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
                 definers.setdefault(n, []).append(c.index)
     app_of = {c.index: c.app for c in cells if c.app}
 
+    # app -> callable it defines -> the globals its body reads when called
+    callables: dict[str, dict[str, frozenset[str]]] = {}
+    for c in cells:
+        if c.app and c.index in names:
+            callables.setdefault(c.app, {}).update(names[c.index].callables)
     reads: dict[str, dict[str, str]] = {}
     defines: dict[str, set[str]] = {}
     map_sources: dict[str, str | None] = {}
@@ -155,6 +160,8 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
                     continue
                 if producer is not None:
                     got[n], first_read[n] = producer, index
+                    _late_bound(n, producer, index, name, own, got, first_read, callables,
+                                definers, app_of)
             own |= names[index].defines
         if spec.map and map_sources[name] is not None:
             if spec.map.iterable not in got:
@@ -220,6 +227,23 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
                              {k: tuple(v) for k, v in ships[name].items()}, metric_names,
                              item_reads if spec.map else None)
     return Pipeline(parsed, graph, apps, order, parameter_names, setup_names)
+
+
+def _late_bound(name: str, producer: str, index: int, app: str, own: set[str], got: dict[str, str],
+                first_read: dict[str, int], callables: dict[str, dict[str, frozenset[str]]],
+                definers: dict[str, list[int]], app_of: dict[int, str | None]) -> None:
+    """A function read from another app looks its globals up when it is called,
+    in serial execution the values above the calling cell: read those too."""
+    todo = [(name, producer)]
+    while todo:
+        function, source = todo.pop()
+        for g in sorted(callables.get(source, {}).get(function, ())):
+            if g in own or g in got:
+                continue
+            provider = _nearest_definer(definers.get(g, []), index, app, app_of)
+            if provider is not None:
+                got[g], first_read[g] = provider, index
+                todo.append((g, provider))
 
 
 def _map_source(spec: AppSpec, cells: Any, definers: dict[str, list[int]],

@@ -41,6 +41,9 @@ class CellNames:
 
     reads: frozenset[str]
     defines: frozenset[str]
+    #: functions, classes and lambdas the cell defines at top level, each with the
+    #: globals its body reads when it is called (late binding: at call time)
+    callables: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 @lru_cache(maxsize=4096)
@@ -53,7 +56,27 @@ def analyse_cell(source: str) -> CellNames:
         # The cell fails when it runs, as it would under papermill; nothing flows.
         return CellNames(frozenset(), frozenset())
     reads, defines = _block_names(tree.body)
-    return CellNames(frozenset(reads), frozenset(defines))
+    callables = tuple(item for stmt in tree.body for item in _callable_globals(stmt))
+    return CellNames(frozenset(reads), frozenset(defines), callables)
+
+
+def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str]]]:
+    """For ``def f``, ``class C`` or ``f = lambda …``: the globals its body reads."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        name = stmt.name
+    elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+          and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.Lambda)):
+        name = stmt.targets[0].id
+    else:
+        return []
+    try:
+        table = symtable.symtable(ast.unparse(stmt), "<cell>", "exec")
+    except SyntaxError:
+        return []
+    reads: set[str] = set()
+    _nested_names(table, reads, set())
+    reads.discard(name)
+    return [(name, frozenset(reads))]
 
 
 def _block_names(stmts: list[ast.stmt]) -> tuple[set[str], set[str]]:

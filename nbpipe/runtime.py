@@ -79,6 +79,50 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
             namespace[name] = _load(path)
     if item is not None and context.get("item") is not None:
         namespace[item] = _load(item_path(run_dir, context["app"], context["item"]))
+    for name in inputs:
+        _bind_globals(namespace.get(name), namespace)
+
+
+def _bind_globals(value: Any, namespace: dict[str, Any]) -> None:
+    """Give functions and classes that came by value this app's globals.
+
+    In serial execution every function of the notebook looks its globals up in
+    the one namespace, when it is called. cloudpickle gives a function shipped
+    by value a private copy of the globals it had when it was shipped instead.
+    Rebinding restores the serial behaviour (late binding); names only that
+    copy had stay available as a fallback.
+    """
+    if isinstance(value, types.FunctionType):
+        rebound = _rebound(value, namespace)
+        for name, bound in list(namespace.items()):
+            if bound is value:
+                namespace[name] = rebound
+        return
+    cls = value if isinstance(value, type) else type(value)
+    if cls.__module__ != "__main__" or cls.__dict__.get("__nbpipe_bound__"):
+        return
+    for attr, member in list(vars(cls).items()):
+        if isinstance(member, types.FunctionType):
+            setattr(cls, attr, _rebound(member, namespace))
+    try:
+        setattr(cls, "__nbpipe_bound__", True)
+    except (TypeError, AttributeError):
+        pass
+
+
+def _rebound(function: types.FunctionType, namespace: dict[str, Any]) -> types.FunctionType:
+    if function.__module__ != "__main__" or function.__globals__ is namespace:
+        return function
+    for name, value in function.__globals__.items():
+        if not name.startswith("__"):
+            namespace.setdefault(name, value)
+    rebound = types.FunctionType(function.__code__, namespace, function.__name__,
+                                 function.__defaults__, function.__closure__)
+    rebound.__kwdefaults__ = function.__kwdefaults__
+    rebound.__dict__.update(function.__dict__)
+    rebound.__qualname__, rebound.__doc__ = function.__qualname__, function.__doc__
+    rebound.__module__, rebound.__annotations__ = function.__module__, function.__annotations__
+    return rebound
 
 
 def split(namespace: dict[str, Any], iterable: str, item: str) -> None:

@@ -117,6 +117,25 @@ def test_functions_classes_lambdas_closures(both: Any) -> None:
     assert c[3].outputs[-1]["data"]["text/plain"] == "[Point(3, 4), Point(1, 2), Point(0, 1)]"
 
 
+def test_functions_look_their_globals_up_when_called(both: Any) -> None:
+    """Late binding: a function (or method) uses the values above the calling cell."""
+    nb = notebook(
+        code("x = 1\n\ndef helper():\n    return x * 10\n\n"
+             "def f():\n    return helper() + threshold", "app:defs"),
+        code("threshold = 5", "app:limit"),
+        code("x = 2", "app:redefine"),
+        code("print(f())", "app:call"),
+        code("class K:\n    def get(self):\n        return threshold\n\nk = K()", "app:klass"),
+        code("threshold = 7", "app:later"),
+        code("print(k.get(), isinstance(k, K))", "app:method"),
+    )
+    runs = both(nb)
+    assert_well_formed(runs)
+    assert_same_outputs(runs)
+    assert stream(runs.merged.cells[3]) == "25\n"
+    assert stream(runs.merged.cells[6]) == "7 True\n"
+
+
 def test_class_defined_in_setup(both: Any) -> None:
     """SPEC §2 puts class definitions in ``setup``; instances must stay instances."""
     nb = notebook(

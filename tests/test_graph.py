@@ -193,3 +193,10 @@ def test_an_app_split_around_an_unrelated_app_is_fine() -> None:
     p = pipeline(code("x = 1", "app:a"), code("print(x)", "app:c"), code("y = 2", "app:d"),
                  code("print(x, y)", "app:c"))
     assert p.apps["c"].reads == {"x": "a", "y": "d"}
+
+
+def test_a_function_read_from_another_app_brings_the_globals_it_uses_when_called() -> None:
+    p = pipeline(code("def f():\n    return helper() + limit\n\ndef helper():\n    return 1", "app:a"),
+                 code("limit = 5", "app:b"), code("print(f())", "app:c"))
+    assert p.apps["c"].reads == {"f": "a", "helper": "a", "limit": "b"}
+    assert set(edges(p)) == {("a", "c"), ("b", "c")}
