@@ -11,13 +11,13 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
 
 from .errors import CycleError, GraphError, TagError
-from .names import analyse_cell
+from .names import CellNames, analyse_cell
 from .parse import AppSpec, ParsedNotebook
 
 __all__ = ["AppNode", "Pipeline", "build_pipeline"]
@@ -119,6 +119,7 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
     """
     cells = parsed.cells
     names = {c.index: analyse_cell(c.source) for c in cells if c.role in ("app", "setup", "parameters", "metrics")}
+    names = _with_global_writes(names, cells)
     parameter_names = frozenset().union(*(names[c.index].defines for c in parsed.cells_of("parameters")))
     setup_names = frozenset().union(*(names[c.index].defines for c in parsed.cells_of("setup")))
 
@@ -227,6 +228,37 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
                              {k: tuple(v) for k, v in ships[name].items()}, metric_names,
                              item_reads if spec.map else None)
     return Pipeline(parsed, graph, apps, order, parameter_names, setup_names)
+
+
+def _with_global_writes(names: dict[int, CellNames], cells: Any) -> dict[int, CellNames]:
+    """A cell that calls a function assigning globals (``global count``) defines them."""
+    writes: dict[str, set[str]] = {}
+    for found in names.values():
+        for function, assigned in found.global_writes:
+            writes.setdefault(function, set()).update(assigned)
+    if not writes:
+        return names
+    out = dict(names)
+    for c in cells:
+        if c.role not in ("app", "metrics"):
+            continue
+        found = names[c.index]
+        called = {f for f in writes if f in found.reads or f in _referenced(c.source)}
+        extra = set().union(*(writes[f] for f in called)) if called else set()
+        if extra - found.defines:
+            out[c.index] = replace(found, defines=found.defines | extra)
+    return out
+
+
+def _referenced(source: str) -> set[str]:
+    import ast
+
+    from .names import transformed_source
+
+    try:
+        return {n.id for n in ast.walk(ast.parse(transformed_source(source))) if isinstance(n, ast.Name)}
+    except SyntaxError:
+        return set()
 
 
 def _late_bound(name: str, producer: str, index: int, app: str, own: set[str], got: dict[str, str],

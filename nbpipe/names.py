@@ -44,6 +44,8 @@ class CellNames:
     #: functions, classes and lambdas the cell defines at top level, each with the
     #: globals its body reads when it is called (late binding: at call time)
     callables: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: those of them that assign globals (``global count``), with the names
+    global_writes: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 @lru_cache(maxsize=4096)
@@ -56,12 +58,15 @@ def analyse_cell(source: str) -> CellNames:
         # The cell fails when it runs, as it would under papermill; nothing flows.
         return CellNames(frozenset(), frozenset())
     reads, defines = _block_names(tree.body)
-    callables = tuple(item for stmt in tree.body for item in _callable_globals(stmt))
-    return CellNames(frozenset(reads), frozenset(defines), callables)
+    found = [item for stmt in tree.body for item in _callable_globals(stmt)]
+    callables = tuple((name, r) for name, r, _ in found)
+    writes = tuple((name, w) for name, _, w in found if w)
+    return CellNames(frozenset(reads), frozenset(defines), callables, writes)
 
 
-def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str]]]:
-    """For ``def f``, ``class C`` or ``f = lambda …``: the globals its body reads."""
+def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str], frozenset[str]]]:
+    """For ``def f``, ``class C`` or ``f = lambda …``: the globals its body reads,
+    and those it assigns (``global``)."""
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         name = stmt.name
     elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
@@ -74,9 +79,11 @@ def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str]]]:
     except SyntaxError:
         return []
     reads: set[str] = set()
-    _nested_names(table, reads, set())
+    writes: set[str] = set()
+    _nested_names(table, reads, writes)
+    reads |= writes  # ``global n; n += 1`` reads n too (symtable does not say so)
     reads.discard(name)
-    return [(name, frozenset(reads))]
+    return [(name, frozenset(reads), frozenset(writes))]
 
 
 def _block_names(stmts: list[ast.stmt]) -> tuple[set[str], set[str]]:

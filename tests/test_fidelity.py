@@ -136,6 +136,18 @@ def test_functions_look_their_globals_up_when_called(both: Any) -> None:
     assert stream(runs.merged.cells[6]) == "7 True\n"
 
 
+def test_a_function_that_assigns_a_global_changes_it_for_later_apps(both: Any) -> None:
+    nb = notebook(
+        code("count = 0\n\ndef bump():\n    global count\n    count += 1", "app:defs"),
+        code("bump()\nbump()", "app:calls"),
+        code("print(count)", "app:reads"),
+    )
+    runs = both(nb)
+    assert_well_formed(runs)
+    assert_same_outputs(runs)
+    assert stream(runs.merged.cells[2]) == "2\n"
+
+
 def test_class_defined_in_setup(both: Any) -> None:
     """SPEC §2 puts class definitions in ``setup``; instances must stay instances."""
     nb = notebook(
