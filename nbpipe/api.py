@@ -271,9 +271,9 @@ def _check_map_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> Non
                 except ValueError:
                     defaults.pop(node.targets[0].id, None)  # not a literal: only the run can tell
     values = {**defaults, **parameters}
-    for name, node in pipeline.apps.items():
-        spec = node.spec
-        if spec.map is None or spec.map.iterable in node.reads or spec.map.iterable not in values:
+    for name, app in pipeline.apps.items():
+        spec = app.spec
+        if spec.map is None or spec.map.iterable in app.reads or spec.map.iterable not in values:
             continue
         value = values[spec.map.iterable]
         if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):

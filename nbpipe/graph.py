@@ -12,6 +12,7 @@ import bisect
 import fnmatch
 import re
 from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from typing import Any
 
 import networkx as nx
@@ -263,7 +264,7 @@ def _referenced(source: str) -> set[str]:
 
 def _late_bound(name: str, producer: str, index: int, app: str, own: set[str], got: dict[str, str],
                 first_read: dict[str, int], callables: dict[str, dict[str, frozenset[str]]],
-                definers: dict[str, list[int]], app_of: dict[int, str | None]) -> None:
+                definers: dict[str, list[int]], app_of: Mapping[int, str | None]) -> None:
     """A function read from another app looks its globals up when it is called,
     in serial execution the values above the calling cell: read those too."""
     todo = [(name, producer)]
@@ -279,7 +280,7 @@ def _late_bound(name: str, producer: str, index: int, app: str, own: set[str], g
 
 
 def _map_source(spec: AppSpec, cells: Any, definers: dict[str, list[int]],
-                app_of: dict[int, str | None], everywhere: frozenset[str]) -> str | None:
+                app_of: Mapping[int, str | None], everywhere: frozenset[str]) -> str | None:
     """The app that defines a map: app's iterable (None: parameters or setup define it)."""
     assert spec.map is not None
     first = spec.cells[0]
@@ -293,7 +294,7 @@ def _map_source(spec: AppSpec, cells: Any, definers: dict[str, list[int]],
     return producer
 
 
-def _nearest_definer(indices: list[int], before: int, app: str, app_of: dict[int, str | None]) -> str | None:
+def _nearest_definer(indices: list[int], before: int, app: str, app_of: Mapping[int, str | None]) -> str | None:
     """The app of the nearest cell above ``before`` that defines the name, other than ``app``."""
     pos = bisect.bisect_left(indices, before) - 1
     while pos >= 0:

@@ -16,7 +16,7 @@ from nbformat import v4
 
 from . import __version__
 from .compile import INTERNAL_TAG
-from .execution.base import AppResult, AppStatus
+from .execution.base import AppResult, AppStatus, ItemResult
 from .graph import Pipeline
 
 __all__ = ["merge"]
@@ -210,7 +210,7 @@ def _cell_timing(ran: Any) -> dict[str, Any]:
     return {k: pm[k] for k in ("start_time", "end_time", "duration") if pm.get(k) is not None}
 
 
-def _cell_status(ran: Any, result: AppResult) -> str:
+def _cell_status(ran: Any, result: AppResult | ItemResult) -> str:
     pm = ran.get("metadata", {}).get("papermill", {}).get("status")
     if result.status is AppStatus.TIMED_OUT and pm in ("running", "failed"):
         return AppStatus.TIMED_OUT.value
