@@ -1,18 +1,29 @@
-"""Merged notebook -> HTML report (nbconvert)."""
+"""Merged notebook -> HTML report (nbconvert with the template in ``templates/``).
+
+The report is JupyterLab's page with a provenance section at the end: site,
+parameters, per-app status and timing, metrics and package versions, read
+from the merged notebook's ``metadata.nbpipe``. Where the template folder is
+not installed (a non-editable install), nbconvert's ``lab`` template is used.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_html"]
+__all__ = ["TEMPLATES", "render_html"]
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 def render_html(nb: Any, output: str | Path) -> Path:
     """Write ``nb`` as one HTML file, images inlined, and return its path."""
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab")
+    if (TEMPLATES / "nbpipe" / "index.html.j2").exists():
+        exporter = HTMLExporter(template_name="nbpipe", extra_template_basedirs=[str(TEMPLATES)])
+    else:
+        exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(nb)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
