@@ -178,8 +178,16 @@ def _first_line(text: str) -> str:
 def _execute(args: argparse.Namespace) -> int:
     from .api import execute, load_pipeline
 
+    from .sites import get_site
+
     parameters = _parameters(args)
     total = len(load_pipeline(args.notebook).apps)
+    site = get_site(args.site, notebook=args.notebook, sites_file=args.sites)
+    if site.engine != "local":
+        # Workers of a batch site may wait in a queue: say what is happening meanwhile.
+        print(f"nbpipe: starting site {site.name!r} ({site.describe}); waiting for a first "
+              f"worker, up to {site.options.get('start_timeout', 300 if site.engine == 'parsl' else 60)} s",
+              file=sys.stderr, flush=True)
     run = execute(args.notebook, output=args.output, site=args.site, parameters=parameters,
                   workers=args.workers, html=args.html, engine=args.engine, sites_file=args.sites,
                   debug=args.debug,
