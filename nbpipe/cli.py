@@ -186,7 +186,7 @@ def _execute(args: argparse.Namespace) -> int:
     if site.engine != "local":
         # Workers of a batch site may wait in a queue: say what is happening meanwhile.
         print(f"nbpipe: starting site {site.name!r} ({site.describe}); waiting for a first "
-              f"worker, up to {site.options.get('start_timeout', 300 if site.engine == 'parsl' else 60)} s",
+              f"worker, up to {site.start_timeout:g} s",
               file=sys.stderr, flush=True)
     run = execute(args.notebook, output=args.output, site=args.site, parameters=parameters,
                   workers=args.workers, html=args.html, engine=args.engine, sites_file=args.sites,

@@ -32,7 +32,7 @@ class DaskExecutor:
 
         self.site, self.preload = site, list(preload)
         self._closed = False
-        timeout = float(site.options.get("start_timeout", 60))
+        timeout = site.start_timeout
         self.cluster = None
         address = site.options.get("address")
         try:

@@ -145,7 +145,7 @@ class ParslExecutor:
                       for label in self.labels}
         self._probe = PythonApp(probe, data_flow_kernel=self.dfk, executors=[self.labels[0]])
         try:
-            self.first_worker = self._wait_for_worker(float(site.options.get("start_timeout", 300)),
+            self.first_worker = self._wait_for_worker(site.start_timeout,
                                                       kernel_name if engine == "kernel" else None)
         except BaseException:
             self.shutdown()

@@ -55,6 +55,11 @@ class Site:
             return f"dask, scheduler {opts['address']}" if "address" in opts else "dask, local cluster"
         return f"local pool of {opts.get('workers', os.cpu_count())} worker processes"
 
+    @property
+    def start_timeout(self) -> float:
+        """Seconds to wait for a first worker (a batch queue may be slow)."""
+        return float(self.options.get("start_timeout", 300 if self.engine == "parsl" else 60))
+
     def run_root(self, notebook_dir: Path) -> Path | None:
         """Where run directories go: the system's temp dir for local runs; for
         parsl and dask sites a folder beside the notebook, which batch jobs on
