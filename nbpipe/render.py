@@ -2,8 +2,9 @@
 
 The report is JupyterLab's page with a provenance section at the end: site,
 parameters, per-app status and timing, metrics and package versions, read
-from the merged notebook's ``metadata.nbpipe``. Where the template folder is
-not installed (a non-editable install), nbconvert's ``lab`` template is used.
+from the merged notebook's ``metadata.nbpipe``. The template comes from the
+source tree (editable installs) or from ``share/jupyter/nbconvert/templates``
+where ``pip install`` puts it; without it, nbconvert's ``lab`` template is used.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ def render_html(nb: Any, output: str | Path) -> Path:
     """Write ``nb`` as one HTML file, images inlined, and return its path."""
     from nbconvert import HTMLExporter
 
-    if (TEMPLATES / "nbpipe" / "index.html.j2").exists():
-        exporter = HTMLExporter(template_name="nbpipe", extra_template_basedirs=[str(TEMPLATES)])
-    else:
-        exporter = HTMLExporter(template_name="lab")
-    body, _ = exporter.from_notebook_node(nb)
+    from jinja2 import TemplateNotFound
+
+    extra = [str(TEMPLATES)] if (TEMPLATES / "nbpipe" / "index.html.j2").exists() else []
+    try:
+        body, _ = HTMLExporter(template_name="nbpipe", extra_template_basedirs=extra).from_notebook_node(nb)
+    except TemplateNotFound:  # installed without its data files: the plain JupyterLab page
+        body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(body, encoding="utf-8")
