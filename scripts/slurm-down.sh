@@ -30,25 +30,27 @@ stop_pids() {
     (( ${#pids[@]} )) || return 0
     log "stopping $name (pid ${pids[*]})"
     kill -TERM "${pids[@]}" 2>/dev/null || true
-    for i in $(seq 1 100); do            # up to 10 s for a clean exit
-        left=()
-        for p in "${pids[@]}"; do
-            [[ -d /proc/$p ]] && left+=("$p")
-        done
-        (( ${#left[@]} )) || return 0
-        sleep 0.1
-    done
+    wait_gone 100 "${pids[@]}" && return 0   # up to 10 s for a clean exit
     log "$name still running after 10 s, killing"
     kill -KILL "${left[@]}" 2>/dev/null || true
-    for i in $(seq 1 50); do
+    wait_gone 50 "${pids[@]}" && return 0
+    log "WARNING: $name pid ${left[*]} would not die"
+}
+
+# Wait up to $1 tenths of a second for the given pids to be gone; the ones still
+# there are left in $left. Succeeds when none is.
+wait_gone() {
+    local tries=$1; shift
+    local i p
+    for i in $(seq 1 "$tries"); do
         left=()
-        for p in "${pids[@]}"; do
+        for p in "$@"; do
             [[ -d /proc/$p ]] && left+=("$p")
         done
         (( ${#left[@]} )) || return 0
         sleep 0.1
     done
-    log "WARNING: $name pid ${left[*]} would not die"
+    return 1
 }
 
 # Stop one daemon: by its pid file, or, only when there is no pid file at all
