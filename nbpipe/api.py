@@ -20,7 +20,7 @@ from typing import Any
 
 import nbformat
 
-from .cache import cache_keys, provenance
+from .cache import cache_keys, input_digests, provenance
 from .compile import compile_pipeline
 from .errors import GraphError, UsageError, WorkerError
 from .execution.base import AppResult, AppStatus, TaskSpec
@@ -31,7 +31,7 @@ from .parse import parse_notebook, read_notebook
 from .runtime import split_count_path
 from .sites import get_site
 
-__all__ = ["ENGINES", "RunResult", "execute", "load_pipeline"]
+__all__ = ["ENGINES", "AppStatus", "RunResult", "default_output", "execute", "load_pipeline"]
 
 #: How a task notebook is executed: "ipython" runs its cells in an in-process
 #: IPython shell of a process forked for the app; "kernel" starts a fresh
@@ -187,10 +187,11 @@ def execute(
         elif result.output:
             executed[app] = _read_executed(result.output)
     metrics = _read_metrics(run_dir)
+    inputs = input_digests(pipeline, cwd)
     extra = {
         "metrics": metrics,
-        "cache_keys": cache_keys(pipeline, parameters, cwd),
-        "provenance": provenance(path, _input_files(pipeline, cwd)),
+        "cache_keys": cache_keys(pipeline, parameters, inputs),
+        "provenance": provenance(path, inputs),
         "duration": round(time.time() - started, 3),
     }
     merged = merge(pipeline, results, executed, parameters=parameters, site=chosen.name, extra=extra)
@@ -297,17 +298,7 @@ def _check_inputs(pipeline: Pipeline, cwd: Path) -> None:
                              f"{cwd} and no app declares it in outputs:")
 
 
-def _input_files(pipeline: Pipeline, cwd: Path) -> list[Path]:
-    files: list[Path] = []
-    for node in pipeline.apps.values():
-        for pattern in node.spec.inputs:
-            files.extend(Path(p) for p in sorted(glob.glob(str(cwd / pattern))) if Path(p).is_file())
-    return list(dict.fromkeys(files))
-
-
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
-
-__all__ += ["AppStatus", "default_output"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from .graph import Pipeline
 
-__all__ = ["cache_keys", "file_digest", "provenance"]
+__all__ = ["cache_keys", "file_digest", "input_digests", "provenance"]
 
 _PACKAGES = ("nbpipe", "papermill", "nbclient", "nbformat", "nbconvert", "ipykernel", "ipython",
              "jupyter_client", "cloudpickle", "networkx", "pyzmq", "parsl", "dask", "distributed")
@@ -33,8 +33,25 @@ def file_digest(path: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def cache_keys(pipeline: Pipeline, parameters: dict[str, Any], cwd: str | Path) -> dict[str, str]:
-    """The cache key of every app, upstream keys folded in."""
+def input_digests(pipeline: Pipeline, cwd: str | Path) -> dict[str, dict[str, str]]:
+    """App -> {path: digest} of the files its ``inputs:`` match; each file hashed once."""
+    digests: dict[str, str] = {}
+    out: dict[str, dict[str, str]] = {}
+    for name, node in pipeline.apps.items():
+        files = out[name] = {}
+        for pattern in node.spec.inputs:
+            for path in sorted(glob.glob(str(Path(cwd) / pattern))):
+                if Path(path).is_file():
+                    if path not in digests:
+                        digests[path] = file_digest(path)
+                    files[path] = digests[path]
+    return out
+
+
+def cache_keys(pipeline: Pipeline, parameters: dict[str, Any],
+               inputs: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The cache key of every app, upstream keys folded in (``inputs``: from
+    :func:`input_digests`)."""
     parsed = pipeline.parsed
     common = hashlib.sha256()
     for role in ("parameters", "setup"):
@@ -49,17 +66,15 @@ def cache_keys(pipeline: Pipeline, parameters: dict[str, Any], cwd: str | Path) 
         for index in app.spec.cells:
             h.update(parsed.cells[index].source.encode())
         h.update(json.dumps(pipeline.to_json_options(name), sort_keys=True).encode())
-        for pattern in app.spec.inputs:
-            for path in sorted(glob.glob(str(Path(cwd) / pattern))):
-                if Path(path).is_file():
-                    h.update(file_digest(path).encode())
+        for digest in inputs.get(name, {}).values():
+            h.update(digest.encode())
         for pred in sorted(pipeline.graph.predecessors(name)):
             h.update(keys[pred].encode())
         keys[name] = "sha256:" + h.hexdigest()
     return keys
 
 
-def provenance(notebook: Path | None, input_files: list[Path]) -> dict[str, Any]:
+def provenance(notebook: Path | None, inputs: dict[str, dict[str, str]]) -> dict[str, Any]:
     """Python and package versions, platform, and the hashes of the inputs."""
     packages = {}
     for dist in _PACKAGES:
@@ -67,16 +82,16 @@ def provenance(notebook: Path | None, input_files: list[Path]) -> dict[str, Any]
             packages[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    inputs = {}
+    hashes = {}
     if notebook is not None:
-        inputs[notebook.name] = file_digest(notebook)
-    for path in input_files:
-        inputs[str(path)] = file_digest(path)
+        hashes[notebook.name] = file_digest(notebook)
+    for files in inputs.values():
+        hashes.update(files)
     return {
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "packages": packages,
-        "inputs": inputs,
+        "inputs": hashes,
     }

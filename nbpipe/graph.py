@@ -244,22 +244,13 @@ def _with_global_writes(names: dict[int, CellNames], cells: Any) -> dict[int, Ce
         if c.role not in ("app", "metrics"):
             continue
         found = names[c.index]
-        called = {f for f in writes if f in found.reads or f in _referenced(c.source)}
+        # a function defined in this same cell assigns its globals as part of the
+        # cell's own analysis; one from another app is among the cell's reads
+        called = {f for f in writes if f in found.reads}
         extra = set().union(*(writes[f] for f in called)) if called else set()
         if extra - found.defines:
             out[c.index] = replace(found, defines=found.defines | extra)
     return out
-
-
-def _referenced(source: str) -> set[str]:
-    import ast
-
-    from .names import transformed_source
-
-    try:
-        return {n.id for n in ast.walk(ast.parse(transformed_source(source))) if isinstance(n, ast.Name)}
-    except SyntaxError:
-        return set()
 
 
 def _late_bound(name: str, producer: str, index: int, app: str, own: set[str], got: dict[str, str],

@@ -87,8 +87,8 @@ def merge(
         cell.metadata["nbpipe"] = meta
 
     _attach_app_errors(pipeline, merged, results)
+    _insert_injected_parameters(pipeline, merged, parameters)
     _renumber(merged)
-    _insert_injected_parameters(pipeline, merged, executed, parameters)
     _insert_error_banner(pipeline, merged, results)
 
     for nb in executed.values():
@@ -276,8 +276,7 @@ def _renumber(merged: Any) -> None:
                 output["execution_count"] = count
 
 
-def _insert_injected_parameters(pipeline: Pipeline, merged: Any, executed: dict[str, Any],
-                                parameters: dict[str, Any]) -> None:
+def _insert_injected_parameters(pipeline: Pipeline, merged: Any, parameters: dict[str, Any]) -> None:
     """Papermill's ``injected-parameters`` cell after the parameters cell, user values only."""
     if not parameters:
         return
@@ -289,16 +288,8 @@ def _insert_injected_parameters(pipeline: Pipeline, merged: Any, executed: dict[
     cell.metadata["tags"] = ["injected-parameters"]
     cell.metadata["nbpipe"] = {"app": "parameters", "status": "completed"}
     params = parsed.cells_of("parameters")
-    at = params[0].index + 1 if params else 0
-    previous = [c.execution_count for c in merged.cells[:at] if c.cell_type == "code" and c.execution_count]
-    cell.execution_count = (previous[-1] if previous else 0) + 1
-    merged.cells.insert(at, cell)
-    for later in merged.cells[at + 1:]:
-        if later.cell_type == "code" and later.execution_count is not None:
-            later.execution_count += 1
-            for output in later.outputs:
-                if output.get("output_type") == "execute_result":
-                    output["execution_count"] = later.execution_count
+    cell.execution_count = 0  # it ran; _renumber gives it its place in the count
+    merged.cells.insert(params[0].index + 1 if params else 0, cell)
 
 
 def _insert_error_banner(pipeline: Pipeline, merged: Any, results: dict[str, AppResult]) -> None:

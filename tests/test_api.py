@@ -92,3 +92,18 @@ def test_execute_from_inside_a_running_jupyter_kernel(tmp_path: Path) -> None:
     merged = read(out)
     assert merged.metadata["nbpipe"]["parameters"] == {"n": 4}
     assert "total 6" in text_of(by_id(merged, read(inner).cells[4].id))
+
+
+def test_input_files_are_hashed_into_provenance_and_cache_keys(tmp_path: Path) -> None:
+    from nbpipe.cache import file_digest
+
+    data = tmp_path / "data.txt"
+    data.write_text("1 2 3\n")
+    nb = write(tmp_path / "nb.ipynb", code("print(open('data.txt').read().split())", "app:read", "inputs:data.txt"),
+               code("x = 1", "app:other"))
+    first = nbpipe.execute(nb).notebook.metadata["nbpipe"]
+    assert first["provenance"]["inputs"][str(data)] == file_digest(data)
+    data.write_text("4 5 6\n")
+    second = nbpipe.execute(nb).notebook.metadata["nbpipe"]
+    assert second["cache_keys"]["read"] != first["cache_keys"]["read"]  # the file's contents count
+    assert second["cache_keys"]["other"] == first["cache_keys"]["other"]

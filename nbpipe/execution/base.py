@@ -95,12 +95,10 @@ class TaskResult:
         return cls(**{**data, "status": AppStatus(data["status"])})
 
 
-@dataclass
-class ItemResult:
-    """One item of a ``map:`` app."""
+@dataclass(kw_only=True)
+class _Outcome:
+    """What an app, or one item of a ``map:`` app, came to over its attempts."""
 
-    index: int
-    label: str
     status: AppStatus = AppStatus.PENDING
     attempts: int = 0
     start_time: float | None = None
@@ -110,11 +108,25 @@ class ItemResult:
     output: str | None = None
     error: dict[str, Any] | None = None
 
+    @property
+    def duration(self) -> float | None:
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+
+@dataclass
+class ItemResult(_Outcome):
+    """One item of a ``map:`` app."""
+
+    index: int
+    label: str
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"index": self.index, "item": self.label, "status": self.status.value,
                                 "attempts": self.attempts}
-        if self.start_time is not None and self.end_time is not None:
-            data["duration"] = round(self.end_time - self.start_time, 6)
+        if self.duration is not None:
+            data["duration"] = round(self.duration, 6)
         if self.host:
             data["host"] = self.host
         if self.job_id:
@@ -125,30 +137,17 @@ class ItemResult:
 
 
 @dataclass
-class AppResult:
+class AppResult(_Outcome):
     """The outcome of an app over all its attempts."""
 
     app: str
-    status: AppStatus = AppStatus.PENDING
-    attempts: int = 0
-    start_time: float | None = None
-    end_time: float | None = None
-    host: str | None = None
-    job_id: str | None = None
-    output: str | None = None
-    error: dict[str, Any] | None = None
     reason: str | None = None  # why it was skipped
     #: for a ``map:`` app, one record per element of its iterable
     items: list[ItemResult] | None = None
 
-    @property
-    def duration(self) -> float | None:
-        if self.start_time is None or self.end_time is None:
-            return None
-        return self.end_time - self.start_time
-
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if v is not None and k not in ("output", "items")}
+        data = {"app": self.app, **{k: v for k, v in asdict(self).items()
+                                    if v is not None and k not in ("app", "output", "items")}}
         data["status"] = self.status.value
         if self.items is not None:
             data["items"] = [item.to_dict() for item in self.items]
