@@ -178,7 +178,8 @@ class _Zygote:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
             message = json.loads(line)
-            task = self._tasks.get(message.get("key", ""))
+            key = message.get("key", "")
+            task = self._tasks.get(key)
             if task is None:
                 continue
             if "pid" in message:
@@ -186,16 +187,22 @@ class _Zygote:
                 task.started.set()
             if "exit" in message:
                 task.status = message["exit"]
+                with self._lock:  # a long-lived worker runs many tasks: keep only live ones
+                    self._tasks.pop(key, None)
                 task.done.set()
         # The zygote is gone: nothing will report on the tasks still waiting.
-        for task in self._tasks.values():
+        with self._lock:
+            waiting = list(self._tasks.values())
+        for task in waiting:
             if not task.done.is_set():
                 task.status = -1
                 task.started.set()
                 task.done.set()
 
     def kill_children(self) -> None:
-        for task in list(self._tasks.values()):
+        with self._lock:
+            live = list(self._tasks.values())
+        for task in live:
             if task.pid and not task.done.is_set():
                 _kill_group(task.pid, task.done)
 

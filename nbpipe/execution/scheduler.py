@@ -77,8 +77,9 @@ def schedule(
             results[p].status.ok for p in graph.predecessors(app))
 
     def skip_downstream(failed: str) -> None:
+        below = pipeline.downstream(failed)
         for app in pipeline.order:
-            if app in pipeline.downstream(failed) and results[app].status is AppStatus.PENDING:
+            if app in below and results[app].status is AppStatus.PENDING:
                 chain = _chain(pipeline, failed, app)
                 results[app].status = AppStatus.SKIPPED
                 results[app].reason = (f"app {failed!r} {results[failed].status.value.replace('_', ' ')}"
