@@ -117,7 +117,8 @@ class ShipError(NbpipeError):
     exit_code = 1
 
     def __init__(
-        self, *, variable: str, type_name: str, producer: str, consumers: list[str], reason: str
+        self, *, variable: str, type_name: str, producer: str, consumers: list[str], reason: str,
+        fix: str | None = None,
     ) -> None:
         self.variable = variable
         self.type_name = type_name
@@ -125,11 +126,14 @@ class ShipError(NbpipeError):
         self.consumers = consumers
         self.reason = reason
         readers = ", ".join(consumers)
+        self.fix = fix or (
+            f"create it in a 'setup' cell, or recreate it in the app(s) {readers} that read it, "
+            "instead of passing it between apps, or register a serializer for its type "
+            "(nbpipe.serializers.register)"
+        )
         super().__init__(
             f"variable {variable!r} of type {type_name} defined by app {producer!r} "
-            f"cannot be shipped to app(s) {readers}: {reason}. "
-            f"Fix: create it in a 'setup' cell, or recreate it in the app(s) {readers} "
-            "that read it, instead of passing it between apps."
+            f"cannot be shipped to app(s) {readers}: {reason}. Fix: {self.fix}."
         )
 
 

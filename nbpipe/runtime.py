@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ShipError
+from .serializers import Unshippable, pickler_class
 
 __all__ = ["enter", "leave", "split", "value_path"]
 
@@ -166,20 +167,20 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
 
 
 def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> None:
-    import cloudpickle
-
     buffers: list[pickle.PickleBuffer] = []
+    out = io.BytesIO()
+    # Only a Pickler with a persistent_id is asked about every int and float.
+    pickler = _shared_pickler() if _shared else pickler_class()
     try:
-        if _shared:
-            out = io.BytesIO()
-            _shared_pickler()(out, protocol=5, buffer_callback=buffers.append).dump(value)
-            data = out.getvalue()
-        else:
-            data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        pickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
+    except Unshippable as exc:
+        raise ShipError(variable=name, type_name=_type_name(value), producer=app,
+                        consumers=list(consumers), reason=str(exc),
+                        fix=exc.fix.format(readers=", ".join(consumers))) from None
     except Exception as exc:
         raise ShipError(variable=name, type_name=_type_name(value), producer=app,
                         consumers=list(consumers), reason=f"{type(exc).__name__}: {exc}") from None
-    _store(path, data, buffers)
+    _store(path, out.getvalue(), buffers)
 
 
 def _label(element: Any, limit: int = 60) -> str:
@@ -250,10 +251,9 @@ def _shared_by_name(pid: Any) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _shared_pickler() -> type:
-    """cloudpickle's Pickler, writing setup's classes and functions by name."""
-    import cloudpickle
+    """The serializers' Pickler, writing setup's classes and functions by name."""
 
-    class SharedPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    class SharedPickler(pickler_class()):  # type: ignore[misc]
         def persistent_id(self, obj: Any) -> Any:
             name = _shared.get(id(obj))
             return ("setup", name) if name is not None else None

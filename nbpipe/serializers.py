@@ -1,0 +1,267 @@
+"""How values that cloudpickle cannot ship travel between apps.
+
+A :class:`Serializer` names the classes it handles by qualified name
+(``"xgboost.core.DMatrix"``), so nbpipe never imports a library to register
+it; a value matches when its class or a base class has that name. ``dump``
+turns the value into a small picklable recipe (bytes, a path, a tuple) and
+``load`` turns the recipe back into a value in the consuming app. The
+:class:`Pickler` applies the registry to every object it meets, so a
+registered value inside a list, a dict or an instance ships too.
+
+The pickler also refuses, with the fix, what can never be shipped
+(generators, locks, threads, sockets), and pickles a class or function of a
+module that is importable but not yet imported by reference, as it would
+had the module been imported (``numpy.rec.recarray`` is the common case).
+
+Register your own in a ``setup`` cell, before the producing app ships::
+
+    import nbpipe.serializers
+
+    nbpipe.serializers.register("mylib.Handle", dump=lambda h: h.path, load=mylib.Handle.open)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import socket
+import sys
+import tempfile
+import threading
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["Serializer", "Registry", "Unshippable", "register", "registry", "pickler_class"]
+
+
+@dataclass(frozen=True)
+class Serializer:
+    """Ships values of the classes named in ``types`` (and of their subclasses).
+
+    ``dump(value)`` returns a picklable recipe; ``load(recipe)`` rebuilds the
+    value in the consuming app. ``load`` ships with the value (by reference
+    when it is a module's function, by value when a notebook defines it), so
+    the consuming app needs no registration of its own.
+    """
+
+    types: tuple[str, ...]
+    dump: Callable[[Any], Any]
+    load: Callable[[Any], Any]
+
+
+class Registry:
+    """Serializers by the qualified class names they handle; the last registered wins."""
+
+    def __init__(self, serializers: tuple[Serializer, ...] = ()) -> None:
+        self._by_name: dict[str, Serializer] = {}
+        self._by_type: dict[type, Serializer | None] = {}
+        for serializer in serializers:
+            self.add(serializer)
+
+    def add(self, serializer: Serializer) -> None:
+        for name in serializer.types:
+            self._by_name[name] = serializer
+        self._by_type.clear()
+
+    def find(self, cls: type) -> Serializer | None:
+        """The serializer for instances of ``cls``: the one of its nearest named class."""
+        try:
+            return self._by_type[cls]
+        except KeyError:
+            pass
+        found = None
+        for klass in getattr(cls, "__mro__", ()):
+            found = self._by_name.get(f"{klass.__module__}.{klass.__qualname__}")
+            if found is not None:
+                break
+        self._by_type[cls] = found
+        return found
+
+
+@functools.lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The registry the runtime ships with: the built-ins and what :func:`register` added."""
+    return Registry(BUILTINS)
+
+
+def register(type_name: str | tuple[str, ...], dump: Callable[[Any], Any],
+             load: Callable[[Any], Any]) -> None:
+    """Ship values of ``type_name`` (``"module.QualName"``) as ``load(dump(value))``."""
+    names = (type_name,) if isinstance(type_name, str) else tuple(type_name)
+    bad = [n for n in names if "." not in n]
+    if bad:
+        raise ValueError(f"register({bad[0]!r}): name the class with its module, "
+                         f"e.g. 'mylib.{bad[0]}' (see type(value).__module__)")
+    registry().add(Serializer(names, dump, load))
+
+
+# --------------------------------------------------------------------- what never ships
+
+
+class Unshippable(TypeError):
+    """A value of a kind that no serializer can move; carries the fix."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(reason)
+        self.reason, self.fix = reason, fix
+
+
+_RECREATE = "recreate it in the app(s) {readers} that use it, or create it in a 'setup' cell"
+#: (classes, what they are, the fix; {readers} becomes the consuming apps)
+_NEVER: list[tuple[tuple[type, ...], str, str]] = [
+    ((types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType),
+     "a generator runs once, in the process that created it, and cannot be pickled",
+     "convert it with list(...) in the app that produces it, or create the generator in "
+     "the app(s) {readers} that use it (recreate it there)"),
+    ((type(threading.Lock()), type(threading.RLock()), threading.Condition, threading.Semaphore,
+      threading.Event), "a lock belongs to the process that created it", _RECREATE),
+    ((threading.Thread,), "a thread belongs to the process that created it", _RECREATE),
+    ((socket.socket,), "an open socket belongs to the process that created it", _RECREATE),
+]
+_NEVER_ANY = tuple(cls for classes, _, _ in _NEVER for cls in classes)
+
+
+def _refuse(obj: Any) -> None:
+    if not isinstance(obj, _NEVER_ANY):
+        return
+    for classes, what, fix in _NEVER:
+        if isinstance(obj, classes):
+            cls = type(obj)
+            name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+            raise Unshippable(f"{name}: {what}", fix)
+
+
+# --------------------------------------------------------------------- the pickler
+
+
+_tried: set[str] = set()
+
+
+def _import_owner(obj: Any) -> None:
+    """Import the module a class or function says it lives in, if it is not yet.
+
+    cloudpickle copies a class by value when its module is missing from
+    ``sys.modules``: a ``numpy.recarray`` made by ``arr.view(np.recarray)``
+    before anything imported ``numpy.rec`` arrives as a copy of the class,
+    whose ``rec['age']`` then fails. Importing the module first (only a
+    submodule of a package already imported) lets it go by reference.
+    """
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str) or module in sys.modules or module in _tried:
+        return
+    _tried.add(module)
+    if module.partition(".")[0] in sys.modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # not importable after all: cloudpickle copies it by value
+            pass
+
+
+@functools.lru_cache(maxsize=1)
+def pickler_class() -> type:
+    """cloudpickle's Pickler, applying :func:`registry` and refusing what never ships."""
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+                _import_owner(obj)
+            else:
+                serializer = registry().find(type(obj))
+                if serializer is not None:
+                    return serializer.load, (serializer.dump(obj),)
+                _refuse(obj)
+            return super().reducer_override(obj)
+
+    return Pickler
+
+
+# --------------------------------------------------------------------- built-ins
+
+
+def _via_file(save: Callable[[str], Any], suffix: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "value" + suffix)
+        save(path)
+        return Path(path).read_bytes()
+
+
+def _from_file(data: bytes, suffix: str, open_: Callable[[str], Any]) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "value" + suffix)
+        Path(path).write_bytes(data)
+        return open_(path)
+
+
+def _dump_dmatrix(matrix: Any) -> bytes:
+    return _via_file(lambda path: matrix.save_binary(path, silent=True), ".buffer")
+
+
+def _load_dmatrix(data: bytes) -> Any:
+    import xgboost
+
+    return _from_file(data, ".buffer", xgboost.DMatrix)
+
+
+def _dump_h5py(obj: Any) -> tuple[str, str, bool]:
+    """An open HDF5 file, group or dataset -> (file path, object name, is the file)."""
+    import h5py
+
+    file = obj.file
+    if file.driver == "core":
+        raise ValueError("an in-memory HDF5 file (driver='core') cannot be reopened by path; "
+                         "write it to disk, or ship the arrays it holds (dataset[()])")
+    if file.mode == "r+":
+        file.flush()  # the consuming app reopens the file: it must see what was written
+    return os.path.abspath(file.filename), obj.name, isinstance(obj, h5py.File)
+
+
+def _load_h5py(recipe: tuple[str, str, bool]) -> Any:
+    import h5py
+
+    path, name, is_file = recipe
+    file = h5py.File(path, "r")
+    return file if is_file else file[name]
+
+
+def _dump_uproot(obj: Any) -> tuple[str, str | None, bool]:
+    """An open ROOT file, directory, tree or branch -> (file path, object path, is the file)."""
+    import uproot
+
+    if isinstance(obj, uproot.reading.ReadOnlyFile):
+        return obj.file_path, None, True
+    if isinstance(obj, uproot.reading.ReadOnlyDirectory):
+        return obj.file.file_path, "/".join(obj.path) or None, False
+    return obj.file.file_path, obj.object_path, False
+
+
+def _load_uproot(recipe: tuple[str, str | None, bool]) -> Any:
+    import uproot
+
+    path, object_path, is_file = recipe
+    opened = uproot.open({path: object_path})
+    return opened.file if is_file else opened
+
+
+def _dump_keras(model: Any) -> tuple[str, bytes]:
+    """A Keras model -> (its Keras package, the bytes of its ``.keras`` file)."""
+    return type(model).__module__.partition(".")[0], _via_file(model.save, ".keras")
+
+
+def _load_keras(recipe: tuple[str, bytes]) -> Any:
+    package, data = recipe
+    return _from_file(data, ".keras", importlib.import_module(package).models.load_model)
+
+
+BUILTINS: tuple[Serializer, ...] = (
+    Serializer(("xgboost.core.DMatrix",), _dump_dmatrix, _load_dmatrix),
+    Serializer(("h5py._hl.base.HLObject",), _dump_h5py, _load_h5py),
+    Serializer(("uproot.reading.ReadOnlyFile", "uproot.reading.ReadOnlyDirectory",
+                "uproot.behaviors.TBranch.HasBranches"), _dump_uproot, _load_uproot),
+    Serializer(("keras.src.models.model.Model", "keras.src.engine.training.Model",
+                "keras.engine.training.Model", "tf_keras.src.engine.training.Model"),
+               _dump_keras, _load_keras),
+)
