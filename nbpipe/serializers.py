@@ -8,10 +8,11 @@ turns the value into a small picklable recipe (bytes, a path, a tuple) and
 :class:`Pickler` applies the registry to every object it meets, so a
 registered value inside a list, a dict or an instance ships too.
 
-The pickler also refuses, with the fix, what can never be shipped
-(generators, locks, threads, sockets), and pickles a class or function of a
-module that is importable but not yet imported by reference, as it would
-had the module been imported (``numpy.rec.recarray`` is the common case).
+What never ships (generators, locks, threads, sockets) has entries too,
+whose ``dump`` raises :class:`Unshippable` with the fix. The pickler also
+pickles a class or function of a submodule that is importable but not yet
+imported by reference, as it would had the module been imported
+(``numpy.rec.recarray`` is the common case).
 
 Register your own in a ``setup`` cell, before the producing app ships::
 
@@ -25,10 +26,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import socket
 import sys
 import tempfile
-import threading
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,23 +67,26 @@ class Registry:
 
     def find(self, cls: type) -> Serializer | None:
         """The serializer for instances of ``cls``: the one of its nearest named class."""
-        try:
-            return self._by_type[cls]
-        except KeyError:
-            pass
-        found = None
+        found = self._by_type.get(cls, _MISSING)
+        if found is _MISSING:
+            found = self._by_type[cls] = self._lookup(cls)
+        return found  # type: ignore[return-value]
+
+    def _lookup(self, cls: type) -> Serializer | None:
         for klass in getattr(cls, "__mro__", ()):
             found = self._by_name.get(f"{klass.__module__}.{klass.__qualname__}")
             if found is not None:
-                break
-        self._by_type[cls] = found
-        return found
+                return found
+        return None
+
+
+_MISSING = object()
 
 
 @functools.lru_cache(maxsize=1)
 def registry() -> Registry:
     """The registry the runtime ships with: the built-ins and what :func:`register` added."""
-    return Registry(BUILTINS)
+    return Registry(NEVER + BUILTINS)
 
 
 def register(type_name: str | tuple[str, ...], dump: Callable[[Any], Any],
@@ -109,29 +111,36 @@ class Unshippable(TypeError):
         self.reason, self.fix = reason, fix
 
 
+def _never(what: str, fix: str) -> Callable[[Any], Any]:
+    """A dump that refuses: the registry entry of a kind that never ships."""
+
+    def refuse(value: Any) -> Any:
+        cls = type(value)
+        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        raise Unshippable(f"{name}: {what}", fix)
+
+    return refuse
+
+
+def _unreachable(recipe: Any) -> Any:
+    raise AssertionError("a value that never ships was loaded")
+
+
 _RECREATE = "recreate it in the app(s) {readers} that use it, or create it in a 'setup' cell"
-#: (classes, what they are, the fix; {readers} becomes the consuming apps)
-_NEVER: list[tuple[tuple[type, ...], str, str]] = [
-    ((types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType),
-     "a generator runs once, in the process that created it, and cannot be pickled",
-     "convert it with list(...) in the app that produces it, or create the generator in "
-     "the app(s) {readers} that use it (recreate it there)"),
-    ((type(threading.Lock()), type(threading.RLock()), threading.Condition, threading.Semaphore,
-      threading.Event), "a lock belongs to the process that created it", _RECREATE),
-    ((threading.Thread,), "a thread belongs to the process that created it", _RECREATE),
-    ((socket.socket,), "an open socket belongs to the process that created it", _RECREATE),
-]
-_NEVER_ANY = tuple(cls for classes, _, _ in _NEVER for cls in classes)
-
-
-def _refuse(obj: Any) -> None:
-    if not isinstance(obj, _NEVER_ANY):
-        return
-    for classes, what, fix in _NEVER:
-        if isinstance(obj, classes):
-            cls = type(obj)
-            name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-            raise Unshippable(f"{name}: {what}", fix)
+#: Kinds that belong to the process that made them; {readers} becomes the consuming apps.
+NEVER: tuple[Serializer, ...] = (
+    Serializer(("builtins.generator", "builtins.async_generator", "builtins.coroutine"),
+               _never("a generator runs once, in the process that created it, and cannot be pickled",
+                      "convert it with list(...) in the app that produces it, or create the generator "
+                      "in the app(s) {readers} that use it (recreate it there)"), _unreachable),
+    Serializer(("_thread.lock", "_thread.RLock", "threading.Condition", "threading.Semaphore",
+                "threading.Event"),
+               _never("a lock belongs to the process that created it", _RECREATE), _unreachable),
+    Serializer(("threading.Thread",),
+               _never("a thread belongs to the process that created it", _RECREATE), _unreachable),
+    Serializer(("socket.socket",),
+               _never("an open socket belongs to the process that created it", _RECREATE), _unreachable),
+)
 
 
 # --------------------------------------------------------------------- the pickler
@@ -162,19 +171,23 @@ def _import_owner(obj: Any) -> None:
 
 @functools.lru_cache(maxsize=1)
 def pickler_class() -> type:
-    """cloudpickle's Pickler, applying :func:`registry` and refusing what never ships."""
+    """cloudpickle's Pickler, applying :func:`registry` to every object it meets."""
     import cloudpickle
 
+    base = cloudpickle.Pickler.reducer_override
+
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._find = registry().find
+
         def reducer_override(self, obj: Any) -> Any:
-            if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            serializer = self._find(type(obj))
+            if serializer is not None:
+                return serializer.load, (serializer.dump(obj),)
+            if isinstance(obj, (type, types.FunctionType)):
                 _import_owner(obj)
-            else:
-                serializer = registry().find(type(obj))
-                if serializer is not None:
-                    return serializer.load, (serializer.dump(obj),)
-                _refuse(obj)
-            return super().reducer_override(obj)
+            return base(self, obj)
 
     return Pickler
 
