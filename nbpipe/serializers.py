@@ -209,6 +209,17 @@ def _from_file(data: bytes, suffix: str, open_: Callable[[str], Any]) -> Any:
         return open_(path)
 
 
+def _where(path: str) -> tuple[str, str]:
+    """A file's path as the app gave it, and absolute (for a reader in another directory)."""
+    return path, path if "://" in path else os.path.abspath(path)
+
+
+def _found(where: tuple[str, str]) -> str:
+    """The path as given when it names the same file here, so ``f.filename`` reads the same."""
+    given, absolute = where
+    return given if "://" in given or os.path.abspath(given) == absolute else absolute
+
+
 def _dump_dmatrix(matrix: Any) -> bytes:
     return _via_file(lambda path: matrix.save_binary(path, silent=True), ".buffer")
 
@@ -219,7 +230,7 @@ def _load_dmatrix(data: bytes) -> Any:
     return _from_file(data, ".buffer", xgboost.DMatrix)
 
 
-def _dump_h5py(obj: Any) -> tuple[str, str, bool]:
+def _dump_h5py(obj: Any) -> tuple[tuple[str, str], str, bool]:
     """An open HDF5 file, group or dataset -> (file path, object name, is the file)."""
     import h5py
 
@@ -229,33 +240,33 @@ def _dump_h5py(obj: Any) -> tuple[str, str, bool]:
                          "write it to disk, or ship the arrays it holds (dataset[()])")
     if file.mode == "r+":
         file.flush()  # the consuming app reopens the file: it must see what was written
-    return os.path.abspath(file.filename), obj.name, isinstance(obj, h5py.File)
+    return _where(file.filename), obj.name, isinstance(obj, h5py.File)
 
 
-def _load_h5py(recipe: tuple[str, str, bool]) -> Any:
+def _load_h5py(recipe: tuple[tuple[str, str], str, bool]) -> Any:
     import h5py
 
-    path, name, is_file = recipe
-    file = h5py.File(path, "r")
+    where, name, is_file = recipe
+    file = h5py.File(_found(where), "r")
     return file if is_file else file[name]
 
 
-def _dump_uproot(obj: Any) -> tuple[str, str | None, bool]:
+def _dump_uproot(obj: Any) -> tuple[tuple[str, str], str | None, bool]:
     """An open ROOT file, directory, tree or branch -> (file path, object path, is the file)."""
     import uproot
 
     if isinstance(obj, uproot.reading.ReadOnlyFile):
-        return obj.file_path, None, True
+        return _where(obj.file_path), None, True
     if isinstance(obj, uproot.reading.ReadOnlyDirectory):
-        return obj.file.file_path, "/".join(obj.path) or None, False
-    return obj.file.file_path, obj.object_path, False
+        return _where(obj.file.file_path), "/".join(obj.path) or None, False
+    return _where(obj.file.file_path), obj.object_path, False
 
 
-def _load_uproot(recipe: tuple[str, str | None, bool]) -> Any:
+def _load_uproot(recipe: tuple[tuple[str, str], str | None, bool]) -> Any:
     import uproot
 
-    path, object_path, is_file = recipe
-    opened = uproot.open({path: object_path})
+    where, object_path, is_file = recipe
+    opened = uproot.open({_found(where): object_path})
     return opened.file if is_file else opened
 
 

@@ -204,11 +204,40 @@ def test_an_open_hdf5_file_and_dataset_reach_a_later_app(both: Any, tmp_path: Pa
         code("f = h5py.File('../data.h5', 'r')\nvalues = f['group/values']\ngroup = f['group']", "app:open"),
         code("print(values.shape, values.attrs['unit'], values[1, :].sum(), values[()].max())", "app:read"),
         code("print(sorted(f['group']), list(group), f.mode, group.name, values.file.filename.endswith('data.h5'))",
-             "app:browse"))
+             "app:browse"),
+        code("out = h5py.File('made.h5', 'w')\nout['squares'] = [i * i for i in range(5)]", "app:write"),
+        code("print(out['squares'][()], out.filename)", "app:read_back"))
     runs = both(nb)
     assert_ran(runs)
     assert stdout(runs, 2) == "(3, 4) GeV 22.0 11.0\n"
     assert stdout(runs, 3) == "['values'] ['values'] r /group True\n"
+    assert stdout(runs, 5) == "[ 0  1  4  9 16] made.h5\n"
+
+
+def test_an_hdf5_dataset_is_reopened_by_absolute_path_from_another_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h5py = pytest.importorskip("h5py", reason="needs h5py (the test extra)")
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with h5py.File("data.h5", "w") as f:
+        f["x"] = [1.0, 2.0, 3.0]
+    with h5py.File("data.h5", "r") as f:
+        out = io.BytesIO()
+        serializers.pickler_class()(out, protocol=5).dump({"x": f["x"]})
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    x = pickle.loads(out.getvalue())["x"]
+    assert list(x[()]) == [1.0, 2.0, 3.0] and x.file.mode == "r"
+    assert Path(x.file.filename) == tmp_path / "here" / "data.h5"
+    x.file.close()
+
+
+def test_an_in_memory_hdf5_file_says_what_to_ship_instead() -> None:
+    h5py = pytest.importorskip("h5py", reason="needs h5py (the test extra)")
+    with h5py.File("scratch.h5", "w", driver="core", backing_store=False) as f:
+        f["x"] = [1, 2]
+        with pytest.raises(ValueError, match=r"in-memory HDF5 file .*write it to disk.*\(dataset\[\(\)\]\)"):
+            ship(f["x"])
 
 
 def test_an_open_root_file_and_tree_reach_a_later_app(both: Any, tmp_path: Path) -> None:
@@ -220,12 +249,13 @@ def test_an_open_root_file_and_tree_reach_a_later_app(both: Any, tmp_path: Path)
              "app:open"),
         code("e1 = events['E1'].array(library='np')\nprint(events.num_entries, len(e1), round(float(e1.sum()), 3))",
              "app:read"),
-        code("print(file.keys(), energy.name, energy.array(library='np')[:3])", "app:browse"))
+        code("print(file.keys(), energy.name, energy.array(library='np')[:3], file.file_path)", "app:browse"))
     runs = both(nb)
     assert_ran(runs)
     printed = stdout(runs, 2).split()
     assert printed[:2] == ["2304", "2304"] and float(printed[2]) > 0
     assert stdout(runs, 3).startswith("['events;1'] E1 [")
+    assert stdout(runs, 3).endswith("] ../uproot-Zmumu.root\n")
 
 
 def test_an_xgboost_dmatrix_built_in_one_app_trains_in_another(both: Any) -> None:
