@@ -23,6 +23,7 @@ Register your own in a ``setup`` cell, before the producing app ships::
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import os
@@ -93,11 +94,28 @@ def register(type_name: str | tuple[str, ...], dump: Callable[[Any], Any],
              load: Callable[[Any], Any]) -> None:
     """Ship values of ``type_name`` (``"module.QualName"``) as ``load(dump(value))``."""
     names = (type_name,) if isinstance(type_name, str) else tuple(type_name)
-    bad = [n for n in names if "." not in n]
-    if bad:
-        raise ValueError(f"register({bad[0]!r}): name the class with its module, "
-                         f"e.g. 'mylib.{bad[0]}' (see type(value).__module__)")
-    registry().add(Serializer(names, dump, load))
+    registry().add(Serializer(tuple(dict.fromkeys(_canonical(n) for n in names)), dump, load))
+
+
+def _canonical(name: str) -> str:
+    """The name of the class where it is defined, when its module is imported.
+
+    ``xgboost.DMatrix`` is the class ``xgboost.core.DMatrix``: a value matches
+    by the name of its class, so a public alias alone would never match.
+    """
+    module, _, qualname = name.rpartition(".")
+    if not module:
+        raise ValueError(f"register({name!r}): name the class with its module, "
+                         f"e.g. 'mylib.{name}' (see type(value).__module__)")
+    owner = sys.modules.get(module)
+    if owner is None or module == "__main__":
+        return name  # not imported here: taken as written
+    cls = getattr(owner, qualname, None)
+    if isinstance(cls, type):
+        return f"{cls.__module__}.{cls.__qualname__}"
+    close = difflib.get_close_matches(qualname, [n for n in dir(owner) if not n.startswith("_")], n=1)
+    hint = f"; did you mean {module}.{close[0]}?" if close else ""
+    raise ValueError(f"register({name!r}): module {module} has no class {qualname}{hint}")
 
 
 # --------------------------------------------------------------------- what never ships

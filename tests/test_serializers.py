@@ -109,6 +109,21 @@ def test_register_needs_the_module_in_the_name() -> None:
         serializers.register("Handle", dump=str, load=str)
 
 
+def test_register_resolves_a_public_alias_and_suggests_a_close_name() -> None:
+    import json
+    import json.decoder
+
+    try:
+        serializers.register("json.JSONDecoder", dump=str, load=str)
+        assert serializers.registry().find(json.decoder.JSONDecoder) is not None
+        assert json.JSONDecoder.__module__ == "json.decoder"  # the name differs from the alias
+        with pytest.raises(ValueError, match=r"module json has no class JSONDecodr; did you mean json.JSONDecoder"):
+            serializers.register("json.JSONDecodr", dump=str, load=str)
+        serializers.register("not_imported_anywhere.Thing", dump=str, load=str)  # taken as written
+    finally:
+        serializers.registry.cache_clear()
+
+
 def test_the_registry_imports_no_library() -> None:
     probe = ("import sys, numpy, nbpipe.runtime, nbpipe.serializers as s\n"
              "r = s.registry()\n"
