@@ -20,7 +20,7 @@ import symtable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .state import generator_names
+from .state import generator_names, generator_uses
 
 __all__ = ["CellNames", "analyse_cell"]
 
@@ -61,8 +61,8 @@ def analyse_cell(source: str) -> CellNames:
         return CellNames(frozenset(), frozenset())
     reads, defines = _block_names(tree.body)
     # Drawing from the global random generators reads and defines their state.
-    generators = generator_names(tree)
-    reads, defines = reads | generators, defines | generators
+    generator_reads, generator_defines = generator_uses(tree)
+    reads, defines = reads | generator_reads, defines | generator_defines
     found = [item for stmt in tree.body for item in _callable_globals(stmt, tree)]
     callables = tuple((name, r) for name, r, _ in found)
     writes = tuple((name, w) for name, _, w in found if w)

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 __all__ = ["NUMPY_RANDOM_STATE", "RANDOM_STATE", "Carried", "carried_statements", "generator_file",
-           "generator_names", "generator_state", "is_generator", "prelude_for", "replay",
+           "generator_names", "generator_state", "generator_uses", "is_generator", "prelude_for", "replay",
            "set_generator_state", "warnings_for"]
 
 # ----------------------------------------------------------------- random generators
@@ -91,6 +91,36 @@ def generator_names(node: ast.AST, cell: ast.AST | None = None) -> frozenset[str
             if generator:
                 found.add(generator)
     return frozenset(found)
+
+
+def generator_uses(cell: ast.Module) -> tuple[frozenset[str], frozenset[str]]:
+    """The generator pseudo-names a cell reads (before setting them) and defines.
+
+    Every use reads and defines the state, except a top-level ``seed(...)`` or
+    ``set_state(...)``, which only defines it: ``np.random.seed(0)`` does not
+    wait for the draws above it.
+    """
+    reads: set[str] = set()
+    defines: set[str] = set()
+    for stmt in cell.body:
+        used = generator_names(stmt, cell)
+        reads |= used - defines - _seeded(stmt, cell)
+        defines |= used
+    return frozenset(reads), frozenset(defines)
+
+
+def _seeded(stmt: ast.stmt, cell: ast.Module) -> frozenset[str]:
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
+        return frozenset()
+    func = stmt.value.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    if name not in ("seed", "setstate", "set_state") or _any_generator_in(stmt.value.args, cell):
+        return frozenset()
+    return generator_names(func, cell)
+
+
+def _any_generator_in(nodes: list[ast.expr], cell: ast.Module) -> bool:
+    return any(generator_names(node, cell) for node in nodes)
 
 
 def _generator_of(qualified: str) -> str | None:

@@ -22,6 +22,7 @@ from conftest import assert_same_outputs, assert_well_formed, code, notebook
 import nbpipe
 from nbpipe import cli
 from nbpipe.graph import build_pipeline
+from nbpipe.names import analyse_cell
 from nbpipe.parse import parse_notebook
 from nbpipe.state import NUMPY_RANDOM_STATE, RANDOM_STATE, generator_names, prelude_for, replay
 
@@ -233,3 +234,16 @@ def test_map_items_draw_distinct_reproducible_numbers(tmp_path: Path) -> None:
         gather = [c for c in run.notebook.cells if c.metadata.get("nbpipe", {}).get("app") == "gather"]
         texts.append("".join(o.get("text", "") for o in gather[0].outputs))
     assert texts[0].startswith("True [") and texts[0] == texts[1]
+
+
+@pytest.mark.parametrize(("source", "reads"), [
+    ("np.random.seed(0)\nx = np.random.rand()", set()),
+    ("random.seed()\nnp.random.set_state(saved)", set()),
+    ("x = np.random.rand()\nnp.random.seed(0)", {NUMPY_RANDOM_STATE}),
+    ("np.random.seed(np.random.randint(10))", {NUMPY_RANDOM_STATE}),
+    ("random.shuffle(deck)\nrandom.seed(3)", {RANDOM_STATE}),
+])
+def test_seeding_defines_the_state_without_reading_it(source: str, reads: set[str]) -> None:
+    names = analyse_cell(source)
+    assert {n for n in names.reads if n in (RANDOM_STATE, NUMPY_RANDOM_STATE)} == reads
+    assert names.defines >= generator_names(ast.parse(source))
