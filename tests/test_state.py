@@ -247,3 +247,21 @@ def test_seeding_defines_the_state_without_reading_it(source: str, reads: set[st
     names = analyse_cell(source)
     assert {n for n in names.reads if n in (RANDOM_STATE, NUMPY_RANDOM_STATE)} == reads
     assert names.defines >= generator_names(ast.parse(source))
+
+
+def test_changed_carried_state_changes_the_cache_key_of_later_apps_only() -> None:
+    from nbpipe.cache import cache_keys
+
+    def keys(value: int) -> dict[str, str]:
+        pipeline = pipeline_of(
+            cell("import os", "setup"),
+            cell("print(os.environ.get('NBPIPE_X'))", "app:before"),
+            cell(f"%env NBPIPE_X={value}", "app:setting"),
+            cell("print(os.environ.get('NBPIPE_X'))", "app:after"),
+        )
+        assert not pipeline.edges(), "only the carried state links the apps"
+        return cache_keys(pipeline, {}, {})
+
+    one, two = keys(1), keys(2)
+    assert one["before"] == two["before"]
+    assert one["after"] != two["after"]
