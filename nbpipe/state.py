@@ -79,10 +79,18 @@ def generator_names(node: ast.AST, cell: ast.AST | None = None) -> frozenset[str
     make generators of their own and do not. ``cell`` is the whole cell, whose
     imports give the aliases.
     """
+    return _generators_in(node, _generator_aliases(cell if cell is not None else node))
+
+
+def _generator_aliases(cell: ast.AST) -> dict[str, str]:
     aliases = dict(_USUAL_ALIASES)
-    for stmt in ast.walk(cell if cell is not None else node):
+    for stmt in ast.walk(cell):
         for name, (qualified, _) in _imports(stmt).items():
             aliases[name] = qualified
+    return aliases
+
+
+def _generators_in(node: ast.AST, aliases: dict[str, str]) -> frozenset[str]:
     found: set[str] = set()
     for sub in ast.walk(node):
         qualified = _qualified(sub, aliases) if isinstance(sub, (ast.Name, ast.Attribute)) else None
@@ -100,27 +108,26 @@ def generator_uses(cell: ast.Module) -> tuple[frozenset[str], frozenset[str]]:
     ``set_state(...)``, which only defines it: ``np.random.seed(0)`` does not
     wait for the draws above it.
     """
+    aliases = _generator_aliases(cell)
     reads: set[str] = set()
     defines: set[str] = set()
     for stmt in cell.body:
-        used = generator_names(stmt, cell)
-        reads |= used - defines - _seeded(stmt, cell)
+        used = _generators_in(stmt, aliases)
+        reads |= used - defines - _seeded(stmt, aliases)
         defines |= used
     return frozenset(reads), frozenset(defines)
 
 
-def _seeded(stmt: ast.stmt, cell: ast.Module) -> frozenset[str]:
+def _seeded(stmt: ast.stmt, aliases: dict[str, str]) -> frozenset[str]:
     if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
         return frozenset()
-    func = stmt.value.func
+    call = stmt.value
+    func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-    if name not in ("seed", "setstate", "set_state") or _any_generator_in(stmt.value.args, cell):
+    if name not in ("seed", "setstate", "set_state") or any(
+            _generators_in(arg, aliases) for arg in [*call.args, *(k.value for k in call.keywords)]):
         return frozenset()
-    return generator_names(func, cell)
-
-
-def _any_generator_in(nodes: list[ast.expr], cell: ast.Module) -> bool:
-    return any(generator_names(node, cell) for node in nodes)
+    return _generators_in(func, aliases)
 
 
 def _generator_of(qualified: str) -> str | None:
