@@ -18,7 +18,7 @@ import pytest
 from nbbuild import code as cell
 from nbbuild import notebook as plain_notebook
 
-from conftest import assert_same_outputs, assert_well_formed, code, notebook
+from conftest import assert_same_outputs, assert_well_formed, code, notebook, run_both
 import nbpipe
 from nbpipe import cli
 from nbpipe.graph import build_pipeline
@@ -42,7 +42,8 @@ def test_matplotlib_style_reaches_later_apps_with_papermills_png_bytes(both: Any
     nb = notebook(
         code("import matplotlib as mpl\nimport matplotlib.pyplot as plt", "setup"),
         code("plt.style.use('ggplot')\nmpl.rcParams['lines.linewidth'] = 5\n"
-             "plt.rcParams.update({'axes.titlesize': 20})", "app:style"),
+             "plt.rcParams.update({'axes.titlesize': 20})\n"
+             "%config InlineBackend.print_figure_kwargs = {'bbox_inches': None}", "app:style"),
         code("fig, ax = plt.subplots(figsize=(2, 1.5))\nax.plot([1, 3, 2])\nax.set_title('one')\nplt.show()",
              "app:first"),
         code("fig, ax = plt.subplots(figsize=(2, 1.5))\nax.bar([1, 2], [2, 1])\nplt.show()", "app:second"),
@@ -52,6 +53,19 @@ def test_matplotlib_style_reaches_later_apps_with_papermills_png_bytes(both: Any
     assert_same_outputs(runs)  # PNG bytes: ggplot's grey panel, the thick line
     for index in (2, 3):
         assert [o for o in runs.merged.cells[index].outputs if "image/png" in o.get("data", {})]
+
+
+def test_matplotlib_magic_reaches_later_apps_on_the_kernel_engine(tmp_path: Path,
+                                                                  matplotlib_ready: None) -> None:
+    nb = notebook(
+        code("import matplotlib.pyplot as plt", "setup"),
+        code("%matplotlib inline\n%config InlineBackend.figure_formats = ['jpeg']", "app:backend"),
+        code("plt.plot([1, 3, 2])\nplt.show()", "app:plot"),
+    )
+    runs = run_both(tmp_path, nb, "kernel")
+    assert_well_formed(runs)
+    assert_same_outputs(runs)
+    assert "image/jpeg" in runs.merged.cells[2].outputs[0]["data"]
 
 
 def test_load_ext_then_its_magic_in_a_later_app(both: Any) -> None:
