@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from nbbuild import code as cell
 from nbbuild import notebook as plain_notebook
@@ -21,6 +22,7 @@ from nbbuild import notebook as plain_notebook
 from conftest import assert_same_outputs, assert_well_formed, code, notebook, run_both
 import nbpipe
 from nbpipe import cli
+from nbpipe.cache import cache_keys
 from nbpipe.graph import build_pipeline
 from nbpipe.names import analyse_cell
 from nbpipe.parse import parse_notebook
@@ -121,8 +123,6 @@ def test_state_set_after_an_app_does_not_reach_it(both: Any) -> None:
 
 def test_a_failing_replay_fails_the_later_app_loudly(tmp_path: Path, engine: str) -> None:
     path = tmp_path / "nb.ipynb"
-    import nbformat
-
     nbformat.write(plain_notebook(
         cell("import warnings", "setup"),
         cell("warnings.filterwarnings('no-such-action')", "app:bad"),
@@ -169,8 +169,6 @@ def test_prelude_lists_earlier_statements_in_order_with_their_imports() -> None:
 
 def test_check_warns_about_a_statement_reading_an_app_variable(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    import nbformat
-
     path = tmp_path / "nb.ipynb"
     nbformat.write(plain_notebook(
         cell("import matplotlib.pyplot as plt", "setup"),
@@ -232,8 +230,6 @@ def test_a_seeded_notebook_draws_papermills_numbers(both: Any) -> None:
 
 
 def test_map_items_draw_distinct_reproducible_numbers(tmp_path: Path) -> None:
-    import nbformat
-
     path = tmp_path / "nb.ipynb"
     nbformat.write(plain_notebook(
         cell("import numpy as np", "setup"),
@@ -264,8 +260,6 @@ def test_seeding_defines_the_state_without_reading_it(source: str, reads: set[st
 
 
 def test_changed_carried_state_changes_the_cache_key_of_later_apps_only() -> None:
-    from nbpipe.cache import cache_keys
-
     def keys(value: int) -> dict[str, str]:
         pipeline = pipeline_of(
             cell("import os", "setup"),
