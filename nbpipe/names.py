@@ -5,7 +5,9 @@ lines and ``%%cell magics`` parse. Magics that run Python code (``%time``,
 ``%%time``, ``%timeit``, ``%%capture``, ``%prun``) are analysed as the code
 they run. Defining includes assignment, ``del``, ``import``, ``def``,
 ``class``, augmented, attribute and item assignment, and a method call used
-as a statement (``lst.append(x)``): mutation counts as defining.
+as a statement (``lst.append(x)``): mutation counts as defining. Drawing from
+the global random generators reads and defines their state, a pseudo-name
+from :mod:`.state` (``<numpy.random state>``) that ships like a variable.
 
 The analysis is conservative: a name read anywhere in a statement counts as
 read, even when the same statement assigns it first. An extra read can only
