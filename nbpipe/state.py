@@ -218,9 +218,8 @@ def carried_statements(cells: tuple[tuple[int, str, str | None, str], ...]) -> t
     aliases: dict[str, tuple[str, str]] = {}  # name -> (qualified module path, import source)
     out = []
     for index, role, app, source in cells:
-        try:
-            tree = ast.parse(_python(source))
-        except SyntaxError:
+        tree = _parse(source)
+        if tree is None:
             continue
         for stmt in tree.body:
             aliases.update(_imports(stmt))
@@ -312,14 +311,19 @@ def _names(stmt: ast.stmt) -> set[str]:
     return found
 
 
-@lru_cache(maxsize=4096)
-def _python(source: str) -> str:
+def _parse(source: str) -> ast.Module | None:
+    """The cell as Python; IPython's transformer only for what plain Python
+    cannot parse (magics, ``!`` lines: they never parse as Python)."""
+    try:
+        return ast.parse(source)
+    except SyntaxError:
+        pass
     from IPython.core.inputtransformer2 import TransformerManager
 
     try:
-        return str(TransformerManager().transform_cell(source))
-    except Exception:  # IPython refuses some malformed magics; read as plain code
-        return source
+        return ast.parse(str(TransformerManager().transform_cell(source)))
+    except Exception:  # a syntax error, or a magic IPython refuses: the cell fails as it runs
+        return None
 
 
 # ----------------------------------------------------------------- the prelude
