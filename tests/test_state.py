@@ -273,3 +273,21 @@ def test_changed_carried_state_changes_the_cache_key_of_later_apps_only() -> Non
     one, two = keys(1), keys(2)
     assert one["before"] == two["before"]
     assert one["after"] != two["after"]
+
+
+def test_calling_a_drawing_function_continues_the_generator(capsys: pytest.CaptureFixture[str],
+                                                            tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(plain_notebook(
+        cell("import numpy as np", "setup"),
+        cell("def draw():\n    return np.random.rand()", "app:define"),
+        cell("np.random.seed(0)", "app:seed"),
+        cell("a = draw()", "app:call"),
+        cell("b = np.random.rand()", "app:after"),
+    ), path)
+    apps = nbpipe.load_pipeline(path).apps
+    assert apps["call"].reads[NUMPY_RANDOM_STATE] == "seed"
+    assert apps["after"].reads[NUMPY_RANDOM_STATE] == "call"
+    assert NUMPY_RANDOM_STATE not in apps["seed"].reads, "seeding waits for no earlier draw"
+    assert cli.main(["check", str(path)]) == 0
+    assert "seed -> call (<numpy.random state>" in capsys.readouterr().out
