@@ -24,6 +24,7 @@ import ast
 import builtins
 import hashlib
 import pickle
+import re
 import symtable
 import sys
 from dataclasses import dataclass
@@ -225,7 +226,7 @@ def carried_statements(cells: tuple[tuple[int, str, str | None, str], ...]) -> t
             aliases.update(_imports(stmt))
             if role not in ("app", "metrics") or app is None or not _changes_state(stmt, aliases):
                 continue
-            used = _names(stmt)
+            used = _names(stmt) | _interpolated(stmt)
             imports = tuple(dict.fromkeys(aliases[n][1] for n in sorted(used) if n in aliases))
             reads = frozenset(n for n in used if n not in aliases and n != "get_ipython"
                               and not hasattr(builtins, n))
@@ -294,6 +295,22 @@ def _qualified(node: ast.expr, aliases: dict[str, str]) -> str | None:
     if not isinstance(node, ast.Name) or node.id not in aliases:
         return None
     return ".".join([aliases[node.id], *reversed(parts)])
+
+
+def _interpolated(stmt: ast.stmt) -> set[str]:
+    """Names a magic line expands (``%cd $folder``, ``%env X={x}``)."""
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
+        return set()
+    magic = _line_magic(stmt.value)
+    if magic is None:
+        return set()
+    found = set(re.findall(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)", magic[1]))
+    for expr in re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", magic[1]):
+        try:
+            found |= {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+        except SyntaxError:
+            continue
+    return found
 
 
 def _names(stmt: ast.stmt) -> set[str]:

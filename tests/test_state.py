@@ -26,7 +26,8 @@ from nbpipe.cache import cache_keys
 from nbpipe.graph import build_pipeline
 from nbpipe.names import analyse_cell
 from nbpipe.parse import parse_notebook
-from nbpipe.state import NUMPY_RANDOM_STATE, RANDOM_STATE, generator_names, prelude_for, replay
+from nbpipe.state import (NUMPY_RANDOM_STATE, RANDOM_STATE, generator_names, prelude_for, replay,
+                          warnings_for)
 
 
 def stdout(runs: Any, index: int) -> str:
@@ -291,3 +292,14 @@ def test_calling_a_drawing_function_continues_the_generator(capsys: pytest.Captu
     assert NUMPY_RANDOM_STATE not in apps["seed"].reads, "seeding waits for no earlier draw"
     assert cli.main(["check", str(path)]) == 0
     assert "seed -> call (<numpy.random state>" in capsys.readouterr().out
+
+
+def test_a_magic_expanding_an_app_variable_is_left_out_with_a_warning() -> None:
+    pipeline = pipeline_of(
+        cell("base = 'data'", "setup"),
+        cell("folder = 'sub'\n%cd $folder\n%env ROOT={base}", "app:a"),
+        cell("print(1)", "app:b"),
+    )
+    prelude = prelude_for(pipeline, "b")
+    assert prelude is not None and "ROOT={base}" in prelude and "$folder" not in prelude
+    assert ["reads folder" in w for w in warnings_for(pipeline)] == [True]
