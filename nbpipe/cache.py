@@ -2,7 +2,8 @@
 
 An app's cache key hashes what determines its outputs: its own cells, the
 setup and parameters cells, the parameter values, its options, the files it
-reads and the keys of the apps it depends on. Equal keys mean the app would
+reads, the keys of the apps it depends on and the interpreter state earlier
+cells carry into it (:mod:`.state`). Equal keys mean the app would
 compute the same thing.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .graph import Pipeline
+from .state import prelude_for
 
 __all__ = ["cache_keys", "file_digest", "input_digests", "provenance"]
 
@@ -66,6 +68,7 @@ def cache_keys(pipeline: Pipeline, parameters: dict[str, Any],
         for index in app.spec.cells:
             h.update(parsed.cells[index].source.encode())
         h.update(json.dumps(pipeline.to_json_options(name), sort_keys=True).encode())
+        h.update((prelude_for(pipeline, name) or "").encode())  # settings earlier cells carry in
         for digest in inputs.get(name, {}).values():
             h.update(digest.encode())
         for pred in sorted(pipeline.graph.predecessors(name)):

@@ -208,10 +208,13 @@ def _execute(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from .api import load_pipeline
     from .sites import get_site
+    from .state import warnings_for
 
     pipeline = load_pipeline(args.notebook)
     get_site(args.site, notebook=args.notebook, sites_file=args.sites).check(pipeline)
     print(_text_graph(pipeline, args.notebook))
+    for warning in warnings_for(pipeline):
+        print(f"warning: {warning}")
     return 0
 
 

@@ -2,9 +2,10 @@
 
 A task notebook follows papermill's conventions: the source's ``parameters``
 cell (papermill injects ``injected-parameters`` after it), the ``setup`` cells,
-a load step, the app's own cells, and a save step. Every cell copied from
+the carried-state prelude (:mod:`.state`: settings earlier cells changed), a
+load step, the app's own cells, and a save step. Every cell copied from
 the source carries ``metadata.nbpipe.source = {"index", "id"}`` so the merge
-can put its outputs back; the load and save steps are tagged
+can put its outputs back; the prelude, load and save steps are tagged
 ``nbpipe-internal`` and never reach the merged notebook.
 """
 
@@ -19,6 +20,7 @@ import nbformat
 from nbformat import v4
 
 from .graph import AppNode, Pipeline
+from .state import prelude_for
 
 __all__ = ["INTERNAL_TAG", "compile_app", "compile_pipeline", "write_compiled"]
 
@@ -61,6 +63,10 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
         nb.cells.append(copy_cell(info.index, ["parameters"]))
     for info in parsed.cells_of("setup"):
         nb.cells.append(copy_cell(info.index))
+    # Before the load step: unpickling may need a carried sys.path entry.
+    prelude = prelude_for(pipeline, app.name)
+    if prelude is not None:
+        nb.cells.append(_internal(prelude))
     # Load after setup: a shipped value of a setup name (mutated upstream) must win over setup's.
     spec = app.spec
     reads = app.reads

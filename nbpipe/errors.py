@@ -16,6 +16,7 @@ cross process boundaries (worker -> driver).
     ├── SiteError                  unknown or malformed site               (exit 2)
     ├── WorkerError                the site's workers cannot run apps      (exit 1)
     ├── ShipError                  a value cannot be moved between apps
+    ├── StateError                 carried interpreter state failed to replay in an app
     └── RunError                   one or more apps failed or timed out    (exit 1)
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "SiteError",
     "WorkerError",
     "ShipError",
+    "StateError",
     "RunError",
 ]
 
@@ -134,6 +136,24 @@ class ShipError(NbpipeError):
         super().__init__(
             f"variable {variable!r} of type {type_name} defined by app {producer!r} "
             f"cannot be shipped to app(s) {readers}: {reason}. Fix: {self.fix}."
+        )
+
+
+class StateError(NbpipeError):
+    """A statement that set interpreter state in an earlier cell failed when an
+    app replayed it (the carried-state prelude)."""
+
+    exit_code = 1
+
+    def __init__(self, *, cell: int, app: str, statement: str, reason: str) -> None:
+        self.cell = cell
+        self.app = app
+        self.statement = statement
+        self.reason = reason
+        super().__init__(
+            f"replaying `{statement}` from cell {cell} (app {app!r}), which later apps carry "
+            f"as serial execution would, failed: {reason}. Fix: make the statement work in a "
+            "fresh process, or move it into a 'setup' cell."
         )
 
 

@@ -248,8 +248,9 @@ def _with_global_writes(names: dict[int, CellNames], cells: Any) -> dict[int, Ce
         # cell's own analysis; one from another app is among the cell's reads
         called = {f for f in writes if f in found.reads}
         extra = set().union(*(writes[f] for f in called)) if called else set()
-        if extra - found.defines:
-            out[c.index] = replace(found, defines=found.defines | extra)
+        if extra - found.defines or extra - found.reads:
+            # it reads them too: ``count += 1``, a draw continues the generator's state
+            out[c.index] = replace(found, reads=found.reads | extra, defines=found.defines | extra)
     return out
 
 

@@ -5,7 +5,9 @@ lines and ``%%cell magics`` parse. Magics that run Python code (``%time``,
 ``%%time``, ``%timeit``, ``%%capture``, ``%prun``) are analysed as the code
 they run. Defining includes assignment, ``del``, ``import``, ``def``,
 ``class``, augmented, attribute and item assignment, and a method call used
-as a statement (``lst.append(x)``): mutation counts as defining.
+as a statement (``lst.append(x)``): mutation counts as defining. Drawing from
+the global random generators reads and defines their state, a pseudo-name
+from :mod:`.state` (``<numpy.random state>``) that ships like a variable.
 
 The analysis is conservative: a name read anywhere in a statement counts as
 read, even when the same statement assigns it first. An extra read can only
@@ -19,6 +21,8 @@ import re
 import symtable
 from dataclasses import dataclass
 from functools import lru_cache
+
+from .state import generator_names, generator_uses
 
 __all__ = ["CellNames", "analyse_cell"]
 
@@ -58,15 +62,18 @@ def analyse_cell(source: str) -> CellNames:
         # The cell fails when it runs, as it would under papermill; nothing flows.
         return CellNames(frozenset(), frozenset())
     reads, defines = _block_names(tree.body)
-    found = [item for stmt in tree.body for item in _callable_globals(stmt)]
+    # Drawing from the global random generators reads and defines their state.
+    generator_reads, generator_defines = generator_uses(tree)
+    reads, defines = reads | generator_reads, defines | generator_defines
+    found = [item for stmt in tree.body for item in _callable_globals(stmt, tree)]
     callables = tuple((name, r) for name, r, _ in found)
     writes = tuple((name, w) for name, _, w in found if w)
     return CellNames(frozenset(reads), frozenset(defines), callables, writes)
 
 
-def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str], frozenset[str]]]:
+def _callable_globals(stmt: ast.stmt, cell: ast.Module) -> list[tuple[str, frozenset[str], frozenset[str]]]:
     """For ``def f``, ``class C`` or ``f = lambda …``: the globals its body reads,
-    and those it assigns (``global``)."""
+    and those it assigns (``global``, or the state of a random generator it draws from)."""
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         name = stmt.name
     elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
@@ -81,6 +88,7 @@ def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str], frozens
     reads: set[str] = set()
     writes: set[str] = set()
     _nested_names(table, reads, writes)
+    writes |= generator_names(stmt, cell)
     reads |= writes  # ``global n; n += 1`` reads n too (symtable does not say so)
     reads.discard(name)
     return [(name, frozenset(reads), frozenset(writes))]

@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import ShipError
 from .serializers import Unshippable, pickler_class
+from .state import generator_file, generator_state, is_generator, set_generator_state
 
 __all__ = ["enter", "leave", "split", "value_path"]
 
@@ -69,6 +70,9 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
     _context["namespace"] = namespace
     run_dir, maps = context["run_dir"], context.get("maps", {})
     for name, producer in inputs.items():
+        if is_generator(name):
+            _restore_generator(name, producer, run_dir, maps, context.get("item"))
+            continue
         if producer in maps:
             namespace[name] = [_load_or_none(value_path(run_dir, producer, name, i))
                                for i in range(maps[producer])]
@@ -82,6 +86,25 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
         namespace[item] = _load(item_path(run_dir, context["app"], context["item"]))
     for name in inputs:
         _bind_globals(namespace.get(name), namespace)
+
+
+def _restore_generator(name: str, producer: str, run_dir: str, maps: dict[str, int],
+                       item: int | None) -> None:
+    """Set a global random generator to the state ``producer`` left it in (the
+    last item's, for a ``map:`` producer); in a map item, mixed with the item."""
+    stem = generator_file(name)
+    paths = ([value_path(run_dir, producer, stem, i) for i in range(maps[producer])]
+             if producer in maps else [value_path(run_dir, producer, stem)])
+    shipped = [p for p in paths if p.exists()]
+    if shipped:
+        set_generator_state(name, _load(shipped[-1]), item)
+
+
+def _ship_generator(name: str, consumers: list[str]) -> None:
+    value = generator_state(name)
+    if value is not None:
+        run_dir, app, item = _context["run_dir"], _context["app"], _context.get("item")
+        _ship(value, value_path(run_dir, app, generator_file(name), item), name, app, consumers)
 
 
 def _bind_globals(value: Any, namespace: dict[str, Any]) -> None:
@@ -157,6 +180,9 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
         return
     run_dir, app, item = _context["run_dir"], _context["app"], _context.get("item")
     for name, consumers in ships.items():
+        if is_generator(name):
+            _ship_generator(name, consumers)
+            continue
         if name not in namespace:
             continue
         _ship(namespace[name], value_path(run_dir, app, name, item), name, app, consumers)

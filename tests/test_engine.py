@@ -53,10 +53,12 @@ print("nprandom", np.random.random() == np.random.RandomState(123).random_sample
 
 def test_no_state_leaks_between_apps_on_one_worker(tmp_path: Path) -> None:
     cwd = str(tmp_path.resolve())
+    # The checker sits above the leaker (and runs after it): state that serial
+    # execution carries forward (nbpipe/state.py) goes only to apps below.
     path = _notebook(tmp_path / "leak.ipynb", [
         ("import numpy as np\nimport matplotlib", ["setup"]),
-        (LEAK, ["app:leaker"]),
         (CHECK.format(cwd=cwd), ["app:checker", "after:leaker"]),
+        (LEAK, ["app:leaker"]),
     ])
     run = nbpipe.execute(path, output=tmp_path / "out.ipynb", workers=1, engine="ipython")
     assert run.ok, {n: r.error for n, r in run.apps.items()}

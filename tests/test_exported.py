@@ -25,6 +25,7 @@ def test_public_names_are_exactly_these() -> None:
         "RunResult",
         "ShipError",
         "SiteError",
+        "StateError",
         "TagError",
         "UnsupportedTagError",
         "UsageError",
@@ -56,6 +57,8 @@ def samples() -> list[Any]:
         nbpipe.SiteError("unknown site 'x'"),
         nbpipe.ShipError(variable="gen", type_name="generator", producer="make", consumers=["use", "plot"],
                          reason="TypeError: cannot pickle 'generator' object"),
+        nbpipe.StateError(cell=2, app="style", statement="os.chdir('data')",
+                          reason="FileNotFoundError: [Errno 2] No such file or directory: 'data'"),
         nbpipe.RunError("1 app failed"),
         nbpipe.WorkerError("site 'cluster': no worker started within 60 s"),
     ]
