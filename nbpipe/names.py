@@ -4,8 +4,17 @@ Cells first go through IPython's input transformer, so ``%magics``, ``!shell``
 lines and ``%%cell magics`` parse. Magics that run Python code (``%time``,
 ``%%time``, ``%timeit``, ``%%capture``, ``%prun``) are analysed as the code
 they run. Defining includes assignment, ``del``, ``import``, ``def``,
-``class``, augmented, attribute and item assignment, and a method call used
-as a statement (``lst.append(x)``): mutation counts as defining.
+``class``, augmented, attribute and item assignment, and mutation: a method
+call anywhere in a statement (``lst.append(x)``, ``top = stack.pop()``) may
+change its receiver, and the calls in :mod:`nbpipe.effects` change their
+argument (``random.shuffle(x)``) or nothing at all (``df.describe()``,
+``plt.title()``). Names written in literal strings (``eval``, ``exec``,
+``globals()['s']``, ``df.query('A < @m')``) count too; the calls whose
+names stay invisible are listed, for ``check`` to warn about.
+
+What a cell cannot tell alone (which names are modules, which hold a
+``defaultdict``, what ``from M import *`` defines) comes from the rest of the
+notebook as a :class:`Context`, built by :mod:`nbpipe.imports`.
 
 The analysis is conservative: a name read anywhere in a statement counts as
 read, even when the same statement assigns it first. An extra read can only
@@ -15,12 +24,18 @@ add an edge towards an earlier app, never lose a value.
 from __future__ import annotations
 
 import ast
+import builtins
+import keyword
 import re
+import shlex
 import symtable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
-__all__ = ["CellNames", "analyse_cell"]
+from .effects import ARGUMENT_MUTATORS, METHOD_ARGUMENT_MUTATORS, NAMES_IN_STRINGS, is_pure_method
+
+__all__ = ["CellNames", "Context", "analyse_cell"]
 
 #: Magics whose argument is Python code run in the user namespace.
 _CODE_MAGICS = {"time", "prun", "capture"}
@@ -33,6 +48,37 @@ _SCRIPT_OUTPUTS = re.compile(r"--(?:out|err|proc)(?:\s+|=)([A-Za-z_][A-Za-z0-9_]
 _BRACED = re.compile(r"(?<!\{)\{([^{}]+)\}(?!\})")
 _DOLLAR = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
 _MAGIC_OPTION = re.compile(r"^\s*(-[A-Za-z](\s+(?!-)\S+)?\s+)*")
+_AT_NAME = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
+#: Cell magics that write their body to the file their line names.
+_FILE_MAGICS = {"writefile", "file"}
+_BUILTINS = frozenset(dir(builtins))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the rest of the notebook tells the analysis of one cell."""
+
+    #: local name -> what an import binds it to (``np`` -> ``numpy``, ``shuffle`` -> ``random.shuffle``)
+    imports: tuple[tuple[str, str], ...] = ()
+    #: names bound to modules: never mutation targets (``plt.title()`` does not define ``plt``)
+    modules: frozenset[str] = frozenset()
+    #: names bound to ``defaultdict(...)``: reading ``d[k]`` inserts ``k``
+    defaultdicts: frozenset[str] = frozenset()
+    #: module -> the public names ``from module import *`` defines
+    star_names: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def qualified(self, func: ast.expr) -> str | None:
+        """``np.random.shuffle`` -> ``numpy.random.shuffle``; ``next`` -> ``builtins.next``."""
+        parts: list[str] = []
+        while isinstance(func, ast.Attribute):
+            parts.append(func.attr)
+            func = func.value
+        if not isinstance(func, ast.Name):
+            return None
+        head = dict(self.imports).get(func.id)
+        if head is None:
+            head = f"builtins.{func.id}" if not parts and func.id in _BUILTINS else func.id
+        return ".".join([head, *reversed(parts)])
 
 
 @dataclass(frozen=True)
@@ -46,22 +92,52 @@ class CellNames:
     callables: tuple[tuple[str, frozenset[str]], ...] = ()
     #: those of them that assign globals (``global count``), with the names
     global_writes: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: every name an import binds, with what it binds it to (``np`` -> ``numpy``)
+    imports: tuple[tuple[str, str], ...] = ()
+    #: names bound by ``import X`` / ``import X as Y``, always modules
+    modules: frozenset[str] = frozenset()
+    #: modules imported (``import a.b`` -> ``a.b``; ``from a import b`` -> ``a``, ``a.b``)
+    imported_modules: tuple[str, ...] = ()
+    #: modules imported with ``from M import *``
+    star_imports: tuple[str, ...] = ()
+    #: names bound to ``defaultdict(...)``
+    defaultdicts: frozenset[str] = frozenset()
+    #: files written by ``%%writefile F`` / ``%%file F``
+    writes: tuple[str, ...] = ()
+    #: calls that reach names the analysis cannot see (``eval(code)``, ``globals()[key]``)
+    hidden: tuple[str, ...] = ()
 
 
 @lru_cache(maxsize=4096)
-def analyse_cell(source: str) -> CellNames:
-    """Return the names ``source`` reads (before defining them) and defines."""
-    code = _transform(source)
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+def analyse_cell(source: str, context: Context = Context()) -> CellNames:
+    """Return the names ``source`` reads (before defining them) and defines.
+
+    ``context`` says what the rest of the notebook binds; the cell's own
+    imports and ``defaultdict`` assignments are added to it.
+    """
+    tree = _parse(source)
+    if tree is None:
         # The cell fails when it runs, as it would under papermill; nothing flows.
         return CellNames(frozenset(), frozenset())
-    reads, defines = _block_names(tree.body)
+    imports, modules = _imports(tree)
+    defaultdicts = _defaultdicts(tree)
+    ctx = replace(context, imports=context.imports + imports, modules=context.modules | modules,
+                  defaultdicts=context.defaultdicts | defaultdicts)
+    reads, defines = _block_names(tree.body, ctx)
     found = [item for stmt in tree.body for item in _callable_globals(stmt)]
     callables = tuple((name, r) for name, r, _ in found)
     writes = tuple((name, w) for name, _, w in found if w)
-    return CellNames(frozenset(reads), frozenset(defines), callables, writes)
+    return CellNames(frozenset(reads), frozenset(defines), callables, writes, imports, modules,
+                     _imported_modules(tree), _star_imports(tree), defaultdicts,
+                     _written_files(tree), _hidden(tree, ctx))
+
+
+@lru_cache(maxsize=4096)
+def _parse(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(_transform(source))
+    except SyntaxError:
+        return None
 
 
 def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str], frozenset[str]]]:
@@ -86,12 +162,12 @@ def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str], frozens
     return [(name, frozenset(reads), frozenset(writes))]
 
 
-def _block_names(stmts: list[ast.stmt]) -> tuple[set[str], set[str]]:
+def _block_names(stmts: list[ast.stmt], ctx: Context) -> tuple[set[str], set[str]]:
     """Names a sequence of statements reads before defining them, and defines."""
     reads: set[str] = set()
     defines: set[str] = set()
     for stmt in stmts:
-        r, d = _statement_names(stmt)
+        r, d = _statement_names(stmt, ctx)
         reads |= r - defines
         defines |= d
     return reads, defines
@@ -111,25 +187,29 @@ def _transform(source: str) -> str:
         return source
 
 
-def _statement_names(stmt: ast.stmt) -> tuple[set[str], set[str]]:
+def _statement_names(stmt: ast.stmt, ctx: Context) -> tuple[set[str], set[str]]:
     if isinstance(stmt, _COMPOUND):
-        return _compound_names(stmt)
+        return _compound_names(stmt, ctx)
     reads, defines = _symtable_names(ast.unparse(stmt))
-    defines |= _mutated(stmt)
-    reads |= (_mutated(stmt) & _bases_read(stmt)) | _read_by_update(stmt)
+    mutated = _mutated(stmt, ctx)
+    defines |= mutated
+    reads |= (mutated & _bases_read(stmt)) | _read_by_update(stmt)
+    if isinstance(stmt, ast.ImportFrom) and any(a.name == "*" for a in stmt.names):
+        defines |= dict(ctx.star_names).get(_from_module(stmt), frozenset())
     for node in ast.walk(stmt):
         if isinstance(node, ast.Call):
-            r, d = _magic_names(node)
+            r, d = _magic_names(node, ctx)
             reads |= r - defines
             defines |= d
-    return reads, defines
+    r, d = _string_names(stmt, ctx)
+    return reads | r, defines | d
 
 
 _COMPOUND: tuple[type[ast.stmt], ...] = (ast.For, ast.AsyncFor, ast.While, ast.If, ast.With,
                                          ast.AsyncWith, ast.Try, *filter(None, [getattr(ast, "TryStar", None)]))
 
 
-def _compound_names(stmt: ast.stmt) -> tuple[set[str], set[str]]:
+def _compound_names(stmt: ast.stmt, ctx: Context) -> tuple[set[str], set[str]]:
     """A loop, ``if``, ``with`` or ``try`` analysed body by body, in order.
 
     So a mutation inside a body counts as defining (``for x in xs:
@@ -146,47 +226,49 @@ def _compound_names(stmt: ast.stmt) -> tuple[set[str], set[str]]:
         defines.update(names[1])
 
     if isinstance(stmt, (ast.For, ast.AsyncFor)):
-        run(_expr_names(stmt.iter))
+        run(_expr_names(stmt.iter, ctx))
         head = set(defines)
-        run(_target_names(stmt.target))
-        run(_block_names(stmt.body))
-        run(_block_names(stmt.orelse), head)  # the loop may not have run at all
+        run(_target_names(stmt.target, ctx))
+        run(_block_names(stmt.body, ctx))
+        run(_block_names(stmt.orelse, ctx), head)  # the loop may not have run at all
     elif isinstance(stmt, (ast.While, ast.If)):
-        run(_expr_names(stmt.test))
+        run(_expr_names(stmt.test, ctx))
         head = set(defines)
-        run(_block_names(stmt.body), head)
-        run(_block_names(stmt.orelse), head)
+        run(_block_names(stmt.body, ctx), head)
+        run(_block_names(stmt.orelse, ctx), head)
     elif isinstance(stmt, (ast.With, ast.AsyncWith)):
         for item in stmt.items:
-            run(_expr_names(item.context_expr))
+            run(_expr_names(item.context_expr, ctx))
             if item.optional_vars is not None:
-                run(_target_names(item.optional_vars))
-        run(_block_names(stmt.body))
+                run(_target_names(item.optional_vars, ctx))
+        run(_block_names(stmt.body, ctx))
     else:  # ast.Try: any handler may run after any part of the body
-        run(_block_names(stmt.body + stmt.orelse), set())
+        run(_block_names(stmt.body + stmt.orelse, ctx), set())
         for handler in stmt.handlers:
             if handler.type is not None:
-                run(_expr_names(handler.type), set())
-            hr, hd = _block_names(handler.body)
+                run(_expr_names(handler.type, ctx), set())
+            hr, hd = _block_names(handler.body, ctx)
             run((hr - {handler.name or ""}, hd | ({handler.name} if handler.name else set())), set())
-        run(_block_names(stmt.finalbody), set())
+        run(_block_names(stmt.finalbody, ctx), set())
     return reads, defines
 
 
-def _expr_names(expr: ast.expr) -> tuple[set[str], set[str]]:
-    """Names an expression reads, and defines with ``:=``."""
+def _expr_names(expr: ast.expr, ctx: Context) -> tuple[set[str], set[str]]:
+    """Names an expression reads, and defines with ``:=`` or by mutation."""
     reads, defines = _symtable_names(ast.unparse(expr))
+    defines |= _call_mutations(expr, ctx)
     for node in ast.walk(expr):
         if isinstance(node, ast.Call):
-            r, d = _magic_names(node)
+            r, d = _magic_names(node, ctx)
             reads |= r
             defines |= d
-    return reads, defines
+    r, d = _string_names(expr, ctx)
+    return reads | r, defines | d
 
 
-def _target_names(target: ast.expr) -> tuple[set[str], set[str]]:
+def _target_names(target: ast.expr, ctx: Context) -> tuple[set[str], set[str]]:
     """What binding ``target`` reads and defines, as ``target = ...`` would."""
-    return _statement_names(ast.Assign(targets=[target], value=ast.Constant(None), lineno=0))
+    return _statement_names(ast.Assign(targets=[target], value=ast.Constant(None), lineno=0), ctx)
 
 
 def _symtable_names(code: str) -> tuple[set[str], set[str]]:
@@ -224,8 +306,9 @@ def _base_name(node: ast.expr) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
-def _mutated(stmt: ast.stmt) -> set[str]:
-    """Names a statement mutates: ``a.b = …``, ``a[i] = …``, ``del a[i]``, ``a.f(…)``."""
+def _mutated(stmt: ast.stmt, ctx: Context) -> set[str]:
+    """Names a statement mutates: ``a.b = …``, ``a[i] = …``, ``del a[i]``, and
+    through calls (:func:`_call_mutations`)."""
     targets: list[ast.expr] = []
     if isinstance(stmt, ast.Assign):
         targets = list(stmt.targets)
@@ -233,22 +316,68 @@ def _mutated(stmt: ast.stmt) -> set[str]:
         targets = [stmt.target]
     elif isinstance(stmt, ast.Delete):
         targets = list(stmt.targets)
-    elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
-        func = stmt.value.func
-        if isinstance(func, ast.Attribute) and not _is_get_ipython(func.value):
-            targets = [func.value]
     out: set[str] = set()
     for target in targets:
         for node in ast.walk(target) if isinstance(target, (ast.Tuple, ast.List)) else [target]:
             if isinstance(node, ast.Starred):
                 node = node.value
-            if isinstance(node, (ast.Attribute, ast.Subscript)) or (
-                isinstance(stmt, ast.Expr) and isinstance(node, ast.Name)
-            ):
+            if isinstance(node, (ast.Attribute, ast.Subscript)):
                 base = _base_name(node)
                 if base:
                     out.add(base)
+    return (out - ctx.modules) | _call_mutations(stmt, ctx)
+
+
+def _executed(node: ast.AST) -> Iterator[ast.AST]:
+    """``ast.walk``, leaving out the bodies of functions and lambdas (they run when called)."""
+    todo = [node]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            todo += [*node.decorator_list, *node.args.defaults, *filter(None, node.args.kw_defaults)]
+        elif not isinstance(node, ast.Lambda):
+            todo += ast.iter_child_nodes(node)
+
+
+def _call_mutations(node: ast.AST, ctx: Context) -> set[str]:
+    """Names that calls and ``defaultdict`` reads in ``node`` may change (nbpipe/effects.py)."""
+    out: set[str] = set()
+    local: set[str] = set()  # comprehension variables are not the notebook's names
+    for sub in _executed(node):
+        if isinstance(sub, ast.Call):
+            out |= _changed_by_call(sub, ctx)
+        elif (isinstance(sub, ast.Subscript) and isinstance(sub.ctx, ast.Load)
+              and isinstance(sub.value, ast.Name) and sub.value.id in ctx.defaultdicts):
+            out.add(sub.value.id)  # d[k] inserts k
+        elif isinstance(sub, ast.comprehension):
+            local |= {n.id for n in ast.walk(sub.target) if isinstance(n, ast.Name)}
+    return out - ctx.modules - local
+
+
+def _changed_by_call(call: ast.Call, ctx: Context) -> set[str]:
+    """The receiver of a method that is not known to be pure, the argument of a
+    known mutator, and what ``out=`` names."""
+    func, out = call.func, set()
+    first = _base_name(call.args[0]) if call.args else None
+    if isinstance(func, ast.Attribute) and not _is_get_ipython(func.value):
+        base = _base_name(func.value)
+        if base and not is_pure_method(func.attr, _keyword_is_true(call, "inplace")):
+            out.add(base)
+        if func.attr in METHOD_ARGUMENT_MUTATORS and first:
+            out.add(first)
+    if first and ctx.qualified(func) in ARGUMENT_MUTATORS:
+        out.add(first)
+    for keyword in call.keywords:
+        if keyword.arg == "out":
+            values = keyword.value.elts if isinstance(keyword.value, ast.Tuple) else [keyword.value]
+            out |= {b for b in map(_base_name, values) if b}
     return out
+
+
+def _keyword_is_true(call: ast.Call, name: str) -> bool:
+    return any(k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is True
+               for k in call.keywords)
 
 
 def _bases_read(stmt: ast.stmt) -> set[str]:
@@ -274,7 +403,7 @@ def _is_get_ipython(node: ast.expr) -> bool:
     )
 
 
-def _magic_names(call: ast.Call) -> tuple[set[str], set[str]]:
+def _magic_names(call: ast.Call, ctx: Context) -> tuple[set[str], set[str]]:
     """Names read and defined by ``get_ipython().run_*_magic(…)`` and shell calls."""
     func = call.func
     if not (isinstance(func, ast.Attribute) and _is_get_ipython(func.value)):
@@ -286,13 +415,13 @@ def _magic_names(call: ast.Call) -> tuple[set[str], set[str]]:
     if func.attr == "run_line_magic" and len(args) >= 2 and args[0] and args[1] is not None:
         name, line = args[0], args[1]
         if name in _CODE_MAGICS or name in _READ_ONLY_MAGICS:
-            names = analyse_cell(_MAGIC_OPTION.sub("", line, count=1))
+            names = analyse_cell(_MAGIC_OPTION.sub("", line, count=1), ctx)
             return set(names.reads), set() if name in _READ_ONLY_MAGICS else set(names.defines)
         return _interpolated(line), set()
     if func.attr == "run_cell_magic" and len(args) >= 3 and args[0] and args[2] is not None:
         name, line, body = args[0], args[1] or "", args[2]
         if name in _CODE_MAGICS or name in _READ_ONLY_MAGICS:
-            names = analyse_cell(body)
+            names = analyse_cell(body, ctx)
             defines = set() if name in _READ_ONLY_MAGICS else set(names.defines)
             if name == "capture":
                 defines |= {w for w in line.split() if w.isidentifier()}
@@ -309,3 +438,173 @@ def _interpolated(line: str) -> set[str]:
     for expr in _BRACED.findall(line):
         reads |= analyse_cell(expr).reads
     return reads
+
+
+# ----------------------------------------------------------------- names in strings
+
+
+def _string_names(node: ast.AST, ctx: Context) -> tuple[set[str], set[str]]:
+    """Names reached through literal strings: ``eval``/``exec`` code, ``pd.eval`` and
+    ``numexpr`` expressions, ``@names`` of ``df.query``, and ``globals()['s']``."""
+    reads: set[str] = set()
+    defines: set[str] = set()
+    for sub in _executed(node):
+        if isinstance(sub, ast.Call):
+            found = _string_call(sub, ctx)
+            text = _literal_text(found[1], found[0]) if found else None
+            if found and text is not None:
+                r, d = _names_in_text(text, found[0], ctx)
+                reads |= r
+                defines |= d
+            key = _globals_key(sub.func.value) if (
+                isinstance(sub.func, ast.Attribute) and sub.func.attr == "get" and sub.args) else None
+            if key is not None and _literal_text(sub.args[0], "code") is not None:
+                reads.add(_literal_text(sub.args[0], "code") or "")
+        elif isinstance(sub, ast.Subscript) and _globals_key(sub) is not None:
+            key = _literal_text(sub.slice, "code")
+            if key:
+                (reads if isinstance(sub.ctx, ast.Load) else defines).add(key)
+    return reads, defines
+
+
+def _string_call(call: ast.Call, ctx: Context) -> tuple[str, ast.expr | None] | None:
+    """For a call of :data:`~nbpipe.effects.NAMES_IN_STRINGS`: how to read its string, and the string."""
+    func = call.func
+    kind = NAMES_IN_STRINGS.get(ctx.qualified(func) or "")
+    if kind is None and isinstance(func, ast.Attribute) and _base_name(func.value) not in ctx.modules:
+        kind = NAMES_IN_STRINGS.get("." + func.attr)
+    if kind is None or not (call.args or call.keywords):
+        return None
+    arg = call.args[0] if call.args else next(
+        (k.value for k in call.keywords if k.arg in ("expr", "source", "ex")), None)
+    return kind, arg
+
+
+def _literal_text(arg: ast.expr | None, kind: str) -> str | None:
+    """The text of a literal string; of an f-string, its literal parts (not for code)."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr) and kind != "code":
+        return " ".join(str(v.value) for v in arg.values if isinstance(v, ast.Constant))
+    return None
+
+
+def _names_in_text(text: str, kind: str, ctx: Context) -> tuple[set[str], set[str]]:
+    if kind == "at-names":
+        return set(_AT_NAME.findall(text)), set()
+    if kind == "code":
+        names = analyse_cell(text, ctx)
+        return set(names.reads), set(names.defines)
+    try:  # an expression (pandas.eval, numexpr): every name it uses
+        tree = ast.parse(text.strip(), mode="eval")
+        return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}, set()
+    except SyntaxError:
+        words = re.findall(r"(?<![.\w])[A-Za-z_]\w*", text)
+        return {w for w in words if not keyword.iskeyword(w)}, set()
+
+
+def _globals_key(node: ast.expr) -> ast.expr | None:
+    """For ``globals()[key]`` (or ``locals()``, the same at top level): ``key``."""
+    if isinstance(node, ast.Subscript):
+        inner = node.value
+        if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)
+                and inner.func.id in ("globals", "locals") and not inner.args):
+            return node.slice
+        return None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("globals", "locals"):
+        return node  # ``globals().get(...)``: the caller reads the argument
+    return None
+
+
+def _hidden(tree: ast.Module, ctx: Context) -> tuple[str, ...]:
+    """Calls that reach names through strings the analysis cannot read."""
+    out: list[str] = []
+    for node in _executed(tree):
+        if isinstance(node, ast.Call):
+            found = _string_call(node, ctx)
+            if found and _literal_text(found[1], found[0]) is None:
+                out.append(_short(node))
+        elif isinstance(node, ast.Subscript):
+            key = _globals_key(node)
+            if key is not None and _literal_text(key, "code") is None:
+                out.append(_short(node))
+        elif isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            if _from_module(node) not in dict(ctx.star_names):
+                out.append(f"from {_from_module(node)} import *")
+    return tuple(dict.fromkeys(out))
+
+
+def _short(node: ast.AST) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------- imports and files
+
+
+def _imports(tree: ast.Module) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
+    """Every name the cell's imports bind, with its target; and those that are modules."""
+    bound: list[tuple[str, str]] = []
+    modules: set[str] = set()
+    for node in _executed(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                local = alias.asname or alias.name.partition(".")[0]
+                bound.append((local, alias.name if alias.asname else local))
+                modules.add(local)
+        elif isinstance(node, ast.ImportFrom):
+            bound += [(a.asname or a.name, f"{_from_module(node)}.{a.name}")
+                      for a in node.names if a.name != "*"]
+    return tuple(bound), frozenset(modules)
+
+
+def _from_module(node: ast.ImportFrom) -> str:
+    return "." * (node.level or 0) + (node.module or "")
+
+
+def _imported_modules(tree: ast.Module) -> tuple[str, ...]:
+    """Modules an import may load: ``import a.b`` -> a.b; ``from a import b`` -> a, a.b."""
+    out: list[str] = []
+    for node in _executed(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.append(node.module)
+            out += [f"{node.module}.{a.name}" for a in node.names if a.name != "*"]
+    return tuple(dict.fromkeys(out))
+
+
+def _star_imports(tree: ast.Module) -> tuple[str, ...]:
+    return tuple(_from_module(n) for n in _executed(tree)
+                 if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names))
+
+
+def _defaultdicts(tree: ast.Module) -> frozenset[str]:
+    """Names assigned ``defaultdict(...)`` (or ``collections.defaultdict(...)``)."""
+    out: set[str] = set()
+    for node in _executed(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name == "defaultdict":
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                out |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return frozenset(out)
+
+
+def _written_files(tree: ast.Module) -> tuple[str, ...]:
+    """Files that ``%%writefile F`` / ``%%file F`` (``-a`` too) write."""
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and _is_get_ipython(node.func.value) and node.func.attr == "run_cell_magic"
+                and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value in _FILE_MAGICS and isinstance(node.args[1], ast.Constant)):
+            continue
+        try:
+            words = [w for w in shlex.split(str(node.args[1].value)) if not w.startswith("-")]
+        except ValueError:
+            continue
+        if words and not any(c in words[0] for c in "{}$"):
+            out.append(words[0])
+    return tuple(out)
