@@ -29,6 +29,7 @@ import keyword
 import re
 import shlex
 import symtable
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -330,9 +331,9 @@ def _mutated(stmt: ast.stmt, ctx: Context) -> set[str]:
 
 def _executed(node: ast.AST) -> Iterator[ast.AST]:
     """``ast.walk``, leaving out the bodies of functions and lambdas (they run when called)."""
-    todo = [node]
+    todo = deque([node])
     while todo:
-        node = todo.pop()
+        node = todo.popleft()
         yield node
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             todo += [*node.decorator_list, *node.args.defaults, *filter(None, node.args.kw_defaults)]
