@@ -57,7 +57,12 @@ PURE_METHODS: frozenset[str] = frozenset({
     # constructors called on a class (``dict.fromkeys``, ``pd.DataFrame.from_dict``)
     "from_bytes", "from_dict", "from_records", "fromhex", "fromkeys", "maketrans",
     # fitted models asked a question (fit, partial_fit, fit_transform do change them)
-    "decision_function", "get_params", "predict", "predict_proba", "score", "transform",
+    "decision_function", "get_feature_names_out", "get_params", "inverse_transform", "predict",
+    "predict_log_proba", "predict_proba", "score", "score_samples", "transform",
+    # logging, regular expressions and paths
+    "critical", "debug", "error", "exception", "info", "log", "warning",
+    "findall", "finditer", "fullmatch", "group", "groups", "match", "search",
+    "exists", "is_dir", "is_file", "joinpath", "read_bytes", "read_text", "with_name", "with_suffix",
 })
 
 #: Functions that change their first argument, by qualified name.

@@ -91,7 +91,8 @@ class CellNames:
     #: functions, classes and lambdas the cell defines at top level, each with the
     #: globals its body reads when it is called (late binding: at call time)
     callables: tuple[tuple[str, frozenset[str]], ...] = ()
-    #: those of them that assign globals (``global count``), with the names
+    #: those of them that assign globals (``global count``) or change them in place
+    #: (``stack.append(x)``), with the names
     global_writes: tuple[tuple[str, frozenset[str]], ...] = ()
     #: every name an import binds, with what it binds it to (``np`` -> ``numpy``)
     imports: tuple[tuple[str, str], ...] = ()
@@ -125,9 +126,10 @@ def analyse_cell(source: str, context: Context = Context()) -> CellNames:
     ctx = replace(context, imports=context.imports + imports, modules=context.modules | modules,
                   defaultdicts=context.defaultdicts | defaultdicts)
     reads, defines = _block_names(tree.body, ctx)
-    found = [item for stmt in tree.body for item in _callable_globals(stmt)]
+    found = [item for stmt in tree.body for item in _callable_globals(stmt, ctx)]
     callables = tuple((name, r) for name, r, _ in found)
     writes = tuple((name, w) for name, _, w in found if w)
+    defines |= _called_here(tree, writes)
     return CellNames(frozenset(reads), frozenset(defines), callables, writes, imports, modules,
                      _imported_modules(tree), _star_imports(tree), defaultdicts,
                      _written_files(tree), _hidden(tree, ctx))
@@ -141,9 +143,9 @@ def _parse(source: str) -> ast.Module | None:
         return None
 
 
-def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str], frozenset[str]]]:
+def _callable_globals(stmt: ast.stmt, ctx: Context) -> list[tuple[str, frozenset[str], frozenset[str]]]:
     """For ``def f``, ``class C`` or ``f = lambda …``: the globals its body reads,
-    and those it assigns (``global``)."""
+    and those it assigns (``global``) or changes (``stack.append(x)``) when called."""
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         name = stmt.name
     elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
@@ -158,9 +160,34 @@ def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str], frozens
     reads: set[str] = set()
     writes: set[str] = set()
     _nested_names(table, reads, writes)
+    writes |= _changed_in_body(stmt, ctx) & reads
     reads |= writes  # ``global n; n += 1`` reads n too (symtable does not say so)
     reads.discard(name)
     return [(name, frozenset(reads), frozenset(writes))]
+
+
+def _changed_in_body(stmt: ast.stmt, ctx: Context) -> set[str]:
+    """Names a function's (or lambda's) body changes in place when it runs."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        body: list[ast.AST] = list(stmt.body)
+    elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Lambda):
+        body = [stmt.value.body]
+    else:
+        return set()
+    out: set[str] = set()
+    for part in body:
+        for node in ast.walk(part):
+            if isinstance(node, ast.stmt):
+                out |= _mutated(node, ctx)
+            elif isinstance(node, ast.expr) and node is part:
+                out |= _call_mutations(node, ctx)
+    return out
+
+
+def _called_here(tree: ast.Module, writes: tuple[tuple[str, frozenset[str]], ...]) -> set[str]:
+    """What the functions this cell defines change, when the cell also calls them."""
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return set().union(*(w for f, w in writes if f in called))
 
 
 def _block_names(stmts: list[ast.stmt], ctx: Context) -> tuple[set[str], set[str]]:

@@ -95,6 +95,19 @@ def test_the_cells_own_import_makes_a_name_a_module() -> None:
     assert analyse_cell("import matplotlib.pyplot as plt").imports == (("plt", "matplotlib.pyplot"),)
 
 
+def test_a_function_that_changes_a_global_changes_it_where_it_is_called() -> None:
+    assert analyse_cell("def push(x):\n    stack.append(x)\n").global_writes == (("push", {"stack"}),)
+    assert analyse_cell("def push(x):\n    stack.append(x)\n").defines == {"push"}
+    assert analyse_cell("def push(x):\n    stack.append(x)\npush(1)").defines == {"push", "stack"}
+    local = "def f(a):\n    a.append(1)\n    mine = []\n    mine.append(2)\n"
+    assert analyse_cell(local).global_writes == ()  # parameters and locals are not globals
+    assert analyse_cell("g = lambda v: acc.append(v)").global_writes == (("g", {"acc"}),)
+    p = pipeline(code("stack = []\ndef push(x):\n    stack.append(x)", "app:a"),
+                 code("push(1)", "app:b"), code("print(stack)", "app:c"))
+    assert p.apps["b"].reads == {"push": "a", "stack": "a"}
+    assert p.apps["c"].reads == {"stack": "b"}
+
+
 def test_a_defaultdict_read_inserts_a_key() -> None:
     assert analyse_cell("from collections import defaultdict\ncounts = defaultdict(int)").defaultdicts == {"counts"}
     ctx = Context(defaultdicts=frozenset({"counts"}))
@@ -266,8 +279,9 @@ def test_mutations_inside_expressions_and_by_known_mutators(both: Any) -> None:
     nb = fixed_notebook(
         code("import random\nimport time\nfrom collections import defaultdict\nimport numpy as np", "setup"),
         code("stack = [1, 2, 3]\nlst = list(range(6))\nx = np.zeros(3)\nit = iter(range(2, 8, 2))\n"
-             "counts = defaultdict(int)", "app:make"),
+             "counts = defaultdict(int)\ndef push(v):\n    stack.append(v)", "app:make"),
         code("top = stack.pop()\nprint('top', top)", "app:pop"),
+        code("push(9)", "app:push"),
         code("random.seed(1)\nrandom.shuffle(lst)", "app:shuffle"),
         code("np.add.at(x, [0, 0, 2], 1)", "app:addat"),
         code("print(next(it))", "app:n1"),
@@ -280,11 +294,11 @@ def test_mutations_inside_expressions_and_by_known_mutators(both: Any) -> None:
     assert_well_formed(runs)
     assert_same_outputs(runs)
     c = runs.merged.cells
-    assert [stdout(c[i]) for i in (5, 6, 7)] == ["2\n", "4\n", "6\n"]
+    assert [stdout(c[i]) for i in (6, 7, 8)] == ["2\n", "4\n", "6\n"]
     expected = random.Random(1)
     order = list(range(6))
     expected.shuffle(order)
-    assert stdout(c[9]) == f"[1, 2] {order} [2. 0. 1.] {{'seen': 0}}\n"
+    assert stdout(c[10]) == f"[1, 2, 9] {order} [2. 0. 1.] {{'seen': 0}}\n"
 
 
 def test_names_reached_through_strings_and_star_imports(both: Any) -> None:
