@@ -545,24 +545,27 @@ def _globals_key(node: ast.expr) -> ast.expr | None:
 
 
 def _hidden(tree: ast.Module, ctx: Context) -> tuple[str, ...]:
-    """Calls that reach names through strings the analysis cannot read."""
-    out: list[str] = []
+    """Calls that reach names through strings the analysis cannot read, in source order."""
+    out: list[ast.AST] = []
     for node in _executed(tree):
         if isinstance(node, ast.Call):
             found = _string_call(node, ctx)
             if found and _literal_text(found[1], found[0]) is None:
-                out.append(_short(node))
+                out.append(node)
         elif isinstance(node, ast.Subscript):
             key = _globals_key(node)
             if key is not None and _literal_text(key, "code") is None:
-                out.append(_short(node))
+                out.append(node)
         elif isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
             if _from_module(node) not in dict(ctx.star_names):
-                out.append(f"from {_from_module(node)} import *")
-    return tuple(dict.fromkeys(out))
+                out.append(node)
+    out.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    return tuple(dict.fromkeys(_short(n) for n in out))
 
 
 def _short(node: ast.AST) -> str:
+    if isinstance(node, ast.ImportFrom):
+        return f"from {_from_module(node)} import *"
     text = ast.unparse(node)
     return text if len(text) <= 60 else text[:57] + "..."
 

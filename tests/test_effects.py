@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import assert_same_outputs, assert_well_formed, normalise_outputs
 from conftest import notebook as fixed_notebook
-from nbbuild import code, notebook
+from nbbuild import code, nbpipe_cli, notebook, read, write
 
 import nbpipe
 
@@ -339,3 +339,28 @@ def test_a_module_written_by_one_app_and_imported_by_a_later_one(both: Any, tmp_
         again = nbpipe.execute(directory / "nb.ipynb", output=directory / f"again{attempt}.ipynb",
                                workers=3)
         assert again.ok, {a: r.status.value for a, r in again.apps.items()}
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_check_warns_about_names_it_cannot_see(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("x = 1\nexpr = 'x + 1'", "app:a"),
+                code("print(eval(expr))\nsub = df.query(cond)", "app:b"))
+    proc = nbpipe_cli("check", src, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cell_id = read(src).cells[1].id
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("nbpipe: warning:")]
+    assert len(lines) == 2
+    assert lines[0].startswith(f"nbpipe: warning: cell 1 (id {cell_id}): eval(expr) reaches names")
+    assert "df.query(cond)" in lines[1]
+    assert "2 app(s)" in proc.stdout
+
+
+def test_check_refuses_a_setup_import_of_a_module_an_app_writes(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("import mymod", "setup"),
+                code("%%writefile mymod.py\nK = 1\n", "app:write"))
+    proc = nbpipe_cli("check", src, cwd=tmp_path)
+    assert proc.returncode == 2
+    ids = [c.id for c in read(src).cells]
+    assert f"setup cell 0 (id {ids[0]})" in proc.stderr and f"cell 1 (id {ids[1]}" in proc.stderr
