@@ -27,13 +27,11 @@ import ast
 import builtins
 import keyword
 import re
-import shlex
 import symtable
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from . import syntax
 from .effects import ARGUMENT_MUTATORS, METHOD_ARGUMENT_MUTATORS, NAMES_IN_STRINGS, is_pure_method
 
 __all__ = ["CellNames", "Context", "analyse_cell"]
@@ -50,8 +48,6 @@ _BRACED = re.compile(r"(?<!\{)\{([^{}]+)\}(?!\})")
 _DOLLAR = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
 _MAGIC_OPTION = re.compile(r"^\s*(-[A-Za-z](\s+(?!-)\S+)?\s+)*")
 _AT_NAME = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
-#: Cell magics that write their body to the file their line names.
-_FILE_MAGICS = {"writefile", "file"}
 _BUILTINS = frozenset(dir(builtins))
 
 
@@ -121,8 +117,8 @@ def analyse_cell(source: str, context: Context = Context()) -> CellNames:
     if tree is None:
         # The cell fails when it runs, as it would under papermill; nothing flows.
         return CellNames(frozenset(), frozenset())
-    imports, modules = _imports(tree)
-    defaultdicts = _defaultdicts(tree)
+    imports, modules = syntax.imports(tree)
+    defaultdicts = syntax.defaultdicts(tree)
     ctx = replace(context, imports=context.imports + imports, modules=context.modules | modules,
                   defaultdicts=context.defaultdicts | defaultdicts)
     reads, defines = _block_names(tree.body, ctx)
@@ -131,8 +127,8 @@ def analyse_cell(source: str, context: Context = Context()) -> CellNames:
     writes = tuple((name, w) for name, _, w in found if w)
     defines |= _called_here(tree, writes)
     return CellNames(frozenset(reads), frozenset(defines), callables, writes, imports, modules,
-                     _imported_modules(tree), _star_imports(tree), defaultdicts,
-                     _written_files(tree), _hidden(tree, ctx))
+                     syntax.imported_modules(tree), syntax.star_imports(tree), defaultdicts,
+                     syntax.written_files(tree), _hidden(tree, ctx))
 
 
 @lru_cache(maxsize=4096)
@@ -223,7 +219,7 @@ def _statement_names(stmt: ast.stmt, ctx: Context) -> tuple[set[str], set[str]]:
     defines |= mutated
     reads |= (mutated & _bases_read(stmt)) | _read_by_update(stmt)
     if isinstance(stmt, ast.ImportFrom) and any(a.name == "*" for a in stmt.names):
-        defines |= dict(ctx.star_names).get(_from_module(stmt), frozenset())
+        defines |= dict(ctx.star_names).get(syntax.from_module(stmt), frozenset())
     for node in ast.walk(stmt):
         if isinstance(node, ast.Call):
             r, d = _magic_names(node, ctx)
@@ -356,23 +352,11 @@ def _mutated(stmt: ast.stmt, ctx: Context) -> set[str]:
     return (out - ctx.modules) | _call_mutations(stmt, ctx)
 
 
-def _executed(node: ast.AST) -> Iterator[ast.AST]:
-    """``ast.walk``, leaving out the bodies of functions and lambdas (they run when called)."""
-    todo = deque([node])
-    while todo:
-        node = todo.popleft()
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            todo += [*node.decorator_list, *node.args.defaults, *filter(None, node.args.kw_defaults)]
-        elif not isinstance(node, ast.Lambda):
-            todo += ast.iter_child_nodes(node)
-
-
 def _call_mutations(node: ast.AST, ctx: Context) -> set[str]:
     """Names that calls and ``defaultdict`` reads in ``node`` may change (nbpipe/effects.py)."""
     out: set[str] = set()
     local: set[str] = set()  # comprehension variables are not the notebook's names
-    for sub in _executed(node):
+    for sub in syntax.executed(node):
         if isinstance(sub, ast.Call):
             out |= _changed_by_call(sub, ctx)
         elif (isinstance(sub, ast.Subscript) and isinstance(sub.ctx, ast.Load)
@@ -388,7 +372,7 @@ def _changed_by_call(call: ast.Call, ctx: Context) -> set[str]:
     known mutator, and what ``out=`` names."""
     func, out = call.func, set()
     first = _base_name(call.args[0]) if call.args else None
-    if isinstance(func, ast.Attribute) and not _is_get_ipython(func.value):
+    if isinstance(func, ast.Attribute) and not syntax.is_get_ipython(func.value):
         base = _base_name(func.value)
         if base and not is_pure_method(func.attr, _keyword_is_true(call, "inplace")):
             out.add(base)
@@ -423,18 +407,10 @@ def _read_by_update(stmt: ast.stmt) -> set[str]:
     return out
 
 
-def _is_get_ipython(node: ast.expr) -> bool:
-    return (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == "get_ipython"
-    )
-
-
 def _magic_names(call: ast.Call, ctx: Context) -> tuple[set[str], set[str]]:
     """Names read and defined by ``get_ipython().run_*_magic(…)`` and shell calls."""
     func = call.func
-    if not (isinstance(func, ast.Attribute) and _is_get_ipython(func.value)):
+    if not (isinstance(func, ast.Attribute) and syntax.is_get_ipython(func.value)):
         return set(), set()
     args = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
             for a in call.args]
@@ -476,7 +452,7 @@ def _string_names(node: ast.AST, ctx: Context) -> tuple[set[str], set[str]]:
     ``numexpr`` expressions, ``@names`` of ``df.query``, and ``globals()['s']``."""
     reads: set[str] = set()
     defines: set[str] = set()
-    for sub in _executed(node):
+    for sub in syntax.executed(node):
         if isinstance(sub, ast.Call):
             found = _string_call(sub, ctx)
             text = _literal_text(found[1], found[0]) if found else None
@@ -484,10 +460,9 @@ def _string_names(node: ast.AST, ctx: Context) -> tuple[set[str], set[str]]:
                 r, d = _names_in_text(text, found[0], ctx)
                 reads |= r
                 defines |= d
-            key = _globals_key(sub.func.value) if (
-                isinstance(sub.func, ast.Attribute) and sub.func.attr == "get" and sub.args) else None
-            if key is not None and _literal_text(sub.args[0], "code") is not None:
-                reads.add(_literal_text(sub.args[0], "code") or "")
+            if (isinstance(sub.func, ast.Attribute) and sub.func.attr == "get" and sub.args
+                    and _is_globals(sub.func.value)):
+                reads |= {_literal_text(sub.args[0], "code")} - {None}  # type: ignore[arg-type]
         elif isinstance(sub, ast.Subscript) and _globals_key(sub) is not None:
             key = _literal_text(sub.slice, "code")
             if key:
@@ -531,23 +506,20 @@ def _names_in_text(text: str, kind: str, ctx: Context) -> tuple[set[str], set[st
         return {w for w in words if not keyword.iskeyword(w)}, set()
 
 
-def _globals_key(node: ast.expr) -> ast.expr | None:
+def _globals_key(node: ast.Subscript) -> ast.expr | None:
     """For ``globals()[key]`` (or ``locals()``, the same at top level): ``key``."""
-    if isinstance(node, ast.Subscript):
-        inner = node.value
-        if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)
-                and inner.func.id in ("globals", "locals") and not inner.args):
-            return node.slice
-        return None
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("globals", "locals"):
-        return node  # ``globals().get(...)``: the caller reads the argument
-    return None
+    return node.slice if _is_globals(node.value) else None
+
+
+def _is_globals(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id in ("globals", "locals") and not node.args)
 
 
 def _hidden(tree: ast.Module, ctx: Context) -> tuple[str, ...]:
     """Calls that reach names through strings the analysis cannot read, in source order."""
     out: list[ast.AST] = []
-    for node in _executed(tree):
+    for node in syntax.executed(tree):
         if isinstance(node, ast.Call):
             found = _string_call(node, ctx)
             if found and _literal_text(found[1], found[0]) is None:
@@ -557,7 +529,7 @@ def _hidden(tree: ast.Module, ctx: Context) -> tuple[str, ...]:
             if key is not None and _literal_text(key, "code") is None:
                 out.append(node)
         elif isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
-            if _from_module(node) not in dict(ctx.star_names):
+            if syntax.from_module(node) not in dict(ctx.star_names):
                 out.append(node)
     out.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
     return tuple(dict.fromkeys(_short(n) for n in out))
@@ -565,77 +537,6 @@ def _hidden(tree: ast.Module, ctx: Context) -> tuple[str, ...]:
 
 def _short(node: ast.AST) -> str:
     if isinstance(node, ast.ImportFrom):
-        return f"from {_from_module(node)} import *"
+        return f"from {syntax.from_module(node)} import *"
     text = ast.unparse(node)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-# ----------------------------------------------------------------- imports and files
-
-
-def _imports(tree: ast.Module) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
-    """Every name the cell's imports bind, with its target; and those that are modules."""
-    bound: list[tuple[str, str]] = []
-    modules: set[str] = set()
-    for node in _executed(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                local = alias.asname or alias.name.partition(".")[0]
-                bound.append((local, alias.name if alias.asname else local))
-                modules.add(local)
-        elif isinstance(node, ast.ImportFrom):
-            bound += [(a.asname or a.name, f"{_from_module(node)}.{a.name}")
-                      for a in node.names if a.name != "*"]
-    return tuple(bound), frozenset(modules)
-
-
-def _from_module(node: ast.ImportFrom) -> str:
-    return "." * (node.level or 0) + (node.module or "")
-
-
-def _imported_modules(tree: ast.Module) -> tuple[str, ...]:
-    """Modules an import may load: ``import a.b`` -> a.b; ``from a import b`` -> a, a.b."""
-    out: list[str] = []
-    for node in _executed(tree):
-        if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            out.append(node.module)
-            out += [f"{node.module}.{a.name}" for a in node.names if a.name != "*"]
-    return tuple(dict.fromkeys(out))
-
-
-def _star_imports(tree: ast.Module) -> tuple[str, ...]:
-    return tuple(_from_module(n) for n in _executed(tree)
-                 if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names))
-
-
-def _defaultdicts(tree: ast.Module) -> frozenset[str]:
-    """Names assigned ``defaultdict(...)`` (or ``collections.defaultdict(...)``)."""
-    out: set[str] = set()
-    for node in _executed(tree):
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
-            func = node.value.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-            if name == "defaultdict":
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                out |= {t.id for t in targets if isinstance(t, ast.Name)}
-    return frozenset(out)
-
-
-def _written_files(tree: ast.Module) -> tuple[str, ...]:
-    """Files that ``%%writefile F`` / ``%%file F`` (``-a`` too) write."""
-    out: list[str] = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and _is_get_ipython(node.func.value) and node.func.attr == "run_cell_magic"
-                and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant)
-                and node.args[0].value in _FILE_MAGICS and isinstance(node.args[1], ast.Constant)):
-            continue
-        try:
-            words = [w for w in shlex.split(str(node.args[1].value)) if not w.startswith("-")]
-        except ValueError:
-            continue
-        if words and not any(c in words[0] for c in "{}$"):
-            out.append(words[0])
-    return tuple(out)
