@@ -380,9 +380,9 @@ def _changed_by_call(call: ast.Call, ctx: Context) -> set[str]:
             out.add(first)
     if first and ctx.qualified(func) in ARGUMENT_MUTATORS:
         out.add(first)
-    for keyword in call.keywords:
-        if keyword.arg == "out":
-            values = keyword.value.elts if isinstance(keyword.value, ast.Tuple) else [keyword.value]
+    for kw in call.keywords:
+        if kw.arg == "out":
+            values = kw.value.elts if isinstance(kw.value, ast.Tuple) else [kw.value]
             out |= {b for b in map(_base_name, values) if b}
     return out
 
