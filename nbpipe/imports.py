@@ -25,7 +25,7 @@ from types import ModuleType
 
 from .names import CellNames, Context, analyse_cell
 
-__all__ = ["module_files", "notebook_context", "public_names"]
+__all__ = ["is_module", "module_files", "normalise_path", "notebook_context", "public_names"]
 
 
 def notebook_context(cells: Iterable[CellNames], root: Path | None,

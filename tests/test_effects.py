@@ -181,10 +181,16 @@ def test_imported_modules() -> None:
     assert found.star_imports == ("f",)
 
 
-def test_the_table_is_consistent() -> None:
+def test_the_table_is_consistent_and_documented() -> None:
     assert not PURE_METHODS & METHOD_ARGUMENT_MUTATORS
     assert all("." in name for name in ARGUMENT_MUTATORS)
     assert set(NAMES_IN_STRINGS.values()) == {"code", "expression", "at-names"}
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.partition("### What calls do")[2].partition("\n### ")[0]
+    for name in ARGUMENT_MUTATORS | {f".{m}" for m in METHOD_ARGUMENT_MUTATORS}:
+        assert f"{name.rpartition('.')[2]}" in table, name
+    for method in ("mean", "describe", "head", "copy", "groupby", "astype", "plot", "to_csv", "savefig"):
+        assert method in PURE_METHODS and f"`{method}`" in table
 
 
 # ------------------------------------------------------------------ through the graph
