@@ -48,7 +48,7 @@ PURE_METHODS: frozenset[str] = frozenset({
     # Python containers and strings (str, bytes and tuples never change)
     "decode", "difference", "encode", "endswith", "find", "format", "intersection", "isdisjoint",
     "issubset", "issuperset", "join", "lower", "lstrip", "rstrip", "split", "splitlines",
-    "startswith", "strip", "symmetric_difference", "union", "upper",
+    "startswith", "strip", "symmetric_difference", "union", "upper", "contains",
     # conversion, display, plot and export
     "boxplot", "display", "hist", "item", "plot", "savefig", "show", "to_csv", "to_dict",
     "to_excel", "to_frame", "to_hdf", "to_html", "to_json", "to_latex", "to_list", "to_markdown",

@@ -462,7 +462,8 @@ def _string_names(node: ast.AST, ctx: Context) -> tuple[set[str], set[str]]:
                 defines |= d
             if (isinstance(sub.func, ast.Attribute) and sub.func.attr == "get" and sub.args
                     and _is_globals(sub.func.value)):
-                reads |= {_literal_text(sub.args[0], "code")} - {None}  # type: ignore[arg-type]
+                key = _literal_text(sub.args[0], "code")
+                reads |= {key} if key else set()
         elif isinstance(sub, ast.Subscript) and _globals_key(sub) is not None:
             key = _literal_text(sub.slice, "code")
             if key:
