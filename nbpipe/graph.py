@@ -264,25 +264,23 @@ def _with_files(parsed: ParsedNotebook, names: Mapping[int, CellNames]) -> dict[
     for index, found in sorted(names.items()):
         for path in found.writes:
             writers.setdefault(normalise_path(path), []).append(index)
-    if not writers:
-        return dict(parsed.apps)
-    added: dict[str, dict[str, list[str]]] = {}
+    outputs: dict[str, list[str]] = {}
+    inputs: dict[str, list[str]] = {}
     for path, indices in writers.items():
-        for i in indices:
-            if cells[i].app:
-                added.setdefault(cells[i].app, {}).setdefault("outputs", []).append(path)
+        for app in filter(None, (cells[i].app for i in indices)):
+            outputs.setdefault(app, []).append(path)
     for index, found in sorted(names.items()):
         for path in _imported_files(found, writers):
-            others = [i for i in writers[path] if cells[i].app != cells[index].app]
             if cells[index].role == "setup" and any(cells[i].role != "setup" for i in writers[path]):
                 _setup_imports_written(cells, index, path, writers[path])
-            if cells[index].app and others:
-                added.setdefault(cells[index].app, {}).setdefault("inputs", []).append(path)
+            app = cells[index].app
+            if app and any(cells[i].app != app for i in writers[path]):
+                inputs.setdefault(app, []).append(path)
     specs = dict(parsed.apps)
-    for app, files in added.items():
+    for app in set(outputs) | set(inputs):
         spec = specs[app]
-        specs[app] = replace(spec, inputs=tuple(dict.fromkeys(spec.inputs + tuple(files.get("inputs", [])))),
-                             outputs=tuple(dict.fromkeys(spec.outputs + tuple(files.get("outputs", [])))))
+        specs[app] = replace(spec, inputs=tuple(dict.fromkeys([*spec.inputs, *inputs.get(app, [])])),
+                             outputs=tuple(dict.fromkeys([*spec.outputs, *outputs.get(app, [])])))
     return specs
 
 
