@@ -181,7 +181,9 @@ def _execute(args: argparse.Namespace) -> int:
     from .sites import get_site
 
     parameters = _parameters(args)
-    total = len(load_pipeline(args.notebook).apps)
+    pipeline = load_pipeline(args.notebook)
+    total = len(pipeline.apps)
+    _print_warnings(pipeline)
     site = get_site(args.site, notebook=args.notebook, sites_file=args.sites)
     if site.engine != "local":
         # Workers of a batch site may wait in a queue: say what is happening meanwhile.
@@ -212,10 +214,16 @@ def _check(args: argparse.Namespace) -> int:
 
     pipeline = load_pipeline(args.notebook)
     get_site(args.site, notebook=args.notebook, sites_file=args.sites).check(pipeline)
+    _print_warnings(pipeline)
     print(_text_graph(pipeline, args.notebook))
     for warning in warnings_for(pipeline):
         print(f"warning: {warning}")
     return 0
+
+
+def _print_warnings(pipeline: Any) -> None:
+    for warning in pipeline.warnings:
+        print(f"nbpipe: warning: {warning}", file=sys.stderr)
 
 
 def _text_graph(pipeline: Any, path: Path) -> str:

@@ -4,6 +4,8 @@ An app receives each name it reads that an earlier app defines from the
 *nearest* such app above the reading cell (SPEC §3); that is a data edge.
 ``after:NAME`` adds an edge with no data, and ``outputs:X`` -> ``inputs:X`` a
 file edge. Names from ``parameters`` and ``setup`` are available everywhere.
+A ``%%writefile F`` cell declares ``outputs:F`` for its app, and importing a
+module some cell writes declares ``inputs:`` for it, so the import waits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import networkx as nx
 
 from .errors import CycleError, GraphError, TagError
+from .imports import module_files, normalise_path, notebook_context
 from .names import CellNames, analyse_cell
 from .parse import AppSpec, ParsedNotebook
 
@@ -56,6 +59,8 @@ class Pipeline:
     order: tuple[str, ...]  # a topological order, ties broken by notebook order
     parameter_names: frozenset[str]
     setup_names: frozenset[str]
+    #: what the analysis cannot see, one line per cell and call (``nbpipe check`` prints them)
+    warnings: tuple[str, ...] = ()
 
     def upstream(self, app: str) -> set[str]:
         return set(nx.ancestors(self.graph, app))
@@ -119,8 +124,8 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
     :class:`CycleError` when the apps depend on each other in a loop.
     """
     cells = parsed.cells
-    names = {c.index: analyse_cell(c.source) for c in cells if c.role in ("app", "setup", "parameters", "metrics")}
-    names = _with_global_writes(names, cells)
+    names = _with_global_writes(_analyse(parsed), cells)
+    specs = _with_files(parsed, names)
     parameter_names = frozenset().union(*(names[c.index].defines for c in parsed.cells_of("parameters")))
     setup_names = frozenset().union(*(names[c.index].defines for c in parsed.cells_of("setup")))
 
@@ -141,7 +146,7 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
     defines: dict[str, set[str]] = {}
     map_sources: dict[str, str | None] = {}
     items_skip: dict[str, str] = {}  # map app -> iterable its items need not load
-    for name, spec in parsed.apps.items():
+    for name, spec in specs.items():
         # In a map: app the item name is bound per task, never read from upstream.
         own: set[str] = {spec.map.item} if spec.map else set()
         got: dict[str, str] = {}
@@ -171,13 +176,13 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
             got[spec.map.iterable] = map_sources[name]  # type: ignore[assignment]
         reads[name], defines[name] = got, own
 
-    ships: dict[str, dict[str, list[str]]] = {name: {} for name in parsed.apps}
+    ships: dict[str, dict[str, list[str]]] = {name: {} for name in specs}
     for consumer, got in reads.items():
         for n, producer in got.items():
             ships[producer].setdefault(n, []).append(consumer)
 
     graph = nx.DiGraph()
-    for name, spec in parsed.apps.items():
+    for name, spec in specs.items():
         graph.add_node(name, first_cell=spec.cells[0])
 
     def edge(u: str, v: str, kind: str, name: str | None = None, file: str | None = None) -> None:
@@ -193,11 +198,11 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
     for consumer, got in reads.items():
         for n, producer in got.items():
             edge(producer, consumer, "data", name=n)
-    for name, spec in parsed.apps.items():
+    for name, spec in specs.items():
         for target in spec.after:
-            if target not in parsed.apps:
+            if target not in specs:
                 index = spec.origin.get(f"after={target}", spec.cells[0])
-                close = _did_you_mean(target, parsed.apps)
+                close = _did_you_mean(target, specs)
                 # name the tag as the user wrote it: after:X or its Kale alias prev:X
                 tag = next((t for t in cells[index].tags if t.partition(":")[0] in ("after", "prev")
                             and t.partition(":")[2].strip() == target), f"after:{target}")
@@ -205,7 +210,7 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
                                cell_id=cells[index].id, tag=tag)
             edge(target, name, "after")
         for pattern in spec.inputs:
-            for other, ospec in parsed.apps.items():
+            for other, ospec in specs.items():
                 if other != name and any(_matches(out, pattern) for out in ospec.outputs):
                     edge(other, name, "file", file=pattern)
 
@@ -218,8 +223,8 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
 
     order = tuple(nx.lexicographical_topological_sort(graph, key=lambda n: graph.nodes[n]["first_cell"]))
     apps = {}
-    for name in sorted(parsed.apps, key=lambda n: parsed.apps[n].cells[0]):
-        spec = parsed.apps[name]
+    for name in sorted(specs, key=lambda n: specs[n].cells[0]):
+        spec = specs[name]
         metric_names: tuple[str, ...] = ()
         if spec.metrics:
             metric_names = tuple(dict.fromkeys(
@@ -228,7 +233,87 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
         apps[name] = AppNode(spec, reads[name], frozenset(defines[name]),
                              {k: tuple(v) for k, v in ships[name].items()}, metric_names,
                              item_reads if spec.map else None)
-    return Pipeline(parsed, graph, apps, order, parameter_names, setup_names)
+    return Pipeline(parsed, graph, apps, order, parameter_names, setup_names, _warnings(parsed, names))
+
+
+def _analyse(parsed: ParsedNotebook) -> dict[int, CellNames]:
+    """What each code cell reads and defines, in the context of the whole notebook
+    (its imports, ``defaultdict`` names, star imports and written modules)."""
+    cells = [c for c in parsed.cells if c.role in ("app", "setup", "parameters", "metrics")]
+    first = {c.index: analyse_cell(c.source) for c in cells}
+    root = parsed.path.resolve().parent if parsed.path else None
+    context = notebook_context(first.values(), root, _written(cells, first))
+    return {c.index: analyse_cell(c.source, context) for c in cells}
+
+
+def _written(cells: Any, names: Mapping[int, CellNames]) -> dict[str, str]:
+    """File -> text, for the files ``%%writefile`` cells write (appends joined)."""
+    out: dict[str, str] = {}
+    for c in cells:
+        for path in names[c.index].writes:
+            body = c.source.partition("\n")[2]
+            out[normalise_path(path)] = out.get(normalise_path(path), "") + body
+    return out
+
+
+def _with_files(parsed: ParsedNotebook, names: Mapping[int, CellNames]) -> dict[str, AppSpec]:
+    """The apps with the files their cells write (``%%writefile F``: ``outputs:F``) and
+    the written modules they import (``inputs:``, so the import waits for the writer)."""
+    cells = parsed.cells
+    writers: dict[str, list[int]] = {}
+    for index, found in sorted(names.items()):
+        for path in found.writes:
+            writers.setdefault(normalise_path(path), []).append(index)
+    outputs: dict[str, list[str]] = {}
+    inputs: dict[str, list[str]] = {}
+    for path, indices in writers.items():
+        for app in filter(None, (cells[i].app for i in indices)):
+            outputs.setdefault(app, []).append(path)
+    for index, found in sorted(names.items()):
+        for path in _imported_files(found, writers):
+            if cells[index].role == "setup" and any(cells[i].role != "setup" for i in writers[path]):
+                _setup_imports_written(cells, index, path, writers[path])
+            app = cells[index].app
+            if app and any(cells[i].app != app for i in writers[path]):
+                inputs.setdefault(app, []).append(path)
+    specs = dict(parsed.apps)
+    for app in set(outputs) | set(inputs):
+        spec = specs[app]
+        specs[app] = replace(spec, inputs=tuple(dict.fromkeys([*spec.inputs, *inputs.get(app, [])])),
+                             outputs=tuple(dict.fromkeys([*spec.outputs, *outputs.get(app, [])])))
+    return specs
+
+
+def _imported_files(found: CellNames, writers: Mapping[str, list[int]]) -> list[str]:
+    """The written files that the modules ``found`` imports are (``a.b``: a, a.b)."""
+    out = []
+    for module in found.imported_modules:
+        parts = module.split(".")
+        for n in range(1, len(parts) + 1):
+            out += [f for f in module_files(".".join(parts[:n])) if f in writers]
+    return list(dict.fromkeys(out))
+
+
+def _setup_imports_written(cells: Any, index: int, path: str, writers: list[int]) -> None:
+    writer = next(i for i in writers if cells[i].role != "setup")
+    raise GraphError(
+        f"setup cell {index} (id {cells[index].id}) imports the module in {path}, which cell "
+        f"{writer} (id {cells[writer].id}, app {cells[writer].app!r}) writes: setup cells run at "
+        f"the start of every app, before that file exists. Move the import into the apps that "
+        f"use the module, or the cell that writes it into setup")
+
+
+def _warnings(parsed: ParsedNotebook, names: Mapping[int, CellNames]) -> tuple[str, ...]:
+    """One line per call whose names the analysis cannot see."""
+    out = []
+    for index, found in sorted(names.items()):
+        cell = parsed.cells[index]
+        for call in found.hidden:
+            fix = ("import the names it uses by name" if call.startswith("from ") else
+                   "use a literal string, or keep the code that sets and uses them in one app")
+            out.append(f"cell {index} (id {cell.id}): {call} reaches names nbpipe cannot see, "
+                       f"so they do not flow between apps; {fix}")
+    return tuple(out)
 
 
 def _with_global_writes(names: dict[int, CellNames], cells: Any) -> dict[int, CellNames]:

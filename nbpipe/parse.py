@@ -350,9 +350,9 @@ def _parse_option(key: str, value: str, fail: Any, tag: str) -> Any:
             raise fail("not a valid path", tag)
         return value
     if key == "cache":
-        if value not in ("off", "disabled", "on"):
-            raise fail(f"cache: takes 'off' (or 'disabled'), got {value!r}", tag)
-        return value == "on"
+        if value not in ("off", "disabled", "on", "enabled"):
+            raise fail(f"cache: takes 'off' or 'on' (Kale: 'disabled', 'enabled'), got {value!r}", tag)
+        return value in ("on", "enabled")
     raise AssertionError(key)  # pragma: no cover - every key of PREFIX_ALIASES is handled
 
 

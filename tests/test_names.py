@@ -28,7 +28,12 @@ CASES = [
     ("del d['k']", {"d"}, {"d"}),
     ("lst.append(item)", {"lst", "item"}, {"lst"}),
     ("model.fit(X, y)", {"model", "X", "y"}, {"model"}),
-    ("print(lst.count(1))", {"lst"}, set()),  # a call inside an expression is not a mutation
+    ("print(lst.count(1))", {"lst"}, set()),  # a known-pure method changes nothing
+    ("top = stack.pop()", {"stack"}, {"top", "stack"}),  # any other method may change its receiver
+    ("print(q.popleft())", {"q"}, {"q"}),
+    ("while stack.pop():\n    pass", {"stack"}, {"stack"}),
+    ("df.dropna(inplace=True)", {"df"}, {"df"}),
+    ("import time\ntime.sleep(1)", set(), {"time"}),  # bound by the import, not changed by the call
     ("x = 1\ny = x", set(), {"x", "y"}),  # defined before it is read: not an input
     ("y = x\nx = 1", {"x"}, {"x", "y"}),
     ("total = sum(v for v in values)", {"values"}, {"total"}),

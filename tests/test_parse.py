@@ -148,6 +148,7 @@ def test_memory_sizes(size: str, expected: int) -> None:
     ("image:docker.io/lib/python:3.11", lambda p: p.apps["main"].container == "docker.io/lib/python:3.11"),
     ("limit:nvidia.com/gpu:2", lambda p: p.apps["main"].resources.gpus == 2),
     ("cache:disabled", lambda p: p.apps["main"].cache is False),
+    ("cache:enabled", lambda p: p.apps["main"].cache is True),
 ])
 def test_kale_aliases(tag: str, check: Any) -> None:
     # cell 0 carries the alias; cell 1 is app "load" so prev:load has a target.

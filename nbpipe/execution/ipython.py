@@ -225,6 +225,10 @@ class IPythonEngine(Engine):
             shell.execution_count = 1
         _used = True
         _recorder.displays = {}
+        if os.getcwd() not in sys.path:
+            # A kernel starts in the notebook's directory with it on sys.path, so a
+            # module beside the notebook (or one a %%writefile cell wrote) imports.
+            sys.path.insert(0, os.getcwd())
         nb_man.nb.metadata.setdefault("language_info", {
             "name": "python", "version": sys.version.split()[0], "mimetype": "text/x-python",
             "file_extension": ".py", "codemirror_mode": {"name": "ipython", "version": 3},

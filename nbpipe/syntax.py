@@ -1,0 +1,108 @@
+"""Facts a cell's syntax tree shows without analysis: its imports, the names it
+binds to ``defaultdict(...)``, and the files its ``%%writefile`` magics write.
+
+Shared by :mod:`nbpipe.names` (what a cell reads and defines) and
+:mod:`nbpipe.imports` (the notebook's context).
+"""
+
+from __future__ import annotations
+
+import ast
+import shlex
+from collections import deque
+from collections.abc import Iterator
+
+__all__ = ["defaultdicts", "executed", "from_module", "imported_modules", "imports", "is_get_ipython",
+           "star_imports", "written_files"]
+
+#: Cell magics that write their body to the file their line names.
+_FILE_MAGICS = {"writefile", "file"}
+
+
+def executed(node: ast.AST) -> Iterator[ast.AST]:
+    """``ast.walk``, leaving out the bodies of functions and lambdas (they run when called)."""
+    todo = deque([node])
+    while todo:
+        node = todo.popleft()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            todo += [*node.decorator_list, *node.args.defaults, *filter(None, node.args.kw_defaults)]
+        elif not isinstance(node, ast.Lambda):
+            todo += ast.iter_child_nodes(node)
+
+
+def is_get_ipython(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "get_ipython"
+    )
+
+
+
+def imports(tree: ast.Module) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
+    """Every name the cell's imports bind, with its target; and those that are modules."""
+    bound: list[tuple[str, str]] = []
+    modules: set[str] = set()
+    for node in executed(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                local = alias.asname or alias.name.partition(".")[0]
+                bound.append((local, alias.name if alias.asname else local))
+                modules.add(local)
+        elif isinstance(node, ast.ImportFrom):
+            bound += [(a.asname or a.name, f"{from_module(node)}.{a.name}")
+                      for a in node.names if a.name != "*"]
+    return tuple(bound), frozenset(modules)
+
+
+def from_module(node: ast.ImportFrom) -> str:
+    return "." * (node.level or 0) + (node.module or "")
+
+
+def imported_modules(tree: ast.Module) -> tuple[str, ...]:
+    """Modules an import may load: ``import a.b`` -> a.b; ``from a import b`` -> a, a.b."""
+    out: list[str] = []
+    for node in executed(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.append(node.module)
+            out += [f"{node.module}.{a.name}" for a in node.names if a.name != "*"]
+    return tuple(dict.fromkeys(out))
+
+
+def star_imports(tree: ast.Module) -> tuple[str, ...]:
+    return tuple(from_module(n) for n in executed(tree)
+                 if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names))
+
+
+def defaultdicts(tree: ast.Module) -> frozenset[str]:
+    """Names assigned ``defaultdict(...)`` (or ``collections.defaultdict(...)``)."""
+    out: set[str] = set()
+    for node in executed(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name == "defaultdict":
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                out |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return frozenset(out)
+
+
+def written_files(tree: ast.Module) -> tuple[str, ...]:
+    """Files that ``%%writefile F`` / ``%%file F`` (``-a`` too) write."""
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and is_get_ipython(node.func.value) and node.func.attr == "run_cell_magic"
+                and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value in _FILE_MAGICS and isinstance(node.args[1], ast.Constant)):
+            continue
+        try:
+            words = [w for w in shlex.split(str(node.args[1].value)) if not w.startswith("-")]
+        except ValueError:
+            continue
+        if words and not any(c in words[0] for c in "{}$"):
+            out.append(words[0])
+    return tuple(out)
