@@ -93,8 +93,10 @@ def test_corpus_matches_papermill(name: str, mode: str, engine: str, tmp_path: P
         if skipped:
             _assert_counts_without(runs, compared, skipped)
     except AssertionError as exc:
-        failed = {a: r.error for a, r in result.apps.items() if not r.status.ok}
-        raise AssertionError(f"{where}: differs from papermill; failed apps: {failed or 'none'}\n{exc}") from None
+        errors = {a: f"{r.error.get('ename')}: {r.error.get('evalue')}" for a, r in result.apps.items() if r.error}
+        not_run = sorted(a for a, r in result.apps.items() if not r.status.ok and not r.error)
+        raise AssertionError(f"{where}: differs from papermill; app errors: {errors or 'none'}; "
+                             f"apps not run: {not_run or 'none'}\n{exc}") from None
 
 
 def _assert_counts_without(runs: Runs, compared: list[str], skipped: list[str]) -> None:
