@@ -19,10 +19,10 @@ from typing import Any
 
 import nbformat
 import pytest
-from corpustools import MODES, corpus_names, place, read, retag
 
 import nbpipe
 from conftest import Runs, assert_same_outputs, run_papermill
+from corpustools import MODES, corpus_names, place, read, retag
 from nbpipe.api import ENGINES
 from nbpipe.errors import NbpipeError
 
