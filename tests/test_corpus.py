@@ -1,0 +1,109 @@
+"""The realistic corpus: every notebook in tests/corpus/ gives papermill's outputs.
+
+Each notebook runs once under papermill (per session) and then under nbpipe
+in three tagging modes (``corpustools.MODES``: untagged, every code cell its
+own app, the notebook's hand tags) on every engine. Every output of every
+code cell must equal papermill's, image bytes included (conftest.py
+``normalise_outputs``). A cell tagged ``skip`` is never executed by nbpipe, so
+it is expected to stay empty, and the cells after it are numbered without it.
+
+The default run covers every notebook with every cell its own app on the
+default engine; the full matrix is ``pytest -m slow tests/test_corpus.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+import nbpipe
+from conftest import Runs, assert_same_outputs, run_papermill
+from corpustools import MODES, corpus_names, place, read, retag
+from nbpipe.api import ENGINES
+from nbpipe.errors import NbpipeError
+
+DEFAULT = ("cells", "ipython")  # the (mode, engine) the default suite runs
+
+
+def _matrix() -> Iterator[Any]:
+    for name in corpus_names():
+        for engine in ENGINES:
+            for mode in MODES:
+                marks = () if (mode, engine) == DEFAULT else (pytest.mark.slow,)
+                yield pytest.param(name, mode, engine, id=f"{name}-{mode}-{engine}", marks=marks)
+
+
+@pytest.fixture(scope="session")
+def papermill_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+    """``papermill_run(name)``: the corpus notebook executed by papermill, once per session."""
+    done: dict[str, Any] = {}
+
+    def run(name: str) -> Any:
+        if name not in done:
+            src = place(read(name), tmp_path_factory.mktemp(f"papermill-{name}"), name)
+            out = src.with_name(f"{name}.out.ipynb")
+            error = run_papermill(src, out)
+            assert error is None, f"corpus notebook {name} fails under papermill itself: {error}"
+            done[name] = nbformat.read(out, as_version=4)
+        return done[name]
+
+    return run
+
+
+def test_corpus_is_well_formed(tmp_path: Path) -> None:
+    """At least 25 notebooks, stored without outputs, titled, hand-tagged; the modes split as promised."""
+    names = corpus_names()
+    assert len(names) >= 25, names
+    for name in names:
+        nb = read(name)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), name
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
+        hand_apps = {t.split(":", 1)[1] for c in code for t in c.metadata.get("tags", [])
+                     if t.startswith(("app:", "block:"))}
+        assert len(hand_apps) >= 2, f"{name} has no hand split into apps"
+        for mode, apps in (("untagged", 1), ("cells", len(code))):
+            path = tmp_path / f"{name}.{mode}.ipynb"
+            nbformat.write(retag(nb, mode), path)
+            assert len(nbpipe.load_pipeline(path).apps) == apps, (name, mode)
+
+
+@pytest.mark.parametrize(("name", "mode", "engine"), list(_matrix()))
+def test_corpus_matches_papermill(name: str, mode: str, engine: str, tmp_path: Path,
+                                  papermill_run: Callable[[str], Any], matplotlib_ready: None) -> None:
+    expected = papermill_run(name)
+    path = place(retag(read(name), mode), tmp_path, name)
+    where = f"{name}.ipynb [{mode}, engine={engine}]"
+    try:
+        result = nbpipe.execute(path, engine=engine, workers=2)
+    except NbpipeError as exc:
+        pytest.fail(f"{where}: nbpipe refused the notebook: {exc}")
+    runs = Runs(nbformat.read(path, as_version=4), expected, nbformat.read(result.output, as_version=4),
+                result, None, None)
+    skipped = runs.ids_tagged("skip")
+    compared = [i for i in runs.code_ids() if i not in skipped]
+    try:
+        assert_same_outputs(runs, compared, counts=not skipped)
+        for cell_id in skipped:
+            assert not runs.nbp(cell_id).outputs, f"skip cell {cell_id} was executed"
+        if skipped:
+            _assert_counts_without(runs, compared, skipped)
+    except AssertionError as exc:
+        errors = {a: f"{r.error.get('ename')}: {r.error.get('evalue')}" for a, r in result.apps.items() if r.error}
+        not_run = sorted(a for a, r in result.apps.items() if not r.status.ok and not r.error)
+        raise AssertionError(f"{where}: differs from papermill; app errors: {errors or 'none'}; "
+                             f"apps not run: {not_run or 'none'}\n{exc}") from None
+
+
+def _assert_counts_without(runs: Runs, compared: list[str], skipped: list[str]) -> None:
+    """Execution counts are papermill's, minus one for each skipped cell above."""
+    order = runs.code_ids()
+    for cell_id in compared:
+        above = sum(1 for s in skipped if order.index(s) < order.index(cell_id))
+        want = runs.pm(cell_id).execution_count - above
+        got = runs.nbp(cell_id).execution_count
+        assert got == want, f"cell {runs.source_index(cell_id)} (id {cell_id}): execution_count {got}, want {want}"
