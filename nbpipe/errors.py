@@ -16,6 +16,8 @@ cross process boundaries (worker -> driver).
     ├── SiteError                  unknown or malformed site               (exit 2)
     ├── WorkerError                the site's workers cannot run apps      (exit 1)
     ├── ShipError                  a value cannot be moved between apps
+    ├── MutationError              an app changed a value unpredicted, and the
+    │                              apps that read it cannot re-run with the change
     └── RunError                   one or more apps failed or timed out    (exit 1)
 """
 
@@ -34,6 +36,7 @@ __all__ = [
     "SiteError",
     "WorkerError",
     "ShipError",
+    "MutationError",
     "RunError",
 ]
 
@@ -131,6 +134,26 @@ class ShipError(NbpipeError):
             f"Fix: create it in a 'setup' cell, or recreate it in the app(s) {readers} "
             "that read it, instead of passing it between apps."
         )
+
+
+class MutationError(NbpipeError):
+    """App ``app`` changed ``variable`` (received from ``source``) through code
+    the static analysis cannot see, and the apps that read the changed value
+    (``readers``) cannot re-run with it: ``reason`` says why."""
+
+    exit_code = 1
+
+    def __init__(self, *, app: str, variable: str, source: str, readers: list[str], reason: str) -> None:
+        self.app = app
+        self.variable = variable
+        self.source = source
+        self.readers = readers
+        self.reason = reason
+        super().__init__(
+            f"app {app!r} changed {variable!r} (received from {source}) through a call nbpipe "
+            f"cannot see, and {reason}. Fix: make the change explicit in app {app!r} "
+            f"(`{variable} = ...`, e.g. `{variable} = {variable}` after the change), or give "
+            f"app {app!r} a copy to change (`{variable} = {variable}.copy()`).")
 
 
 class RunError(NbpipeError):

@@ -18,6 +18,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from . import digest
 from .errors import ShipError
 
 __all__ = ["enter", "leave", "split", "value_path"]
@@ -67,6 +68,8 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
             _shared[id(value)] = name
     _context["namespace"] = namespace
     run_dir, maps = context["run_dir"], context.get("maps", {})
+    # The scheduler re-wires a reader to an app that changed a name unpredicted.
+    inputs = {**inputs, **context.get("sources", {})}
     for name, producer in inputs.items():
         if producer in maps:
             namespace[name] = [_load_or_none(value_path(run_dir, producer, name, i))
@@ -81,6 +84,7 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
         namespace[item] = _load(item_path(run_dir, context["app"], context["item"]))
     for name in inputs:
         _bind_globals(namespace.get(name), namespace)
+    _context["digests"] = digest.digests(namespace, context.get("watch", ()))
 
 
 def _bind_globals(value: Any, namespace: dict[str, Any]) -> None:
@@ -159,10 +163,21 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
         if name not in namespace:
             continue
         _ship(namespace[name], value_path(run_dir, app, name, item), name, app, consumers)
+    _check_mutations(namespace, run_dir, app, item)
     if metrics:
         values = {m: _jsonable(namespace[m]) for m in metrics if m in namespace}
         path = Path(run_dir) / "metrics.json"
         path.write_text(json.dumps(values, indent=1, sort_keys=True))
+
+
+def _check_mutations(namespace: dict[str, Any], run_dir: str, app: str, item: int | None) -> None:
+    """Report received names whose value changed although the graph did not
+    predict it, and ship them, so the apps that must see the change can."""
+    mutated = digest.changed(namespace, _context.get("digests", {}))
+    if item is None:
+        for name in mutated:
+            _ship(namespace[name], value_path(run_dir, app, name), name, app, ["(apps reading it later)"])
+    digest.write_report(digest.report_path(run_dir, app, item), mutated)
 
 
 def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> None:
