@@ -19,6 +19,7 @@ def test_public_names_are_exactly_these() -> None:
         "__version__",
         "CycleError",
         "GraphError",
+        "MutationError",
         "NbpipeError",
         "NotebookError",
         "RunError",
@@ -56,6 +57,8 @@ def samples() -> list[Any]:
         nbpipe.SiteError("unknown site 'x'"),
         nbpipe.ShipError(variable="gen", type_name="generator", producer="make", consumers=["use", "plot"],
                          reason="TypeError: cannot pickle 'generator' object"),
+        nbpipe.MutationError(app="clean", variable="df", source="app 'load'", readers=["plot"],
+                             reason="app 'plot' runs before app 'clean'"),
         nbpipe.RunError("1 app failed"),
         nbpipe.WorkerError("site 'cluster': no worker started within 60 s"),
     ]
