@@ -65,12 +65,18 @@ def changed(namespace: dict[str, Any], before: dict[str, str | None]) -> list[st
             if old is not None and name in namespace and digest(namespace[name]) != old]
 
 
+class _Placeholder(str):
+    """What a digest pickles instead of an object that stands for itself."""
+
+
 class _DigestPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
+        if obj is _Placeholder:
+            return NotImplemented  # by reference, as any class
         if isinstance(obj, _IDENTITY):
-            return str, (f"<{type(obj).__name__} {id(obj)}>",)
+            return _Placeholder, (f"{type(obj).__name__} {id(obj)}",)
         if _is_artist(obj):
-            return str, ("<matplotlib artist>",)
+            return _Placeholder, ("matplotlib artist",)
         return NotImplemented
 
 
