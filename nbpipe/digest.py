@@ -15,20 +15,30 @@ strings) still compare equal. Functions, classes and modules stand for
 themselves (their identity), and matplotlib artists are left out, because
 drawing a figure rewrites its caches although its content did not change.
 A value that cannot be pickled has no digest and is never reported.
+
+Large shipped buffers arrive as private copy-on-write mappings of their files
+(:func:`nbpipe.runtime._read_buffer`). While none of a mapping's pages has been
+written, the kernel still serves them from the file, so the buffer is
+unchanged: the digest then stands for the mapping instead of reading it
+(Linux's ``/proc/self/smaps`` counts the pages written), and an app that only
+reads a 200 MB array pays a few milliseconds, not two passes over it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
 import pickle
+import re
 import sys
 import types
+import weakref
 from pathlib import Path
 from typing import Any
 
-__all__ = ["changed", "digest", "digests", "read_report", "report_path", "write_report"]
+__all__ = ["changed", "digest", "digests", "read_report", "report_path", "track_mapping", "write_report"]
 
 #: Values that are what they are by identity: a digest of them says nothing.
 _IDENTITY = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)
@@ -44,7 +54,9 @@ def digest(value: Any) -> str | None:
         _DigestPickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
         h = hashlib.sha256(out.getbuffer())
         for buffer in buffers:
-            h.update(buffer.raw())
+            raw = buffer.raw()
+            unwritten = _unwritten_mapping(raw)
+            h.update(unwritten.encode() if unwritten else raw)
     except Exception:
         return None
     return h.hexdigest()
@@ -83,6 +95,56 @@ class _DigestPickler(pickle.Pickler):
 def _is_artist(obj: Any) -> bool:
     artist = sys.modules.get("matplotlib.artist")
     return artist is not None and isinstance(obj, artist.Artist)
+
+
+#: the copy-on-write mappings shipped buffers were loaded into, with their addresses
+_mappings: list[tuple[weakref.ref[Any], int, int]] = []
+
+
+def track_mapping(mapping: Any) -> None:
+    """Remember a private copy-on-write mapping of a shipped buffer's file."""
+    start = _address(memoryview(mapping))
+    if start is not None:
+        _mappings[:] = [m for m in _mappings if m[0]() is not None]  # unmapped ones may be reused
+        _mappings.append((weakref.ref(mapping), start, start + len(mapping)))
+
+
+def _unwritten_mapping(raw: memoryview) -> str | None:
+    """A name for ``raw`` if it lies in a tracked mapping none of whose pages was written."""
+    start = _address(raw) if _mappings else None
+    if start is None:
+        return None
+    for alive, low, high in _mappings:
+        if alive() is not None and low <= start and start + raw.nbytes <= high and _written_kb(low) == 0:
+            return f"unwritten mapping {start:x}+{raw.nbytes}"
+    return None
+
+
+def _address(view: memoryview) -> int | None:
+    if view.readonly or not view.c_contiguous:
+        return None
+    cell = ctypes.c_char.from_buffer(view)
+    try:
+        return ctypes.addressof(cell)
+    finally:
+        del cell  # release the export at once: the mapping may be closed later
+
+
+_SMAPS_ENTRY = re.compile(r"^([0-9a-f]+)-[0-9a-f]+ [^\n]*\n((?:[A-Z][^\n]*\n)*)", re.M)
+
+
+def _written_kb(start: int) -> int | None:
+    """How much of the mapping at ``start`` was written (its private anonymous pages)."""
+    try:
+        with open("/proc/self/smaps") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for entry in _SMAPS_ENTRY.finditer(text):
+        if int(entry.group(1), 16) == start:
+            found = re.search(r"^Anonymous:\s+(\d+)", entry.group(2), re.M)
+            return int(found.group(1)) if found else None
+    return None
 
 
 def report_path(run_dir: str | Path, app: str, item: int | None = None) -> Path:

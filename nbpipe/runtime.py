@@ -244,7 +244,9 @@ def _read_buffer(part: Path) -> Any:
     size = part.stat().st_size
     with open(part, "rb", buffering=0) as f:
         if size >= MMAP_FROM:
-            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+            mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+            digest.track_mapping(mapping)  # the mutation check need not read it while unwritten
+            return mapping
         buffer = bytearray(size)
         view = memoryview(buffer)
         while view:

@@ -23,7 +23,7 @@ from nbbuild import nbpipe_cli, text_of
 
 from conftest import Runs, assert_same_outputs, assert_well_formed, code, notebook
 from nbpipe.api import load_pipeline
-from nbpipe.digest import changed, digest, digests
+from nbpipe.digest import _unwritten_mapping, changed, digest, digests
 from nbpipe.mutations import Dataflow
 
 #: how long a mutating app waits, so the apps reading the same value have run first
@@ -254,6 +254,24 @@ def test_digest_of_a_view_and_of_user_classes() -> None:
     box.items.append(1)
     assert changed(ns, before) == ["view", "box", "nested"]
     assert digest(np.arange(3)) == digest(np.arange(3))
+
+
+def test_digest_of_a_shipped_array_reads_it_only_once_written(tmp_path: Path) -> None:
+    import numpy as np
+
+    from nbpipe import runtime
+
+    path = tmp_path / "big.pkl"
+    runtime._ship(np.arange(1_000_000, dtype=np.float64), path, "big", "make", ["use"])
+    ns = {"big": runtime._load(path), "small": np.arange(10)}
+    before = digests(ns, ["big", "small"])
+    assert before["big"] is not None and before["big"] == digest(ns["big"])
+    assert _unwritten_mapping(memoryview(ns["big"]).cast("B")) is not None  # not read to digest it
+    assert float(ns["big"].sum()) == 499999500000.0 and changed(ns, before) == []
+    ns["big"][-1] = 0.0  # a copy-on-write page of the mapping: the digest now reads it
+    assert _unwritten_mapping(memoryview(ns["big"]).cast("B")) is None
+    assert changed(ns, before) == ["big"]
+    assert runtime._load(path)[-1] == 999999.0  # the file is untouched
 
 
 def test_a_value_that_becomes_unpicklable_has_changed() -> None:
