@@ -58,9 +58,8 @@ def schedule(
     flow = Dataflow(pipeline)
     graph = flow.graph  # gains an edge for each reader re-wired to a changed value
     results = {name: AppResult(name) for name in pipeline.order}
-    stale: set[str] = set()  # running apps that must run again: their attempt is discarded
-    base: dict[str, int] = {}  # attempts an app had when it was reset to run again
     maps: dict[str, int] = {}  # map app -> number of items, once split
+    again = _Reruns(results, maps)
     running: dict[Future[TaskResult], tuple[str, int | None, bool]] = {}
     emit = on_event or (lambda kind, app, result: None)
 
@@ -77,7 +76,7 @@ def schedule(
         spec = make_spec(app, attempt, item=item, split=split, maps=dict(maps),
                          sources=flow.sources(app, split), watch=flow.watch(app, split))
         running[executor.submit(spec)] = (app, item, split)
-        first = attempt - (base.get(app, 0) if item is None else 0) == 1
+        first = (again.attempts(app) if item is None else attempt) == 1
         if item is None and not split or split and first:
             emit("start" if first else "retry", app, result)
 
@@ -125,32 +124,17 @@ def schedule(
         return AppStatus.COMPLETED
 
     def rerun(rewire: Rewire) -> None:
-        result = results[rewire.reader]
-        again = result.status is not AppStatus.PENDING
-        result.reruns = [*(result.reruns or []), {"app": rewire.mutator, "variable": rewire.variable,
-                                                  "reran": again}]
-        emit("rerun", rewire.reader, result)
+        again.record(rewire)
+        emit("rerun", rewire.reader, results[rewire.reader])
         below = nx.descendants(graph, rewire.reader)
-        for app in [rewire.reader, *(a for a in pipeline.order if a in below)]:
-            if results[app].status is AppStatus.RUNNING:
-                stale.add(app)
-            elif results[app].status is not AppStatus.PENDING:
-                reset(app)
-
-    def reset(app: str) -> None:
-        result = results[app]
-        result.status, result.error, result.reason, result.output = AppStatus.PENDING, None, None, None
-        if result.items is not None:
-            result.items = None
-            maps.pop(app, None)
-        base[app] = result.attempts
+        again.invalidate([rewire.reader, *(a for a in pipeline.order if a in below)])
 
     def discard(app: str) -> None:
         """A stale attempt of ``app`` ended: run it again once it may."""
         if any(a == app for a, _, _ in running.values()):
             return
-        stale.discard(app)
-        reset(app)
+        again.stale.discard(app)
+        again.reset(app)
         if ready(app):
             start(app)
 
@@ -207,7 +191,7 @@ def schedule(
             for future in sorted(done, key=lambda f: pipeline.order.index(running[f][0])):
                 app, item, split = running.pop(future)
                 task = future.result()
-                if app in stale:
+                if app in again.stale:
                     discard(app)
                     continue
                 result = results[app]
@@ -219,7 +203,7 @@ def schedule(
                 result.end_time, result.host, result.job_id = task.end_time, task.host, task.job_id
                 result.output, result.error = task.output, task.error
                 retries = pipeline.apps[app].spec.retries
-                if task.status is not AppStatus.COMPLETED and result.attempts - base.get(app, 0) <= retries:
+                if task.status is not AppStatus.COMPLETED and again.attempts(app) <= retries:
                     submit(app, split=split)
                     continue
                 if split and task.status.ok:
@@ -246,6 +230,42 @@ def schedule(
         exc.results = results  # type: ignore[attr-defined]
         raise
     return results
+
+
+class _Reruns:
+    """Apps that run again because they read a value another app changed
+    unpredicted. A running attempt turns stale (its result is discarded when
+    it ends); a finished app goes back to pending, and counts its attempts
+    (for ``retries:``) from there."""
+
+    def __init__(self, results: dict[str, AppResult], maps: dict[str, int]) -> None:
+        self.results, self.maps = results, maps
+        self.stale: set[str] = set()
+        self._base: dict[str, int] = {}
+
+    def attempts(self, app: str) -> int:
+        return self.results[app].attempts - self._base.get(app, 0)
+
+    def record(self, rewire: Rewire) -> None:
+        result = self.results[rewire.reader]
+        change = {"app": rewire.mutator, "variable": rewire.variable,
+                  "reran": result.status is not AppStatus.PENDING}
+        result.reruns = [*(result.reruns or []), change]
+
+    def invalidate(self, apps: list[str]) -> None:
+        for app in apps:
+            if self.results[app].status is AppStatus.RUNNING:
+                self.stale.add(app)
+            elif self.results[app].status is not AppStatus.PENDING:
+                self.reset(app)
+
+    def reset(self, app: str) -> None:
+        result = self.results[app]
+        result.status, result.error, result.reason, result.output = AppStatus.PENDING, None, None, None
+        if result.items is not None:
+            result.items = None
+            self.maps.pop(app, None)
+        self._base[app] = result.attempts
 
 
 def _skip_unreached(graph: Any, results: dict[str, AppResult], emit: Event) -> None:
