@@ -109,6 +109,22 @@ def test_chain_of_unpredicted_mutations_keeps_serial_order(both: Any) -> None:
     assert ("second", "first") in rewired and ("end", "second") in rewired
 
 
+def test_cli_says_which_app_reruns_and_why(tmp_path: Path) -> None:
+    nb = notebook(
+        code("rows = [[1], [2]]", "app:make"),
+        code(SLOW + "for r in rows:\n    r.append(0)", "app:mutate"),
+        code("print(rows)", "app:read"),
+    )
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    done = nbpipe_cli("execute", "nb.ipynb", "--workers", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "app read re-runs: app mutate changed rows, which nbpipe did not predict" in done.stderr
+    merged = nbformat.read(tmp_path / "nb.merged.ipynb", as_version=4)
+    assert merged.metadata["nbpipe"]["apps"]["read"]["reruns"] == [
+        {"app": "mutate", "variable": "rows", "reran": True}]
+    assert text_of(merged.cells[2]) == "[[1, 0], [2, 0]]\n"
+
+
 # --------------------------------------------------------------------- failing loudly
 
 
