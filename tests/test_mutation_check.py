@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 from nbbuild import nbpipe_cli, text_of
 
 from conftest import Runs, assert_same_outputs, assert_well_formed, code, notebook
@@ -224,6 +225,56 @@ def test_read_only_apps_are_checked() -> None:
         flow = Dataflow(load_pipeline(path))
     assert {"a", "df", "d", "fig"} <= set(flow.watch("look"))
     assert flow.watch("make", split=True) == []
+
+
+# --------------------------------------------------------------------- re-wiring (no run)
+
+
+def _flow(tmp_path: Path, *cells: Any) -> Dataflow:
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(notebook(*cells), path)
+    return Dataflow(load_pipeline(path))
+
+
+def test_readers_below_the_change_are_rewired_from_any_source(tmp_path: Path) -> None:
+    from nbpipe.mutations import Rewire
+
+    flow = _flow(
+        tmp_path,
+        code("limit = 3", "parameters"),
+        code("cfg = {}\ndef fill(d):\n    d['k'] = limit", "setup"),
+        code("print(cfg, limit)", "app:early"),
+        code("fill(cfg)\nbump = [limit].append", "app:change"),
+        code("print(cfg['k'])", "app:late"),
+        code("def show():\n    print(cfg)", "app:tools"),
+        code("show()", "app:call"),
+    )
+    assert "cfg" in flow.watch("change") and "limit" in flow.watch("early")
+    assert "cfg" in flow.watch("call")  # read by the function it calls
+    rewires = flow.resolve("change", ["cfg"])
+    assert {Rewire("late", "change", "cfg"), Rewire("call", "change", "cfg")} <= set(rewires)
+    assert "early" not in {r.reader for r in rewires}
+    assert flow.sources("late") == {"cfg": "change"} and flow.graph.has_edge("change", "late")
+    assert flow.source("early", "cfg") is None  # above the change: unchanged
+    assert not flow.pipeline.graph.has_edge("change", "late")  # the pipeline's graph stays as analysed
+
+
+def test_a_refused_rewiring_changes_nothing(tmp_path: Path) -> None:
+    from nbpipe.errors import MutationError
+
+    flow = _flow(
+        tmp_path,
+        code("limit = 3", "parameters"),
+        code("seen = [limit]", "app:make"),
+        code("add = seen.append\nadd(limit)", "app:change", "after:late"),
+        code("print(seen)", "app:late"),
+        code("print(seen)", "app:last"),
+    )
+    with pytest.raises(MutationError) as info:
+        flow.resolve("change", ["seen"])
+    assert (info.value.app, info.value.variable, info.value.readers) == ("change", "seen", ["late"])
+    assert info.value.source == "app 'make'"
+    assert flow.sources("last") == {} and not flow.graph.has_edge("change", "last")
 
 
 # --------------------------------------------------------------------- digests
