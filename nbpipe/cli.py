@@ -170,7 +170,7 @@ class _Progress:
             self.done += 1
             line = f"skipped   {app}: {result.reason}"
         else:
-            self.done += 1
+            self.done += app not in self.finished  # an app that ran again counts once
             self.finished.add(app)
             status = result.status.value.replace("_", " ")
             took = f" in {result.duration:.1f}s" if result.duration is not None else ""
