@@ -8,7 +8,8 @@
     (total work / workers + longest chain).
 (b) overhead: 50 trivial apps in a chain and 50 in parallel: per-app overhead.
 (c) shipping a 200 MB array between apps against numpy's own save + load, the
-    consumer reading every value once on both sides.
+    consumer reading every value once on both sides; and what the mutation
+    check adds to an app that received the array (or built it in memory).
 (d) compiling a 500-cell notebook (parse, dataflow, task notebooks).
 (e) map: fan-out over 10, 100 and 1,000 trivial items: items per second.
 (f) sites: the HEP example on each site this machine has (local, Parsl with a
