@@ -110,6 +110,22 @@ def test_writes_through_a_view_an_iterator_and_a_generator_state(both: Any) -> N
     assert "big" in {r["read"] for r in reruns(runs) if r["app"] == "after"}
 
 
+def test_reader_that_failed_on_the_stale_value_runs_again(both: Any) -> None:
+    nb = notebook(
+        code("def register(table, key):\n    table[key] = len(table)", "setup"),
+        code("table = {}", "app:make"),
+        code(SLOW + "register(table, 'k')", "app:fill"),
+        code("k = table['k']\nprint('k is', k)", "app:look"),
+        code("print('next', k + 1)", "app:next"),
+    )
+    runs = both(nb)
+    assert_well_formed(runs)
+    assert_same_outputs(runs)
+    # look failed with KeyError before fill finished, and next was skipped; both ran again
+    assert text_of(runs.nbp(runs.code_ids()[4])) == "next 1\n"
+    assert runs.result.apps["look"].reruns == [{"app": "fill", "variable": "table", "reran": True}]
+
+
 def test_chain_of_unpredicted_mutations_keeps_serial_order(both: Any) -> None:
     nb = notebook(
         code("box = {'n': 1}", "app:make"),
