@@ -158,6 +158,23 @@ def test_cli_says_which_app_reruns_and_why(tmp_path: Path) -> None:
     assert text_of(merged.cells[2]) == "[[1, 0], [2, 0]]\n"
 
 
+def test_map_app_reading_a_changed_value_runs_again(tmp_path: Path) -> None:
+    import nbpipe
+
+    nb = notebook(
+        code("data = [1, 2]\nitems = [0, 1]", "app:make"),
+        code(SLOW + "extend = data.extend\nextend([3])", "app:change"),
+        code("print(i, data)\nn = len(data)", "app:each", "map:i=items"),
+        code("print(n)", "app:after"),
+    )
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    result = nbpipe.execute(tmp_path / "nb.ipynb", workers=2)
+    assert result.ok, {a: r.to_dict() for a, r in result.apps.items()}
+    assert "0 [1, 2, 3]" in text_of(result.notebook.cells[2]) and "1 [1, 2, 3]" in text_of(result.notebook.cells[2])
+    assert text_of(result.notebook.cells[3]) == "[3, 3]\n"
+    assert result.apps["each"].reruns == [{"app": "change", "variable": "data", "reran": True}]
+
+
 # --------------------------------------------------------------------- failing loudly
 
 
