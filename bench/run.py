@@ -8,7 +8,8 @@
     (total work / workers + longest chain).
 (b) overhead: 50 trivial apps in a chain and 50 in parallel: per-app overhead.
 (c) shipping a 200 MB array between apps against numpy's own save + load, the
-    consumer reading every value once on both sides.
+    consumer reading every value once on both sides; and what the mutation
+    check adds to an app that received the array (or built it in memory).
 (d) compiling a 500-cell notebook (parse, dataflow, task notebooks).
 (e) map: fan-out over 10, 100 and 1,000 trivial items: items per second.
 (f) sites: the HEP example on each site this machine has (local, Parsl with a
@@ -148,9 +149,25 @@ def shipping(tmp: Path) -> list[tuple[str, str]]:
     for _ in range(3):
         numpy_time = min(numpy_time, numpy_round_trip())
         nbpipe_time = min(nbpipe_time, nbpipe_round_trip())
+    check_time = min(_mutation_check(runtime._load(runtime.value_path(run_dir, "producer", "big")))
+                     for _ in range(3))
     return [("ship 200 MB array: numpy save+load", f"{numpy_time:.3f} s (best of 3)"),
             ("ship 200 MB array: nbpipe ship+load",
-             f"{nbpipe_time:.3f} s (best of 3) = {nbpipe_time / numpy_time:.2f}x numpy")]
+             f"{nbpipe_time:.3f} s (best of 3) = {nbpipe_time / numpy_time:.2f}x numpy"),
+            ("ship 200 MB array: mutation check", f"{check_time:.3f} s per reading app (best of 3)"),
+            ("200 MB array in memory: mutation check", f"{_mutation_check(array):.3f} s per reading app")]
+
+
+def _mutation_check(value: object) -> float:
+    """What the mutation check adds to an app that received ``value``: a digest
+    after loading and one after the last cell."""
+    from nbpipe import digest
+
+    namespace = {"big": value}
+    start = time.perf_counter()
+    before = digest.digests(namespace, ["big"])
+    assert not digest.changed(namespace, before)
+    return time.perf_counter() - start
 
 
 def compile_time(tmp: Path) -> list[tuple[str, str]]:

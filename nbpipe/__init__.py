@@ -9,6 +9,7 @@ from .api import RunResult, execute, load_pipeline  # noqa: E402
 from .errors import (  # noqa: E402
     CycleError,
     GraphError,
+    MutationError,
     NbpipeError,
     NotebookError,
     RunError,
@@ -25,6 +26,7 @@ __all__ = [
     "__version__",
     "CycleError",
     "GraphError",
+    "MutationError",
     "NbpipeError",
     "NotebookError",
     "RunError",

@@ -129,7 +129,7 @@ def execute(
         nbformat.write(nb, tasks / f"{name}.ipynb")
 
     def make_spec(app: str, attempt: int, *, item: int | None = None, split: bool = False,
-                  maps: dict[str, int]) -> TaskSpec:
+                  maps: dict[str, int], sources: dict[str, str], watch: list[str]) -> TaskSpec:
         spec = pipeline.apps[app].spec
         limits = [t for t in (spec.timeout, spec.resources.walltime) if t]
         name = f"{app}.split" if split else app
@@ -150,6 +150,8 @@ def execute(
             split=split,
             maps={k: v for k, v in maps.items() if k in pipeline.apps[app].reads.values()},
             executor=spec.executor,
+            sources=sources,
+            watch=watch,
         )
 
     def map_size(app: str) -> list[str]:

@@ -142,6 +142,7 @@ class _Progress:
 
     def __init__(self, total: int) -> None:
         self.total, self.done, self.start = total, 0, time.time()
+        self.finished: set[str] = set()
 
     def __call__(self, kind: str, app: str, result: Any) -> None:
         stamp = f"[{time.time() - self.start:7.1f}s]"
@@ -157,11 +158,20 @@ class _Progress:
             if finished != total and finished % max(1, total // 10):
                 return  # about ten progress lines per map app
             line = f"items     {app}: {finished}/{total} finished"
+        elif kind == "rerun":
+            change = result.reruns[-1]
+            if app in self.finished:
+                self.finished.discard(app)
+                self.done -= 1
+            what = "re-runs" if change["reran"] else f"reads {change['variable']} from {change['app']}"
+            line = (f"app {app} {what}: app {change['app']} changed {change['variable']}, "
+                    "which nbpipe did not predict")
         elif kind == "skip":
             self.done += 1
             line = f"skipped   {app}: {result.reason}"
         else:
-            self.done += 1
+            self.done += app not in self.finished  # an app that ran again counts once
+            self.finished.add(app)
             status = result.status.value.replace("_", " ")
             took = f" in {result.duration:.1f}s" if result.duration is not None else ""
             line = f"{status:<9} {app}{took}"

@@ -17,6 +17,8 @@ cross process boundaries (worker -> driver).
     ├── WorkerError                the site's workers cannot run apps      (exit 1)
     ├── ShipError                  a value cannot be moved between apps
     ├── StateError                 carried interpreter state failed to replay in an app
+    ├── MutationError              an app changed a value unpredicted, and the
+    │                              apps that read it cannot re-run with the change
     └── RunError                   one or more apps failed or timed out    (exit 1)
 """
 
@@ -36,6 +38,7 @@ __all__ = [
     "WorkerError",
     "ShipError",
     "StateError",
+    "MutationError",
     "RunError",
 ]
 
@@ -155,6 +158,26 @@ class StateError(NbpipeError):
             f"as serial execution would, failed: {reason}. Fix: make the statement work in a "
             "fresh process, or move it into a 'setup' cell."
         )
+
+
+class MutationError(NbpipeError):
+    """App ``app`` changed ``variable`` (received from ``source``) through code
+    the static analysis cannot see, and the apps that read the changed value
+    (``readers``) cannot re-run with it: ``reason`` says why."""
+
+    exit_code = 1
+
+    def __init__(self, *, app: str, variable: str, source: str, readers: list[str], reason: str) -> None:
+        self.app = app
+        self.variable = variable
+        self.source = source
+        self.readers = readers
+        self.reason = reason
+        super().__init__(
+            f"app {app!r} changed {variable!r} (received from {source}) through a call nbpipe "
+            f"cannot see, and {reason}. Fix: make the change explicit in app {app!r} "
+            f"(`{variable} = ...`, e.g. `{variable} = {variable}` after the change), or give "
+            f"app {app!r} a copy to change (`{variable} = {variable}.copy()`).")
 
 
 class RunError(NbpipeError):

@@ -105,6 +105,9 @@ def merge(
         "parameters": parameters,
         "graph": pipeline.to_json(),
         "apps": {name: results[name].to_dict() for name in pipeline.order},
+        # readers re-wired to an app that changed a value unpredicted (the mutation check)
+        "reruns": [{"app": name, "read": r["variable"], "from": r["app"], "reran": r["reran"]}
+                   for name in pipeline.order for r in results[name].reruns or ()],
         **(extra or {}),
     }
     nbformat.validate(merged)

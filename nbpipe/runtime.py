@@ -18,6 +18,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from . import digest
 from .errors import ShipError
 from .serializers import Unshippable, pickler_class
 from .state import generator_file, generator_state, is_generator, set_generator_state
@@ -69,6 +70,8 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
             _shared[id(value)] = name
     _context["namespace"] = namespace
     run_dir, maps = context["run_dir"], context.get("maps", {})
+    # The scheduler re-wires a reader to an app that changed a name unpredicted.
+    inputs = {**inputs, **context.get("sources", {})}
     for name, producer in inputs.items():
         if is_generator(name):
             _restore_generator(name, producer, run_dir, maps, context.get("item"))
@@ -86,6 +89,7 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
         namespace[item] = _load(item_path(run_dir, context["app"], context["item"]))
     for name in inputs:
         _bind_globals(namespace.get(name), namespace)
+    _context["digests"] = digest.digests(namespace, context.get("watch", ()))
 
 
 def _restore_generator(name: str, producer: str, run_dir: str, maps: dict[str, int],
@@ -186,10 +190,21 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
         if name not in namespace:
             continue
         _ship(namespace[name], value_path(run_dir, app, name, item), name, app, consumers)
+    _check_mutations(namespace, run_dir, app, item)
     if metrics:
         values = {m: _jsonable(namespace[m]) for m in metrics if m in namespace}
         path = Path(run_dir) / "metrics.json"
         path.write_text(json.dumps(values, indent=1, sort_keys=True))
+
+
+def _check_mutations(namespace: dict[str, Any], run_dir: str, app: str, item: int | None) -> None:
+    """Report received names whose value changed although the graph did not
+    predict it, and ship them, so the apps that must see the change can."""
+    mutated = digest.changed(namespace, _context.get("digests", {}))
+    if item is None:
+        for name in mutated:
+            _ship(namespace[name], value_path(run_dir, app, name), name, app, ["(apps reading it later)"])
+    digest.write_report(digest.report_path(run_dir, app, item), mutated)
 
 
 def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> None:
@@ -256,7 +271,9 @@ def _read_buffer(part: Path) -> Any:
     size = part.stat().st_size
     with open(part, "rb", buffering=0) as f:
         if size >= MMAP_FROM:
-            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+            mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+            digest.track_mapping(mapping)  # the mutation check need not read it while unwritten
+            return mapping
         buffer = bytearray(size)
         view = memoryview(buffer)
         while view:

@@ -19,6 +19,7 @@ def test_public_names_are_exactly_these() -> None:
         "__version__",
         "CycleError",
         "GraphError",
+        "MutationError",
         "NbpipeError",
         "NotebookError",
         "RunError",
@@ -59,6 +60,8 @@ def samples() -> list[Any]:
                          reason="TypeError: cannot pickle 'generator' object"),
         nbpipe.StateError(cell=2, app="style", statement="os.chdir('data')",
                           reason="FileNotFoundError: [Errno 2] No such file or directory: 'data'"),
+        nbpipe.MutationError(app="clean", variable="df", source="app 'load'", readers=["plot"],
+                             reason="app 'plot' runs before app 'clean'"),
         nbpipe.RunError("1 app failed"),
         nbpipe.WorkerError("site 'cluster': no worker started within 60 s"),
     ]

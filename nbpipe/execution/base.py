@@ -64,6 +64,11 @@ class TaskSpec:
     maps: dict[str, int] = field(default_factory=dict)
     #: the site executor to run on (``executor:LABEL``), None for the default
     executor: str | None = None
+    #: name -> app to read it from instead of the compiled one: the scheduler
+    #: re-wires a reader to an app that changed the name unpredicted
+    sources: dict[str, str] = field(default_factory=dict)
+    #: received names the app is not predicted to change; their digests are checked
+    watch: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +89,9 @@ class TaskResult:
     error: dict[str, Any] | None = None
     #: the batch job (Slurm, PBS, LSF) the task ran in, if any
     job_id: str | None = None
+    #: received names whose value the app changed although the graph did not
+    #: predict it (an unpredicted mutation); their new values were shipped
+    mutations: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -144,6 +152,9 @@ class AppResult(_Outcome):
     reason: str | None = None  # why it was skipped
     #: for a ``map:`` app, one record per element of its iterable
     items: list[ItemResult] | None = None
+    #: each time the app was re-wired to read a value another app changed
+    #: unpredicted: ``{"app", "variable", "reran"}``
+    reruns: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {"app": self.app, **{k: v for k, v in asdict(self).items()

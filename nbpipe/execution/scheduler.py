@@ -3,7 +3,9 @@
 The scheduler walks the pipeline's graph: it submits every app whose
 predecessors completed, retries a failed attempt while ``retries:`` allows,
 marks the apps downstream of a failure ``skipped`` with the reason, and lets
-independent apps run to completion.
+independent apps run to completion. When an app reports a value it changed
+unpredicted, the apps that must read the change are re-wired to it
+(:class:`~nbpipe.mutations.Dataflow`) and re-run if they already ran.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Protocol
 
+import networkx as nx
+
+from ..errors import MutationError
 from ..graph import Pipeline
+from ..mutations import Dataflow, Rewire
 from .base import AppResult, AppStatus, Executor, ItemResult, TaskResult, TaskSpec
 
 __all__ = ["Event", "MapSize", "SpecFactory", "schedule"]
 
 #: ``on_event(kind, app, result)``: kind is "start", "retry", "split" (a map app
-#: knows its items), "item" (one item finished), "done" or "skip".
+#: knows its items), "item" (one item finished), "done", "skip" or "rerun" (the
+#: app reads a value another app changed unpredicted: ``result.reruns[-1]``).
 Event = Callable[[str, str, AppResult], None]
 
 
 class SpecFactory(Protocol):
     def __call__(self, app: str, attempt: int, *, item: int | None = None, split: bool = False,
-                 maps: dict[str, int]) -> TaskSpec: ...
+                 maps: dict[str, int], sources: dict[str, str], watch: list[str]) -> TaskSpec: ...
 
 
 #: ``map_size(app)`` -> the labels of the elements a ``map:`` app's split step stored.
@@ -48,9 +55,11 @@ def schedule(
     failed and pending ones skipped; the results are attached to the
     exception as ``exc.results`` and it is re-raised.
     """
-    graph = pipeline.graph
+    flow = Dataflow(pipeline)
+    graph = flow.graph  # gains an edge for each reader re-wired to a changed value
     results = {name: AppResult(name) for name in pipeline.order}
     maps: dict[str, int] = {}  # map app -> number of items, once split
+    again = _Reruns(results, maps)
     running: dict[Future[TaskResult], tuple[str, int | None, bool]] = {}
     emit = on_event or (lambda kind, app, result: None)
 
@@ -64,10 +73,12 @@ def schedule(
             record = result.items[item]
             record.attempts += 1
             attempt = record.attempts
-        spec = make_spec(app, attempt, item=item, split=split, maps=dict(maps))
+        spec = make_spec(app, attempt, item=item, split=split, maps=dict(maps),
+                         sources=flow.sources(app, split), watch=flow.watch(app, split))
         running[executor.submit(spec)] = (app, item, split)
-        if item is None and not split or split and attempt == 1:
-            emit("start" if attempt == 1 else "retry", app, result)
+        first = (again.attempts(app) if item is None else attempt) == 1
+        if item is None and not split or split and first:
+            emit("start" if first else "retry", app, result)
 
     def start(app: str) -> None:
         submit(app, split=pipeline.apps[app].spec.map is not None)
@@ -77,10 +88,10 @@ def schedule(
             results[p].status.ok for p in graph.predecessors(app))
 
     def skip_downstream(failed: str) -> None:
-        below = pipeline.downstream(failed)
+        below = nx.descendants(graph, failed)
         for app in pipeline.order:
             if app in below and results[app].status is AppStatus.PENDING:
-                chain = _chain(pipeline, failed, app)
+                chain = _chain(graph, failed, app)
                 results[app].status = AppStatus.SKIPPED
                 results[app].reason = (f"app {failed!r} {results[failed].status.value.replace('_', ' ')}"
                                        f" ({chain})")
@@ -96,6 +107,36 @@ def schedule(
                     start(succ)
         else:
             skip_downstream(app)
+
+    def on_mutations(app: str, names: list[str]) -> AppStatus:
+        """``app`` changed received ``names`` unpredicted: re-wire and re-run their readers."""
+        try:
+            rewires = flow.resolve(app, names)
+        except MutationError as exc:
+            results[app].error = {"ename": "MutationError", "evalue": str(exc)}
+            for reader in exc.readers:
+                if results[reader].status is AppStatus.PENDING:
+                    results[reader].status, results[reader].reason = AppStatus.SKIPPED, str(exc)
+                    emit("skip", reader, results[reader])
+            return AppStatus.FAILED
+        for rewire in rewires:
+            rerun(rewire)
+        return AppStatus.COMPLETED
+
+    def rerun(rewire: Rewire) -> None:
+        again.record(rewire)
+        emit("rerun", rewire.reader, results[rewire.reader])
+        below = nx.descendants(graph, rewire.reader)
+        again.invalidate([rewire.reader, *(a for a in pipeline.order if a in below)])
+
+    def discard(app: str) -> None:
+        """A stale attempt of ``app`` ended: run it again once it may."""
+        if any(a == app for a, _, _ in running.values()):
+            return
+        again.stale.discard(app)
+        again.reset(app)
+        if ready(app):
+            start(app)
 
     def on_split(app: str, task: TaskResult) -> None:
         result = results[app]
@@ -116,7 +157,10 @@ def schedule(
         record.end_time, record.host, record.output = task.end_time, task.host, task.output
         record.job_id = task.job_id
         record.status, record.error = task.status, task.error
-        if not task.status.ok and record.attempts <= pipeline.apps[app].spec.retries:
+        if task.status.ok and task.mutations:
+            record.status = AppStatus.FAILED
+            record.error = {"ename": "MutationError", "evalue": str(flow.map_error(app, task.mutations))}
+        elif not task.status.ok and record.attempts <= pipeline.apps[app].spec.retries:
             submit(app, item=item)
             return
         emit("item", app, result)
@@ -147,6 +191,9 @@ def schedule(
             for future in sorted(done, key=lambda f: pipeline.order.index(running[f][0])):
                 app, item, split = running.pop(future)
                 task = future.result()
+                if app in again.stale:
+                    discard(app)
+                    continue
                 result = results[app]
                 if result.start_time is None or item is None and result.attempts == 1:
                     result.start_time = task.start_time  # when it ran, not when it was queued
@@ -155,7 +202,8 @@ def schedule(
                     continue
                 result.end_time, result.host, result.job_id = task.end_time, task.host, task.job_id
                 result.output, result.error = task.output, task.error
-                if task.status is not AppStatus.COMPLETED and result.attempts <= pipeline.apps[app].spec.retries:
+                retries = pipeline.apps[app].spec.retries
+                if task.status is not AppStatus.COMPLETED and again.attempts(app) <= retries:
                     submit(app, split=split)
                     continue
                 if split and task.status.ok:
@@ -163,7 +211,11 @@ def schedule(
                     on_split(app, task)
                     continue
                 result.end_time = task.end_time
-                finish(app, task.status)
+                status = task.status
+                if status.ok and task.mutations:
+                    status = on_mutations(app, task.mutations)
+                finish(app, status)
+        _skip_unreached(graph, results, emit)
     except KeyboardInterrupt as exc:
         executor.shutdown(cancel=True)
         for app, result in results.items():
@@ -180,13 +232,59 @@ def schedule(
     return results
 
 
-def _chain(pipeline: Pipeline, failed: str, app: str) -> str:
-    """Explain why ``app`` depends on ``failed``: the path and what flows along it."""
-    import networkx as nx
+class _Reruns:
+    """Apps that run again because they read a value another app changed
+    unpredicted. A running attempt turns stale (its result is discarded when
+    it ends); a finished app goes back to pending, and counts its attempts
+    (for ``retries:``) from there."""
 
-    path = nx.shortest_path(pipeline.graph, failed, app)
+    def __init__(self, results: dict[str, AppResult], maps: dict[str, int]) -> None:
+        self.results, self.maps = results, maps
+        self.stale: set[str] = set()
+        self._base: dict[str, int] = {}
+
+    def attempts(self, app: str) -> int:
+        return self.results[app].attempts - self._base.get(app, 0)
+
+    def record(self, rewire: Rewire) -> None:
+        result = self.results[rewire.reader]
+        change = {"app": rewire.mutator, "variable": rewire.variable,
+                  "reran": result.status is not AppStatus.PENDING}
+        result.reruns = [*(result.reruns or []), change]
+
+    def invalidate(self, apps: list[str]) -> None:
+        for app in apps:
+            if self.results[app].status is AppStatus.RUNNING:
+                self.stale.add(app)
+            elif self.results[app].status is not AppStatus.PENDING:
+                self.reset(app)
+
+    def reset(self, app: str) -> None:
+        result = self.results[app]
+        result.status, result.error, result.reason, result.output = AppStatus.PENDING, None, None, None
+        if result.items is not None:
+            result.items = None
+            self.maps.pop(app, None)
+        self._base[app] = result.attempts
+
+
+def _skip_unreached(graph: Any, results: dict[str, AppResult], emit: Event) -> None:
+    """Skip the apps still pending when nothing runs: reset to run again after
+    a change, they depend on an app that had failed."""
+    for app, result in results.items():
+        if result.status is AppStatus.PENDING:
+            failed = next((p for p in graph.predecessors(app) if not results[p].status.ok), None)
+            result.status = AppStatus.SKIPPED
+            result.reason = (f"app {failed!r} {results[failed].status.value.replace('_', ' ')}"
+                             if failed else "not reached")
+            emit("skip", app, result)
+
+
+def _chain(graph: Any, failed: str, app: str) -> str:
+    """Explain why ``app`` depends on ``failed``: the path and what flows along it."""
+    path = nx.shortest_path(graph, failed, app)
     steps: list[Any] = []
     for u, v in zip(path, path[1:]):
-        names = sorted(pipeline.graph.edges[u, v]["names"])
+        names = sorted(graph.edges[u, v]["names"])
         steps.append(f"{v} reads {', '.join(names)} from {u}" if names else f"{v} runs after {u}")
     return "; ".join(steps)

@@ -28,11 +28,15 @@ def run_task(spec: TaskSpec) -> TaskResult:
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
+    from ..digest import read_report, report_path
     from ..runtime import CONTEXT_NAME
 
     start = time.time()
     status, error = AppStatus.COMPLETED, None
-    context = {"run_dir": spec.run_dir, "app": spec.app, "item": spec.item, "maps": spec.maps}
+    context = {"run_dir": spec.run_dir, "app": spec.app, "item": spec.item, "maps": spec.maps,
+               "sources": spec.sources, "watch": spec.watch}
+    report = report_path(spec.run_dir, spec.app, spec.item)
+    report.unlink(missing_ok=True)
     parameters = {**spec.parameters, CONTEXT_NAME: context}
     engine = {}
     if spec.engine == "ipython":
@@ -80,7 +84,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
     from .remote import batch_job_id
 
     return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
-                      output, error, batch_job_id())
+                      output, error, batch_job_id(), read_report(report))
 
 
 def _failed_source_index(output: str) -> int | None:
