@@ -4,8 +4,10 @@ A task notebook follows papermill's conventions: the source's ``parameters``
 cell (papermill injects ``injected-parameters`` after it), the ``setup`` cells,
 a load step, the app's own cells, and a save step. Every cell copied from
 the source carries ``metadata.nbpipe.source = {"index", "id"}`` so the merge
-can put its outputs back; the load and save steps are tagged
-``nbpipe-internal`` and never reach the merged notebook.
+can put its outputs back, and ``metadata.nbpipe.count``, its execution count
+in the merged notebook, which the ``ipython`` engine runs it with. The load and
+save steps are tagged ``nbpipe-internal``: they take no execution count and
+never reach the merged notebook.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import nbformat
 from nbformat import v4
 
-from .graph import AppNode, Pipeline
+from .graph import AppNode, Pipeline, execution_counts
 
 __all__ = ["INTERNAL_TAG", "compile_app", "compile_pipeline", "write_compiled"]
 
@@ -46,7 +48,12 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
     source = parsed.nb
     nb = v4.new_notebook()
     nb.metadata = copy.deepcopy({k: v for k, v in source.metadata.items() if k != "nbpipe"})
-    nb.metadata["nbpipe_task"] = {"app": app.name}
+    counts = execution_counts(parsed)
+    last = max(app.spec.cells, default=0)
+    # The cells a serial run executes before this app's last cell, by count: the
+    # engine fills ``In`` and ``_iN`` with them, as a serial run has them.
+    history = {counts[c.index]: c.source for c in parsed.cells if c.index in counts and c.index < last}
+    nb.metadata["nbpipe_task"] = {"app": app.name, "history": history}
 
     def copy_cell(index: int, tags: list[str] | None = None) -> Any:
         original = source.cells[index]
@@ -55,6 +62,8 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
         if tags is not None:
             cell.metadata["tags"] = tags
         cell.metadata["nbpipe"] = {"source": {"index": index, "id": original.id}}
+        if index in counts:
+            cell.metadata["nbpipe"]["count"] = counts[index]
         return cell
 
     for info in parsed.cells_of("parameters"):
@@ -84,6 +93,7 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
 
 
 def _internal(source: str) -> Any:
+    """A hidden step: it runs without an execution count and is left out of the merge."""
     cell = v4.new_code_cell(source)
     cell.metadata["tags"] = [INTERNAL_TAG]
     return cell

@@ -20,7 +20,7 @@ import symtable
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["CellNames", "analyse_cell"]
+__all__ = ["CellNames", "analyse_cell", "shows_result"]
 
 #: Magics whose argument is Python code run in the user namespace.
 _CODE_MAGICS = {"time", "prun", "capture"}
@@ -58,10 +58,28 @@ def analyse_cell(source: str) -> CellNames:
         # The cell fails when it runs, as it would under papermill; nothing flows.
         return CellNames(frozenset(), frozenset())
     reads, defines = _block_names(tree.body)
+    reads |= _output_history_reads(tree)
     found = [item for stmt in tree.body for item in _callable_globals(stmt)]
     callables = tuple((name, r) for name, r, _ in found)
     writes = tuple((name, w) for name, _, w in found if w)
     return CellNames(frozenset(reads), frozenset(defines), callables, writes)
+
+
+def _output_history_reads(tree: ast.Module) -> set[str]:
+    """``Out[3]`` (or ``_oh[3]``) reads the result of the cell run as number 3: ``_3``."""
+    return {f"_{node.slice.value}" for node in ast.walk(tree)
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
+            and node.value.id in ("Out", "_oh") and isinstance(node.slice, ast.Constant)
+            and type(node.slice.value) is int and node.slice.value > 0}
+
+
+def shows_result(source: str) -> bool:
+    """Whether the cell ends with an expression whose value IPython shows (and keeps in ``Out``)."""
+    try:
+        tree = ast.parse(_transform(source))
+    except SyntaxError:
+        return False
+    return bool(tree.body) and isinstance(tree.body[-1], ast.Expr) and not source.rstrip().endswith(";")
 
 
 def _callable_globals(stmt: ast.stmt) -> list[tuple[str, frozenset[str], frozenset[str]]]:

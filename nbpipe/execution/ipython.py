@@ -24,7 +24,7 @@ from typing import Any
 from papermill.engines import Engine, NotebookExecutionManager
 
 from ..compile import INTERNAL_TAG
-from .shell import make_shell, new_task, run_cell
+from .shell import make_shell, new_task, reset, run_cell
 
 __all__ = ["IPythonEngine", "make_shell"]
 
@@ -74,7 +74,7 @@ class IPythonEngine(Engine):
         if _used:
             # A second task in this process (the in-process executor of --debug):
             # start from a clean namespace, as a forked app does.
-            shell.reset(new_session=False)
+            reset(shell)
         _used = True
         new_task()
         nb = nb_man.nb
@@ -83,6 +83,7 @@ class IPythonEngine(Engine):
             "file_extension": ".py", "codemirror_mode": {"name": "ipython", "version": 3},
             "pygments_lexer": "ipython3", "nbconvert_exporter": "python"})
         counts = planned_counts(nb)
+        history = serial_history(nb, counts)
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -93,7 +94,7 @@ class IPythonEngine(Engine):
                 cell.outputs = []
                 count = counts[index]
                 if count is not None:
-                    set_count(shell, count)
+                    set_count(shell, count, history)
                 outputs, failed = run_cell(shell, cell.source, cell.outputs, store_history=count is not None)
                 cell.outputs, cell.execution_count = outputs, count
                 if failed and "raises-exception" not in cell.metadata.get("tags", []):
@@ -135,10 +136,34 @@ def planned_counts(nb: Any) -> list[int | None]:
     return counts
 
 
-def set_count(shell: Any, count: int) -> None:
-    """Make the next cell run as ``In[count]``: pad or trim the input history to it."""
+def serial_history(nb: Any, counts: list[int | None]) -> dict[int, str]:
+    """Count -> source of the cells a serial run executes before this app's last
+    cell (``metadata.nbpipe_task.history``), numbered as :func:`planned_counts`
+    numbers them: shifted by the ``injected-parameters`` cell when it counts."""
+    history = {int(k): v for k, v in nb.metadata.get("nbpipe_task", {}).get("history", {}).items()}
+    injected = [i for i, cell in enumerate(nb.cells)
+                if "injected-parameters" in cell.metadata.get("tags", []) and counts[i] is not None]
+    if not history or not injected:
+        return history
+    at = counts[injected[0]]
+    assert at is not None
+    shifted = {count + (count >= at): source for count, source in history.items()}
+    shifted[at] = nb.cells[injected[0]].source
+    return shifted
+
+
+def set_count(shell: Any, count: int, history: dict[int, str]) -> None:
+    """Make the next cell run as ``In[count]``.
+
+    The input history is filled up to it with the sources a serial run executed
+    there (``history``: count -> source, of other apps' cells), stored as
+    IPython stores a cell's input, so ``_i``, ``_ii``, ``_iii`` and ``_iN`` follow.
+    """
     shell.execution_count = count
-    history = shell.history_manager
-    for hist in (history.input_hist_parsed, history.input_hist_raw):
-        del hist[count:]
-        hist.extend([""] * (count - len(hist)))
+    manager = shell.history_manager
+    parsed, raw = manager.input_hist_parsed, manager.input_hist_raw
+    if len(raw) > count:
+        del parsed[count:], raw[count:]
+    while len(raw) < count:
+        source = history.get(len(raw), "")
+        manager.store_inputs(len(raw), shell.transform_cell(source) if source else "", source)

@@ -23,7 +23,7 @@ from typing import Any
 
 from nbformat import v4
 
-__all__ = ["make_shell", "run_cell"]
+__all__ = ["make_shell", "new_task", "reset", "run_cell"]
 
 _shell: Any = None
 
@@ -182,6 +182,23 @@ _recorder = _Recorder()
 def new_task() -> None:
     """Forget the displays of the previous task (display ids are per notebook)."""
     _recorder.displays = {}
+
+
+def reset(shell: Any) -> None:
+    """Empty the namespace and history, leaving what a new kernel's namespace has.
+
+    ``InteractiveShell.reset`` drops the dunder names of the ``__main__`` module
+    (``__doc__``, ``__loader__``, ``__spec__``, ...), which a kernel's
+    ``globals()`` shows: put them back, first, as a kernel has them.
+    """
+    import types
+
+    shell.reset(new_session=False)
+    shell.execution_count = 1
+    module = types.ModuleType("__main__", "Automatically created module for IPython interactive environment")
+    names = {**vars(module), **shell.user_ns, "_": "", "__": "", "___": ""}
+    shell.user_ns.clear()
+    shell.user_ns.update(names)
 
 
 def _no_input(prompt: Any = "") -> str:

@@ -90,9 +90,9 @@ def _warm_up(shell: Any) -> None:
         papermill.execute_notebook(str(source), str(Path(tmp) / "out.ipynb"), parameters={"warm": 2},
                                    engine_name="nbpipe", progress_bar=False, kernel_name="python3")
     from .ipython import mark_fresh
+    from .shell import reset
 
-    shell.reset(new_session=False)
-    shell.execution_count = 1
+    reset(shell)
     mark_fresh()
 
 
