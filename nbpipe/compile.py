@@ -83,12 +83,28 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
         assert spec.map is not None
         nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.split("
                                   f"globals(), {spec.map.iterable!r}, {spec.map.item!r})"))
-        return nb
+        return _numbered_in_kernels(nb)
     for index in app.spec.cells:
         nb.cells.append(copy_cell(index))
     ships = json.dumps({k: list(v) for k, v in sorted(app.ships.items())})
     metrics = json.dumps(list(app.metric_names)) if app.metric_names else "None"
     nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.leave(globals(), {ships}, {metrics})"))
+    return _numbered_in_kernels(nb)
+
+
+def _numbered_in_kernels(nb: Any) -> Any:
+    """Put first a hidden step that, in a Jupyter kernel, gives every later cell
+    its count, as the ``ipython`` engine does from ``metadata.nbpipe.count``."""
+    plan: list[Any] = []
+    for cell in nb.cells:
+        if not cell.source.strip():
+            continue  # nbclient does not send an empty cell
+        internal = INTERNAL_TAG in cell.metadata.get("tags", [])
+        plan.append(None if internal else cell.metadata["nbpipe"]["count"])
+        if "parameters" in cell.metadata.get("tags", []) and "injected" not in plan:
+            plan.append("injected")
+    nb.cells.insert(0, _internal(f"__import__('nbpipe.execution.counts').execution.counts.number_cells("
+                                 f"get_ipython(), {plan!r}, {{}})"))
     return nb
 
 

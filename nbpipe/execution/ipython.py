@@ -23,7 +23,7 @@ from typing import Any
 
 from papermill.engines import Engine, NotebookExecutionManager
 
-from ..compile import INTERNAL_TAG
+from .counts import planned_counts, serial_history, set_count
 from .shell import make_shell, new_task, reset, run_cell
 
 __all__ = ["IPythonEngine", "make_shell"]
@@ -102,68 +102,3 @@ class IPythonEngine(Engine):
                     break
             finally:
                 nb_man.cell_complete(cell, cell_index=index)
-
-
-def planned_counts(nb: Any) -> list[int | None]:
-    """The execution count each cell of a task notebook runs with; None: no count.
-
-    A cell copied from the source notebook carries its count in the merged
-    notebook (``metadata.nbpipe.count``, papermill's numbering of the whole
-    notebook), so ``In``, ``Out`` and ``_N`` are those of a serial run. The
-    load and save steps run without a count and leave no history. papermill's
-    ``injected-parameters`` cell counts only when it sets a parameter of the
-    user's (not just nbpipe's run context), shifting the cells below it, as it
-    does in a serial papermill run. Any other cell takes the next count, so a
-    plain notebook is numbered as a kernel numbers it.
-    """
-    from ..runtime import CONTEXT_NAME
-
-    task = "nbpipe_task" in nb.metadata
-    user_parameters = set(nb.metadata.get("papermill", {}).get("parameters", {})) - {CONTEXT_NAME}
-    counts: list[int | None] = []
-    shift, last = 0, 0
-    for cell in nb.cells:
-        tags = cell.metadata.get("tags", [])
-        planned = cell.metadata.get("nbpipe", {}).get("count")
-        if cell.cell_type != "code" or not cell.source.strip() or INTERNAL_TAG in tags:
-            counts.append(None)
-        elif "injected-parameters" in tags and task:
-            counts.append(last + 1 if user_parameters else None)
-            shift = 1 if user_parameters else 0
-        else:
-            last = planned + shift if planned is not None else last + 1
-            counts.append(last)
-    return counts
-
-
-def serial_history(nb: Any, counts: list[int | None]) -> dict[int, str]:
-    """Count -> source of the cells a serial run executes before this app's last
-    cell (``metadata.nbpipe_task.history``), numbered as :func:`planned_counts`
-    numbers them: shifted by the ``injected-parameters`` cell when it counts."""
-    history = {int(k): v for k, v in nb.metadata.get("nbpipe_task", {}).get("history", {}).items()}
-    injected = [i for i, cell in enumerate(nb.cells)
-                if "injected-parameters" in cell.metadata.get("tags", []) and counts[i] is not None]
-    if not history or not injected:
-        return history
-    at = counts[injected[0]]
-    assert at is not None
-    shifted = {count + (count >= at): source for count, source in history.items()}
-    shifted[at] = nb.cells[injected[0]].source
-    return shifted
-
-
-def set_count(shell: Any, count: int, history: dict[int, str]) -> None:
-    """Make the next cell run as ``In[count]``.
-
-    The input history is filled up to it with the sources a serial run executed
-    there (``history``: count -> source, of other apps' cells), stored as
-    IPython stores a cell's input, so ``_i``, ``_ii``, ``_iii`` and ``_iN`` follow.
-    """
-    shell.execution_count = count
-    manager = shell.history_manager
-    parsed, raw = manager.input_hist_parsed, manager.input_hist_raw
-    if len(raw) > count:
-        del parsed[count:], raw[count:]
-    while len(raw) < count:
-        source = history.get(len(raw), "")
-        manager.store_inputs(len(raw), shell.transform_cell(source) if source else "", source)

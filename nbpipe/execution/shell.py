@@ -23,7 +23,7 @@ from typing import Any
 
 from nbformat import v4
 
-__all__ = ["make_shell", "new_task", "reset", "run_cell"]
+__all__ = ["is_engine_shell", "make_shell", "new_task", "reset", "run_cell"]
 
 _shell: Any = None
 
@@ -177,6 +177,11 @@ class _Recorder:
 
 
 _recorder = _Recorder()
+
+
+def is_engine_shell(shell: Any) -> bool:
+    """Whether ``shell`` is this module's shell (the ``ipython`` engine), not a kernel's."""
+    return _shell is not None and shell is _shell
 
 
 def new_task() -> None:
