@@ -84,7 +84,7 @@ MAGICS = [
     "len?",
     "%pinfo len",
     "%psource normalise",
-    "%cd ..",
+    "%cd /",
 ]
 
 
