@@ -1,13 +1,14 @@
 """App -> task notebook (pure).
 
-A task notebook follows papermill's conventions: the source's ``parameters``
-cell (papermill injects ``injected-parameters`` after it), the ``setup`` cells,
-a load step, the app's own cells, and a save step. Every cell copied from
-the source carries ``metadata.nbpipe.source = {"index", "id"}`` so the merge
-can put its outputs back, and ``metadata.nbpipe.count``, its execution count
-in the merged notebook, which the ``ipython`` engine runs it with. The load and
-save steps are tagged ``nbpipe-internal``: they take no execution count and
-never reach the merged notebook.
+A task notebook follows papermill's conventions: a numbering step, the
+source's ``parameters`` cell (papermill injects ``injected-parameters`` after
+it), the ``setup`` cells, a load step, the app's own cells, and a save step.
+Every cell copied from the source carries ``metadata.nbpipe.source = {"index",
+"id"}`` so the merge can put its outputs back, and ``metadata.nbpipe.count``,
+its execution count in a serial run, which it runs with (the ``ipython``
+engine reads it; in a kernel the numbering step applies it). The hidden steps
+are tagged ``nbpipe-internal``: they take no execution count and never reach
+the merged notebook.
 """
 
 from __future__ import annotations

@@ -206,3 +206,10 @@ def test_a_cell_reads_out_of_an_earlier_app(both: Any) -> None:
     assert_same_outputs(runs)
     assert text(runs.nbp(runs.code_ids()[2])) == "84 [1, 2]\n"
     assert runs.merged.metadata["nbpipe"]["graph"]["apps"][2]["reads"] == {"_1": "a", "_2": "b"}
+
+
+def test_libraries_see_a_notebook_shell(both: Any) -> None:
+    nb = notebook(code("get_ipython().__class__.__name__, 'IPKernelApp' in get_ipython().config"))
+    runs = both(nb)
+    assert_same_outputs(runs)
+    assert text(runs.nbp(runs.code_ids()[0])) == "('ZMQInteractiveShell', True)"

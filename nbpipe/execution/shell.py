@@ -44,7 +44,7 @@ def make_shell() -> Any:
     from IPython.core.displaypub import DisplayPublisher
     from IPython.core.error import UsageError
     from ipykernel.compiler import XCachingCompiler
-    from ipykernel.zmqshell import ZMQInteractiveShell
+    from ipykernel import zmqshell
     from traitlets import Type
     from traitlets.config import Config
 
@@ -70,7 +70,9 @@ def make_shell() -> Any:
             sys.stdout.flush()
             sys.stderr.flush()
 
-    class Shell(ZMQInteractiveShell):  # type: ignore[misc]
+    # Named as ipykernel's class: libraries tell a notebook from a terminal with
+    # ``get_ipython().__class__.__name__ == "ZMQInteractiveShell"``.
+    class ZMQInteractiveShell(zmqshell.ZMQInteractiveShell):  # type: ignore[misc]
         displayhook_class = Type(Hook)
         display_pub_class = Type(Publisher)
 
@@ -93,7 +95,7 @@ def make_shell() -> Any:
     config.HistoryManager.enabled = False  # no history thread: this process forks
     # ipykernel's kernel app selects the inline backend the same way.
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    shell = Shell.instance(config=config, kernel=_NoKernel(), compiler_class=XCachingCompiler)
+    shell = ZMQInteractiveShell.instance(config=config, kernel=_NoKernel(), compiler_class=XCachingCompiler)
     _shell = shell
     return shell
 
