@@ -84,13 +84,13 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
         assert spec.map is not None
         nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.split("
                                   f"globals(), {spec.map.iterable!r}, {spec.map.item!r})"))
-        return _numbered_in_kernels(nb)
+        return _numbered_in_kernels(nb) if parsed.language == "python" else nb
     for index in app.spec.cells:
         nb.cells.append(copy_cell(index))
     ships = json.dumps({k: list(v) for k, v in sorted(app.ships.items())})
     metrics = json.dumps(list(app.metric_names)) if app.metric_names else "None"
     nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.leave(globals(), {ships}, {metrics})"))
-    return _numbered_in_kernels(nb)
+    return _numbered_in_kernels(nb) if parsed.language == "python" else nb
 
 
 def _numbered_in_kernels(nb: Any) -> Any:
