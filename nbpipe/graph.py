@@ -252,7 +252,8 @@ def _with_output_history(names: dict[int, CellNames], parsed: ParsedNotebook) ->
     so an app reading ``Out[N]`` or ``_N`` gets it from the app of that cell."""
     out = dict(names)
     for index, count in execution_counts(parsed).items():
-        if index in out and shows_result(parsed.cells[index].source):
+        info = parsed.cells[index]
+        if index in out and info.role != "parameters" and shows_result(info.source):
             out[index] = replace(out[index], defines=out[index].defines | {f"_{count}"})
     return out
 

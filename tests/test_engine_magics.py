@@ -213,3 +213,24 @@ def test_libraries_see_a_notebook_shell(both: Any) -> None:
     runs = both(nb)
     assert_same_outputs(runs)
     assert text(runs.nbp(runs.code_ids()[0])) == "('ZMQInteractiveShell', True)"
+
+
+def test_out_n_is_a_dependency_on_the_app_of_cell_n() -> None:
+    from nbpipe.graph import build_pipeline, execution_counts
+    from nbpipe.names import analyse_cell
+    from nbpipe.parse import parse_notebook
+
+    assert {"_3", "_2"} <= analyse_cell("Out[3] + _oh[2]").reads
+    nb = notebook(
+        code("p = 1", "parameters"),
+        code("p + 1", "app:a"),       # count 2: shows a result, defines _2
+        code(""),                     # blank: no count
+        code("print(p)", "app:b"),    # count 3: shows None, but may define _3
+        code("x = 5;", "app:c"),      # count 4: no result
+        code("Out[2], _3", "app:d"),
+    )
+    parsed = parse_notebook(nb)
+    assert execution_counts(parsed) == {0: 1, 1: 2, 3: 3, 4: 4, 5: 5}
+    pipeline = build_pipeline(parsed)
+    assert pipeline.apps["d"].reads == {"_2": "a", "_3": "b"}
+    assert "_4" not in pipeline.apps["c"].defines and "_1" not in pipeline.parameter_names
