@@ -104,8 +104,9 @@ def _numbered_in_kernels(nb: Any) -> Any:
         plan.append(None if internal else cell.metadata["nbpipe"]["count"])
         if "parameters" in cell.metadata.get("tags", []) and "injected" not in plan:
             plan.append("injected")
+    history = nb.metadata["nbpipe_task"]["history"]
     nb.cells.insert(0, _internal(f"__import__('nbpipe.execution.counts').execution.counts.number_cells("
-                                 f"get_ipython(), {plan!r}, {{}})"))
+                                 f"get_ipython(), {plan!r}, {history!r})"))
     return nb
 
 

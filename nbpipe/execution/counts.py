@@ -126,15 +126,19 @@ def number_cells(shell: Any, plan: list[Any], history: dict[Any, str]) -> None:
 
     if shell is None or is_engine_shell(shell):
         return
-    state: dict[str, Any] = {"next": 0, "shift": 0, "last": 0,
-                             "history": {int(k): v for k, v in history.items()}}
     raw = shell.history_manager.input_hist_raw
+    # This step is in the history already: it goes when it ends, as every hidden step does.
+    state: dict[str, Any] = {"next": 0, "shift": 0, "last": 0, "hidden_from": len(raw) - 1,
+                             "history": {int(k): v for k, v in history.items()}}
     if "injected" not in plan and len(raw) > 2 and _sets_user_parameters(raw[1]):
         # No parameters cell: papermill put its cell first, before this step.
         state["shift"] = 1
         state["history"] = _with_injected(state["history"], 1, raw[1])
 
     def after_cell(result: Any) -> None:
+        if state["hidden_from"] is not None:
+            _forget_since(shell, state["hidden_from"])
+            state["hidden_from"] = None
         if state["next"] and plan[state["next"] - 1] == "injected":
             source = result.info.raw_cell or ""
             if _sets_user_parameters(source):
@@ -145,10 +149,19 @@ def number_cells(shell: Any, plan: list[Any], history: dict[Any, str]) -> None:
             return
         entry = plan[state["next"]]
         state["next"] += 1
-        if entry == "injected":
+        if entry is None:
+            state["hidden_from"] = len(shell.history_manager.input_hist_raw)
+        elif entry == "injected":
             set_count(shell, state["last"] + 1, state["history"])
-        elif entry is not None:
+        else:
             state["last"] = entry + state["shift"]
             set_count(shell, state["last"], state["history"])
 
     shell.events.register("post_run_cell", after_cell)
+
+
+def _forget_since(shell: Any, count: int) -> None:
+    """Drop a hidden step from a kernel's input history and count."""
+    manager = shell.history_manager
+    del manager.input_hist_parsed[count:], manager.input_hist_raw[count:]
+    shell.execution_count = count
