@@ -100,16 +100,18 @@ def _preload(modules: list[str]) -> None:
     """Import what the notebook imports, so that an app pays a fork, not an import.
 
     Nothing an import does may stop the zygote: a module that is missing, fails,
-    or exits is left for the app that imports it to report. A module that
-    prints or warns when imported is forgotten again (its Python parts), so
-    that the app importing it shows that output, as a serial run does.
+    or exits is left for the app that imports it to report. A Python module
+    that prints or warns when imported is forgotten again (only it: what it
+    imported stays, as re-running a C extension's Python parts could split
+    its classes in two), so that the app importing it shows that output, as
+    a serial run does.
     """
     import contextlib
     import io
     import warnings
 
     for name in modules:
-        before = set(sys.modules)
+        new = name not in sys.modules
         text = io.StringIO()
         with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text), \
                 warnings.catch_warnings(record=True) as caught:
@@ -117,10 +119,9 @@ def _preload(modules: list[str]) -> None:
                 importlib.import_module(name)
             except (Exception, SystemExit):
                 pass
-        if text.getvalue() or caught:
-            for new in set(sys.modules) - before:
-                if str(getattr(sys.modules[new], "__file__", "")).endswith(".py"):
-                    del sys.modules[new]
+        module = sys.modules.get(name)
+        if new and (text.getvalue() or caught) and str(getattr(module, "__file__", "")).endswith(".py"):
+            del sys.modules[name]
 
 
 def _signal_children(children: dict[int, str], sig: int) -> None:
