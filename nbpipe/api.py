@@ -162,7 +162,7 @@ def execute(
     if debug and engine == "ipython" and _inside_ipython():
         engine = "kernel"  # --debug runs apps in this process, which has a shell of its own
     try:
-        executor = chosen.executor(workers, engine=engine, preload=_setup_imports(pipeline),
+        executor = chosen.executor(workers, engine=engine, preload=_notebook_imports(pipeline, cwd),
                                    run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
     except WorkerError as exc:
         logs = run_dir / "parsl"
@@ -235,24 +235,31 @@ def _read_executed(path: str | None) -> Any:
         return rejoin_lines(nbformat.from_dict(json.load(f)))
 
 
-def _setup_imports(pipeline: Pipeline) -> tuple[str, ...]:
-    """Modules the setup cells import: the worker preloads them once for every app."""
+def _notebook_imports(pipeline: Pipeline, cwd: Path) -> tuple[str, ...]:
+    """Modules the notebook imports anywhere: the worker preloads them once for every app.
+
+    Modules of the notebook's own directory are left out: a cell may write
+    them (``%%writefile``), and each app must import what is on disk then.
+    """
     import ast
 
     from .names import transformed_source
 
     modules: list[str] = []
-    for info in pipeline.parsed.cells_of("setup"):
+    for info in pipeline.parsed.cells:
+        if info.cell_type != "code" or info.role == "skip":
+            continue
         try:
             tree = ast.parse(transformed_source(info.source))
         except SyntaxError:
             continue
-        for node in tree.body:
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 modules += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 modules.append(node.module)
-    return tuple(dict.fromkeys(modules))
+    local = {p.stem for p in cwd.glob("*.py")} | {p.name for p in cwd.iterdir() if (p / "__init__.py").exists()}
+    return tuple(m for m in dict.fromkeys(modules) if m.split(".")[0] not in local)
 
 
 def _check_map_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> None:

@@ -1,12 +1,15 @@
 """App -> task notebook (pure).
 
-A task notebook follows papermill's conventions: the source's ``parameters``
-cell (papermill injects ``injected-parameters`` after it), the ``setup`` cells,
-the carried-state prelude (:mod:`.state`: settings earlier cells changed), a
-load step, the app's own cells, and a save step. Every cell copied from
-the source carries ``metadata.nbpipe.source = {"index", "id"}`` so the merge
-can put its outputs back; the prelude, load and save steps are tagged
-``nbpipe-internal`` and never reach the merged notebook.
+A task notebook follows papermill's conventions: a numbering step, the
+source's ``parameters`` cell (papermill injects ``injected-parameters`` after
+it), the ``setup`` cells, the carried-state prelude (:mod:`.state`: settings
+earlier cells changed), a load step, the app's own cells, and a save step.
+Every cell copied from the source carries ``metadata.nbpipe.source = {"index",
+"id"}`` so the merge can put its outputs back, and ``metadata.nbpipe.count``,
+its execution count in a serial run, which it runs with (the ``ipython``
+engine reads it; in a kernel the numbering step applies it). The hidden steps
+(numbering, prelude, load, save) are tagged ``nbpipe-internal``: they take no
+execution count and never reach the merged notebook.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import nbformat
 from nbformat import v4
 
-from .graph import AppNode, Pipeline
+from .graph import AppNode, Pipeline, execution_counts
 from .state import prelude_for
 
 __all__ = ["INTERNAL_TAG", "compile_app", "compile_pipeline", "write_compiled"]
@@ -48,7 +51,12 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
     source = parsed.nb
     nb = v4.new_notebook()
     nb.metadata = copy.deepcopy({k: v for k, v in source.metadata.items() if k != "nbpipe"})
-    nb.metadata["nbpipe_task"] = {"app": app.name}
+    counts = execution_counts(parsed)
+    last = max(app.spec.cells, default=0)
+    # The cells a serial run executes before this app's last cell, by count: the
+    # engine fills ``In`` and ``_iN`` with them, as a serial run has them.
+    history = {counts[c.index]: c.source for c in parsed.cells if c.index in counts and c.index < last}
+    nb.metadata["nbpipe_task"] = {"app": app.name, "history": history}
 
     def copy_cell(index: int, tags: list[str] | None = None) -> Any:
         original = source.cells[index]
@@ -57,6 +65,8 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
         if tags is not None:
             cell.metadata["tags"] = tags
         cell.metadata["nbpipe"] = {"source": {"index": index, "id": original.id}}
+        if index in counts:
+            cell.metadata["nbpipe"]["count"] = counts[index]
         return cell
 
     for info in parsed.cells_of("parameters"):
@@ -80,16 +90,34 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
         assert spec.map is not None
         nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.split("
                                   f"globals(), {spec.map.iterable!r}, {spec.map.item!r})"))
-        return nb
+        return _numbered_in_kernels(nb) if parsed.language == "python" else nb
     for index in app.spec.cells:
         nb.cells.append(copy_cell(index))
     ships = json.dumps({k: list(v) for k, v in sorted(app.ships.items())})
     metrics = json.dumps(list(app.metric_names)) if app.metric_names else "None"
     nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.leave(globals(), {ships}, {metrics})"))
+    return _numbered_in_kernels(nb) if parsed.language == "python" else nb
+
+
+def _numbered_in_kernels(nb: Any) -> Any:
+    """Put first a hidden step that, in a Jupyter kernel, gives every later cell
+    its count, as the ``ipython`` engine does from ``metadata.nbpipe.count``."""
+    plan: list[Any] = []
+    for cell in nb.cells:
+        if not cell.source.strip():
+            continue  # nbclient does not send an empty cell
+        internal = INTERNAL_TAG in cell.metadata.get("tags", [])
+        plan.append(None if internal else cell.metadata["nbpipe"]["count"])
+        if "parameters" in cell.metadata.get("tags", []) and "injected" not in plan:
+            plan.append("injected")
+    history = nb.metadata["nbpipe_task"]["history"]
+    nb.cells.insert(0, _internal(f"__import__('nbpipe.execution.counts').execution.counts.number_cells("
+                                 f"get_ipython(), {plan!r}, {history!r})"))
     return nb
 
 
 def _internal(source: str) -> Any:
+    """A hidden step: it runs without an execution count and is left out of the merge."""
     cell = v4.new_code_cell(source)
     cell.metadata["tags"] = [INTERNAL_TAG]
     return cell

@@ -21,10 +21,10 @@ import networkx as nx
 
 from .errors import CycleError, GraphError, TagError
 from .imports import module_files, normalise_path, notebook_context
-from .names import CellNames, analyse_cell
+from .names import CellNames, analyse_cell, shows_result
 from .parse import AppSpec, ParsedNotebook
 
-__all__ = ["AppNode", "Pipeline", "build_pipeline"]
+__all__ = ["AppNode", "Pipeline", "build_pipeline", "execution_counts"]
 
 _METRIC_LINE = re.compile(r"\s*(?:print\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)|([A-Za-z_][A-Za-z0-9_]*))\s*\Z")
 
@@ -125,6 +125,7 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
     """
     cells = parsed.cells
     names = _with_global_writes(_analyse(parsed), cells)
+    names = _with_output_history(names, parsed)
     specs = _with_files(parsed, names)
     parameter_names = frozenset().union(*(names[c.index].defines for c in parsed.cells_of("parameters")))
     setup_names = frozenset().union(*(names[c.index].defines for c in parsed.cells_of("setup")))
@@ -314,6 +315,32 @@ def _warnings(parsed: ParsedNotebook, names: Mapping[int, CellNames]) -> tuple[s
             out.append(f"cell {index} (id {cell.id}): {call} reaches names nbpipe cannot see, "
                        f"so they do not flow between apps; {fix}")
     return tuple(out)
+
+
+def execution_counts(parsed: ParsedNotebook) -> dict[int, int]:
+    """Cell index -> the execution count papermill gives that cell in a serial run.
+
+    Every code cell with a non-blank source counts, as nbclient sends it to the
+    kernel (``skip`` cells included: they keep their place in the numbering).
+    Without injected parameters; papermill's ``injected-parameters`` cell,
+    when there is one, shifts the cells after the parameters cell by one.
+    """
+    counts: dict[int, int] = {}
+    for info in parsed.cells:
+        if info.cell_type == "code" and info.source.strip():
+            counts[info.index] = len(counts) + 1
+    return counts
+
+
+def _with_output_history(names: dict[int, CellNames], parsed: ParsedNotebook) -> dict[int, CellNames]:
+    """A cell that shows a result defines ``_N`` (``Out[N]``), N its execution count,
+    so an app reading ``Out[N]`` or ``_N`` gets it from the app of that cell."""
+    out = dict(names)
+    for index, count in execution_counts(parsed).items():
+        info = parsed.cells[index]
+        if index in out and info.role != "parameters" and shows_result(info.source):
+            out[index] = replace(out[index], defines=out[index].defines | {f"_{count}"})
+    return out
 
 
 def _with_global_writes(names: dict[int, CellNames], cells: Any) -> dict[int, CellNames]:

@@ -1,7 +1,8 @@
 """Executed task notebooks -> one narrative notebook (pure).
 
 Every original cell comes back in its original order with the outputs its app
-produced, execution counts renumbered in reading order, and
+produced, the execution count a serial papermill run gives it (which the
+``ipython`` engine ran it with), and
 ``metadata.nbpipe`` telling which app ran it, how and where (SPEC §6).
 """
 
@@ -17,7 +18,7 @@ from nbformat import v4
 from . import __version__
 from .compile import INTERNAL_TAG
 from .execution.base import AppResult, AppStatus, ItemResult
-from .graph import Pipeline
+from .graph import Pipeline, execution_counts
 
 __all__ = ["merge"]
 
@@ -87,8 +88,8 @@ def merge(
         cell.metadata["nbpipe"] = meta
 
     _attach_app_errors(pipeline, merged, results)
+    _number(pipeline, merged, bool(parameters))
     _insert_injected_parameters(pipeline, merged, parameters)
-    _renumber(merged)
     _insert_error_banner(pipeline, merged, results)
 
     for nb in executed.values():
@@ -267,16 +268,19 @@ def _attach_app_errors(pipeline: Pipeline, merged: Any, results: dict[str, AppRe
             result.error["cell"] = next(c.index for c in pipeline.parsed.cells if c.id == target.id)
 
 
-def _renumber(merged: Any) -> None:
-    count = 0
-    for cell in merged.cells:
-        if cell.cell_type != "code" or cell.execution_count is None:
+def _number(pipeline: Pipeline, merged: Any, injected: bool) -> None:
+    """Give each executed cell papermill's execution count (before the injected cell is inserted)."""
+    counts = execution_counts(pipeline.parsed)
+    params = pipeline.parsed.cells_of("parameters")
+    after = params[0].index if params else -1  # papermill injects below the first parameters cell
+    for index, count in counts.items():
+        cell = merged.cells[index]
+        if cell.execution_count is None:
             continue
-        count += 1
-        cell.execution_count = count
+        cell.execution_count = count + (1 if injected and index > after else 0)
         for output in cell.outputs:
             if output.get("output_type") == "execute_result":
-                output["execution_count"] = count
+                output["execution_count"] = cell.execution_count
 
 
 def _insert_injected_parameters(pipeline: Pipeline, merged: Any, parameters: dict[str, Any]) -> None:
@@ -291,7 +295,8 @@ def _insert_injected_parameters(pipeline: Pipeline, merged: Any, parameters: dic
     cell.metadata["tags"] = ["injected-parameters"]
     cell.metadata["nbpipe"] = {"app": "parameters", "status": "completed"}
     params = parsed.cells_of("parameters")
-    cell.execution_count = 0  # it ran; _renumber gives it its place in the count
+    above = execution_counts(parsed).get(params[0].index, 0) if params else 0
+    cell.execution_count = above + 1  # papermill's count, as in _number
     merged.cells.insert(params[0].index + 1 if params else 0, cell)
 
 

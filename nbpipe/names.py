@@ -37,7 +37,7 @@ from . import syntax
 from .effects import ARGUMENT_MUTATORS, METHOD_ARGUMENT_MUTATORS, NAMES_IN_STRINGS, is_pure_method
 from .state import generator_names, generator_uses
 
-__all__ = ["CellNames", "Context", "analyse_cell"]
+__all__ = ["CellNames", "Context", "analyse_cell", "shows_result"]
 
 #: Magics whose argument is Python code run in the user namespace.
 _CODE_MAGICS = {"time", "prun", "capture"}
@@ -125,6 +125,7 @@ def analyse_cell(source: str, context: Context = Context()) -> CellNames:
     ctx = replace(context, imports=context.imports + imports, modules=context.modules | modules,
                   defaultdicts=context.defaultdicts | defaultdicts)
     reads, defines = _block_names(tree.body, ctx)
+    reads |= _output_history_reads(tree)
     # Drawing from the global random generators reads and defines their state.
     generator_reads, generator_defines = generator_uses(tree)
     reads, defines = reads | generator_reads, defines | generator_defines
@@ -143,6 +144,20 @@ def _parse(source: str) -> ast.Module | None:
         return ast.parse(_transform(source))
     except SyntaxError:
         return None
+
+
+def _output_history_reads(tree: ast.Module) -> set[str]:
+    """``Out[3]`` (or ``_oh[3]``) reads the result of the cell run as number 3: ``_3``."""
+    return {f"_{node.slice.value}" for node in ast.walk(tree)
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
+            and node.value.id in ("Out", "_oh") and isinstance(node.slice, ast.Constant)
+            and type(node.slice.value) is int and node.slice.value > 0}
+
+
+def shows_result(source: str) -> bool:
+    """Whether the cell ends with an expression whose value IPython shows (and keeps in ``Out``)."""
+    tree = _parse(source)
+    return bool(tree and tree.body) and isinstance(tree.body[-1], ast.Expr) and not source.rstrip().endswith(";")
 
 
 def _callable_globals(stmt: ast.stmt, ctx: Context,

@@ -14,6 +14,7 @@ import json
 import mmap
 import os
 import pickle
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,23 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
         namespace[item] = _load(item_path(run_dir, context["app"], context["item"]))
     for name in inputs:
         _bind_globals(namespace.get(name), namespace)
+        if name[1:].isdigit() and name in namespace and isinstance(namespace.get("Out"), dict):
+            namespace["Out"][int(name[1:])] = namespace[name]  # a result of another app's cell
+    if "matplotlib.figure" in sys.modules:
+        _show_figures_inline()
     _context["digests"] = digest.digests(namespace, context.get("watch", ()))
+
+
+def _show_figures_inline() -> None:
+    """A figure arrived: show it as an image, as the app that drew it would have.
+
+    Drawing loaded the inline backend there, which makes the shell format
+    figures as PNG; in a serial run that already happened.
+    """
+    import matplotlib
+
+    if "inline" in matplotlib.get_backend():
+        import matplotlib_inline.backend_inline  # noqa: F401  (configures the shell)
 
 
 def _restore_generator(name: str, producer: str, run_dir: str, maps: dict[str, int],

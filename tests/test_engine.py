@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from nbbuild import code, write
+from nbbuild import code, read, write
 
 import nbpipe
 
@@ -152,3 +152,57 @@ def test_debug_runs_apps_one_by_one_in_this_process_each_in_a_clean_namespace(tm
     assert run.ok
     # b got x, which it reads, but not secret, which only a's namespace had
     assert _text(run, "b").strip() == "False 2"
+
+
+def test_papermill_runs_a_notebook_with_the_nbpipe_engine(tmp_path: Path) -> None:
+    """The ``papermill.engine`` entry point: ``papermill --engine nbpipe`` needs no kernel."""
+    import subprocess
+    from importlib.metadata import entry_points
+
+    if not any(e.name == "nbpipe" for e in entry_points(group="papermill.engine")):
+        pytest.fail("nbpipe is not installed with its entry points: pip install -e .")
+    source = write(tmp_path / "in.ipynb",
+                   code("n = 1", "parameters"),
+                   code("%matplotlib inline\nimport os\nprint(n * 2, os.getpid())"),
+                   code("n + 40"))
+    done = subprocess.run([sys.executable, "-m", "papermill", "--engine", "nbpipe", "-p", "n", "3",
+                           str(source), str(tmp_path / "out.ipynb")],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    out = read(tmp_path / "out.ipynb")
+    cells = [c for c in out.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in cells] == [1, 2, 3, 4]  # the injected parameters count
+    printed, pid = cells[2].outputs[0].text.split()
+    assert printed == "6" and pid.isdigit()
+    # the cells ran in papermill's own process: no kernel was started
+    assert not any(o.output_type == "error" for c in cells for o in c.outputs)
+    assert cells[3].outputs[0].data["text/plain"] == "43"
+
+
+def test_the_worker_preloads_what_any_cell_imports_and_survives_bad_imports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "exits_on_import.py").write_text("raise SystemExit('no')\n")
+    (libs / "talks_on_import.py").write_text("print('hello from import')\nimport sys\nLOADED = True\n")
+    (libs / "quiet_module.py").write_text("import os\nPID = os.getpid()\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(libs), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(libs))
+    path = _notebook(tmp_path / "pre.ipynb", [
+        ("import os", ["setup"]),
+        ("try:\n    import exits_on_import\nexcept SystemExit as e:\n    print('exit', e)", ["app:a"]),
+        ("import talks_on_import\nprint(talks_on_import.LOADED)", ["app:b"]),
+        ("import quiet_module\nprint(quiet_module.PID != os.getpid())", ["app:c"]),
+        ("import no_such_module_anywhere", ["app:d"]),
+    ])
+    run = nbpipe.execute(path, output=tmp_path / "out.ipynb", workers=1)
+    assert run.apps["d"].error["ename"] == "ModuleNotFoundError"
+    assert _text(run, "a").strip() == "exit no"
+    # the import's output shows in the app that imports the module, as in a serial run
+    assert _text(run, "b") == "hello from import\nTrue\n"
+    # quiet_module was imported once, in the preloaded worker, before the app was forked
+    assert _text(run, "c").strip() == "True"
+    # a module of the notebook's directory is not preloaded: a cell may (re)write it
+    (tmp_path / "quiet_module.py").write_text("PID = 0\n")
+    assert nbpipe.api._notebook_imports(nbpipe.load_pipeline(path), tmp_path) == (
+        "os", "exits_on_import", "talks_on_import", "no_such_module_anywhere")

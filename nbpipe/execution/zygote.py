@@ -1,7 +1,7 @@
 """A preloaded parent that forks one child per task (the ``ipython`` engine).
 
-The zygote imports papermill, IPython and the modules the notebook's setup
-cells import, creates the IPython shell once, and then waits for requests on
+The zygote imports papermill, IPython and every module the notebook imports
+(in any cell), creates the IPython shell once, and then waits for requests on
 stdin. For each task it forks: the child starts a new session, runs the task
 notebook through papermill with the in-process engine, writes its result and
 exits. A fork costs milliseconds and gives every app a pristine copy of the
@@ -90,10 +90,38 @@ def _warm_up(shell: Any) -> None:
         papermill.execute_notebook(str(source), str(Path(tmp) / "out.ipynb"), parameters={"warm": 2},
                                    engine_name="nbpipe", progress_bar=False, kernel_name="python3")
     from .ipython import mark_fresh
+    from .shell import reset
 
-    shell.reset(new_session=False)
-    shell.execution_count = 1
+    reset(shell)
     mark_fresh()
+
+
+def _preload(modules: list[str]) -> None:
+    """Import what the notebook imports, so that an app pays a fork, not an import.
+
+    Nothing an import does may stop the zygote: a module that is missing, fails,
+    or exits is left for the app that imports it to report. A Python module
+    that prints or warns when imported is forgotten again (only it: what it
+    imported stays, as re-running a C extension's Python parts could split
+    its classes in two), so that the app importing it shows that output, as
+    a serial run does.
+    """
+    import contextlib
+    import io
+    import warnings
+
+    for name in modules:
+        new = name not in sys.modules
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text), \
+                warnings.catch_warnings(record=True) as caught:
+            try:
+                importlib.import_module(name)
+            except (Exception, SystemExit):
+                pass
+        module = sys.modules.get(name)
+        if new and (text.getvalue() or caught) and str(getattr(module, "__file__", "")).endswith(".py"):
+            del sys.modules[name]
 
 
 def _signal_children(children: dict[int, str], sig: int) -> None:
@@ -113,14 +141,9 @@ def main() -> int:
 
     papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
     _warm_up(make_shell())
-    for name in sys.argv[1:]:
-        try:
-            importlib.import_module(name)
-        except Exception:  # the app reports its own ImportError when it runs
-            pass
-
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of preloaded modules must not corrupt the protocol
+    _preload(sys.argv[1:])
 
     def send(message: dict[str, Any]) -> None:
         out.write(json.dumps(message) + "\n")

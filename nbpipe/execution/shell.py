@@ -1,0 +1,244 @@
+"""An in-process IPython shell that behaves like ipykernel's, and records outputs.
+
+The shell is ipykernel's own :class:`~ipykernel.zmqshell.ZMQInteractiveShell`
+with the ZeroMQ transport replaced by a recorder, so everything that does not
+touch the wire is ipykernel's code: the kernel magics and environment
+(``PAGER=cat``, ...), pager output going to a payload that notebooks never
+show (``%prun``, ``len?``), cells compiled to ipykernel's temp file names
+(which warnings and tracebacks print), ``!cmd`` through pipes, ``%matplotlib
+inline`` with the inline backend, and the ``__main__`` namespace. What a
+kernel does around each cell (``input()`` refused as nbclient refuses it,
+display and clear messages, errors) is done by :func:`run_cell`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import getpass
+import io
+import os
+import sys
+from typing import Any
+
+from nbformat import v4
+
+__all__ = ["is_engine_shell", "make_shell", "new_task", "reset", "run_cell"]
+
+_shell: Any = None
+
+
+class _NoKernel:
+    """What the shell asks of its kernel: ipykernel's GUI integration records
+    the event loop it selects here (``inline`` selects none)."""
+
+    eventloop = None
+
+
+def make_shell() -> Any:
+    """Create (once per process) the shell that cells run in, set up like ipykernel's."""
+    global _shell
+    if _shell is not None:
+        return _shell
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.error import UsageError
+    from ipykernel.compiler import XCachingCompiler
+    from ipykernel import zmqshell
+    from traitlets import Type
+    from traitlets.config import Config
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data: Any, metadata: Any = None, source: Any = None, *,
+                    transient: Any = None, update: bool = False, **kwargs: Any) -> None:
+            _recorder.display(data, metadata or {}, transient or {}, update)
+
+        def clear_output(self, wait: bool = False) -> None:
+            _recorder.clear(wait)
+
+    class Hook(DisplayHook):
+        def start_displayhook(self) -> None:
+            pass
+
+        def write_output_prompt(self) -> None:
+            pass
+
+        def write_format_data(self, format_dict: Any, md_dict: Any = None) -> None:
+            _recorder.result(format_dict, md_dict or {}, self.prompt_count)
+
+        def finish_displayhook(self) -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+    # Named as ipykernel's class: libraries tell a notebook from a terminal with
+    # ``get_ipython().__class__.__name__ == "ZMQInteractiveShell"``.
+    class ZMQInteractiveShell(zmqshell.ZMQInteractiveShell):  # type: ignore[misc]
+        displayhook_class = Type(Hook)
+        display_pub_class = Type(Publisher)
+
+        def enable_gui(self, gui: Any = None) -> None:
+            from ipykernel.eventloops import enable_gui
+
+            try:
+                enable_gui(gui, kernel=self.kernel)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+            self.active_eventloop = gui
+
+        def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _recorder.error(str(etype.__name__), str(evalue), list(stb))
+            self._last_traceback = stb
+
+    config = Config()
+    config.HistoryManager.enabled = False  # no history thread: this process forks
+    # ipykernel's kernel app selects the inline backend the same way.
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    shell = ZMQInteractiveShell.instance(config=config, kernel=_NoKernel(), compiler_class=XCachingCompiler)
+    _shell = shell
+    return shell
+
+
+class _Stream(io.TextIOBase):
+    """sys.stdout / sys.stderr during a cell: text becomes ``stream`` outputs."""
+
+    def __init__(self, name: str, real: Any) -> None:
+        self.name_ = name
+        self.real = real
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            _recorder.stream(self.name_, text)
+        return len(text)
+
+
+class _Recorder:
+    """Collects the outputs of the cell being executed, in order."""
+
+    def __init__(self) -> None:
+        self.outputs: list[Any] = []
+        self.clear_pending = False
+        #: display id -> the outputs that show it, across the cells of one task
+        self.displays: dict[str, list[Any]] = {}
+
+    def _append(self, output: Any) -> None:
+        if self.clear_pending:
+            self.outputs.clear()
+            self.clear_pending = False
+        self.outputs.append(output)
+
+    def stream(self, name: str, text: str) -> None:
+        last = self.outputs[-1] if self.outputs and not self.clear_pending else None
+        if last is not None and last.output_type == "stream" and last.name == name:
+            last.text += text  # nbclient coalesces consecutive stream messages too
+        else:
+            self._append(v4.new_output("stream", name=name, text=text))
+
+    def display(self, data: Any, metadata: Any, transient: Any, update: bool) -> None:
+        display_id = transient.get("display_id")
+        if display_id:
+            # As nbclient does: every output already showing this display id, in
+            # any cell of the task, takes the new data.
+            for out in self.displays.get(display_id, []):
+                out.data, out.metadata = copy.deepcopy(data), copy.deepcopy(metadata)
+        if update:
+            return
+        out = v4.new_output("display_data", data=data, metadata=metadata)
+        self._append(out)
+        if display_id:
+            self.displays.setdefault(display_id, []).append(out)
+
+    def result(self, data: Any, metadata: Any, count: int) -> None:
+        self._append(v4.new_output("execute_result", data=data, metadata=metadata,
+                                   execution_count=count))
+
+    def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        self._append(v4.new_output("error", ename=ename, evalue=evalue, traceback=traceback))
+
+    def clear(self, wait: bool) -> None:
+        if wait:
+            self.clear_pending = True
+        else:
+            self.outputs.clear()
+
+
+_recorder = _Recorder()
+
+
+def is_engine_shell(shell: Any) -> bool:
+    """Whether ``shell`` is this module's shell (the ``ipython`` engine), not a kernel's."""
+    return _shell is not None and shell is _shell
+
+
+def new_task() -> None:
+    """Forget the displays of the previous task (display ids are per notebook)."""
+    _recorder.displays = {}
+
+
+def reset(shell: Any) -> None:
+    """Empty the namespace and history, leaving what a new kernel's namespace has.
+
+    ``InteractiveShell.reset`` drops the dunder names of the ``__main__`` module
+    (``__doc__``, ``__loader__``, ``__spec__``, ...), which a kernel's
+    ``globals()`` shows: put them back, first, as a kernel has them.
+    """
+    import types
+
+    shell.reset(new_session=False)
+    shell.execution_count = 1
+    module = types.ModuleType("__main__", "Automatically created module for IPython interactive environment")
+    names = {**vars(module), **shell.user_ns, "_": "", "__": "", "___": ""}
+    shell.user_ns.clear()
+    shell.user_ns.update(names)
+
+
+def _no_input(prompt: Any = "") -> str:
+    from IPython.core.error import StdinNotImplementedError
+
+    # nbclient does not allow stdin, so ipykernel refuses input() with these words.
+    raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
+
+
+def _no_getpass(prompt: Any = "", stream: Any = None) -> str:
+    from IPython.core.error import StdinNotImplementedError
+
+    raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
+
+
+def run_cell(shell: Any, source: str, outputs: list[Any] | None = None,
+             store_history: bool = True) -> tuple[list[Any], bool]:
+    """Run one cell; return its outputs and whether it raised.
+
+    Outputs are appended to ``outputs`` as they come, so a notebook saved while
+    the cell runs (or when it is stopped) shows what it printed so far.
+    """
+    _recorder.outputs = outputs if outputs is not None else []
+    _recorder.clear_pending = False
+    real_out, real_err = sys.stdout, sys.stderr
+    real_input, real_getpass = builtins.input, getpass.getpass
+    sys.stdout, sys.stderr = _Stream("stdout", real_out), _Stream("stderr", real_err)
+    builtins.input, getpass.getpass = _no_input, _no_getpass
+    try:
+        result = shell.run_cell(source, store_history=store_history)
+    finally:
+        sys.stdout, sys.stderr = real_out, real_err
+        builtins.input, getpass.getpass = real_input, real_getpass
+        shell.payload_manager.clear_payload()  # pager text: a kernel's client shows none of it
+    failed = result.error_before_exec is not None or result.error_in_exec is not None
+    return _recorder.outputs, failed
