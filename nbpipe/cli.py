@@ -2,14 +2,17 @@
 
 Each command parses its arguments, calls one library function, and maps the
 library's errors to a one-line message and an exit code: 0 success, 1 an app
-failed or timed out, 2 bad usage or bad input (nothing ran), 130 interrupted.
+failed or timed out, 2 bad usage or bad input (nothing ran), 130 interrupted
+(Ctrl-C, or SIGTERM as a batch system sends it: both stop the run and clean up).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
         return int(args.func(args))
     except NbpipeError as exc:
@@ -38,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         where = f"; the partial merged notebook is in {run.output}" if run else ""
         print(f"nbpipe: interrupted{where}", file=sys.stderr)
         return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM stops a run as Ctrl-C does: apps stopped, workers and batch jobs cleaned up."""
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:

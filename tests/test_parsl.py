@@ -115,7 +115,11 @@ def test_ctrl_c_during_a_parsl_run_leaves_nothing_behind(tmp_path: Path) -> None
     assert proc.wait(timeout=60) == 130
     proc.stderr.close()
     assert (tmp_path / "quickstart.merged.ipynb").exists()
-    time.sleep(1)
+    # A worker's processes stop themselves once the worker is gone (a running app
+    # first saves what it printed), within the zygote's grace period of 5 s.
+    deadline = time.time() + 10
+    while _leftovers(str(tmp_path)) and time.time() < deadline:
+        time.sleep(0.2)
     assert _leftovers(str(tmp_path)) == []
 
 

@@ -120,6 +120,9 @@ class LocalExecutor:
                 _stop(proc)
             if self._zygote is not None:
                 self._zygote.kill_children()
+                # Also a zygote still starting (preloading imports) stops now, and the
+                # tasks waiting for it to start them fail instead of waiting.
+                self._zygote.close()
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         if self._zygote is not None:
             self._zygote.close()

@@ -12,6 +12,13 @@ driver -> zygote: ``{"op": "run", "key": K, "spec": PATH, "result": PATH, "log":
 zygote -> driver: ``{"ready": true}`` once, then ``{"key": K, "pid": PID}`` and
 ``{"key": K, "exit": STATUS}`` for each task. The zygote exits at end of input
 once its children have.
+
+The driver holds the only write end of the zygote's stdin, so its end of
+input is the driver's end, however the driver ends (Ctrl-C, SIGKILL, a batch
+job cancelled). The zygote watches for it from its first moment: starting up
+(imports, preloading) can take many seconds, and a zygote orphaned meanwhile
+exits at once instead of finishing its start. Requests still buffered when
+the driver is gone are not started.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -72,23 +80,18 @@ def _warm_up(shell: Any) -> None:
     and caches; paid here once instead of in every forked app.
     """
     import logging
-    import tempfile
-    from pathlib import Path
 
-    import nbformat
     import papermill
     from nbformat import v4
 
     logging.getLogger("papermill").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
-        nb = v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nb.cells = [v4.new_code_cell("warm = 1", metadata={"tags": ["parameters"]}),
-                    v4.new_code_cell("print(warm)\nwarm")]
-        source = Path(tmp) / "warm.ipynb"
-        nbformat.write(nb, source)
-        papermill.execute_notebook(str(source), str(Path(tmp) / "out.ipynb"), parameters={"warm": 2},
-                                   engine_name="nbpipe", progress_bar=False, kernel_name="python3")
+    # In memory: a zygote whose driver dies meanwhile exits at once and leaves no files.
+    nb = v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [v4.new_code_cell("warm = 1", metadata={"tags": ["parameters"]}),
+                v4.new_code_cell("print(warm)\nwarm")]
+    papermill.execute_notebook(nb, None, parameters={"warm": 2}, engine_name="nbpipe",
+                               progress_bar=False, kernel_name="python3")
     from .ipython import mark_fresh
     from .shell import reset
 
@@ -124,6 +127,39 @@ def _preload(modules: list[str]) -> None:
             del sys.modules[name]
 
 
+def _hung_up(fd: int, timeout_ms: int = 0) -> bool:
+    """Whether every write end of the pipe ``fd`` is closed, without reading it."""
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked: only a hang-up (or an error) is reported
+    return bool(poller.poll(timeout_ms))
+
+
+class _StartWatch:
+    """While the zygote starts, a thread that ends it as soon as its driver is gone.
+
+    Nothing needs saving then: no task has started. The thread is stopped
+    before the first fork, so that children are forked from one thread.
+    """
+
+    def __init__(self) -> None:
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._watch, name="nbpipe-zygote-start", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        poller.register(0, 0)
+        poller.register(self._stop_r, select.POLLIN)
+        if any(fd == 0 for fd, _ in poller.poll()):
+            os._exit(0)
+
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+
 def _signal_children(children: dict[int, str], sig: int) -> None:
     for pid in children:
         try:
@@ -133,6 +169,7 @@ def _signal_children(children: dict[int, str], sig: int) -> None:
 
 
 def main() -> int:
+    watch = _StartWatch()
     # Imported here, once, so that every forked child has them for free.
     import papermill  # noqa: F401
     import papermill.engines
@@ -159,6 +196,7 @@ def main() -> int:
     # Children inherit the preloaded heap copy-on-write; a garbage collection in a
     # child would touch (and so copy) every page of it. Freezing moves it out of
     # the collector's reach.
+    watch.stop()
     gc.collect()
     gc.freeze()
     send({"ready": True})
@@ -179,6 +217,8 @@ def main() -> int:
             eof = not chunk
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
+            if lines and _hung_up(0):
+                lines, eof = [], True  # the driver is gone: nobody waits for these tasks
             for line in lines:
                 if not line.strip():
                     continue
