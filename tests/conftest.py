@@ -140,7 +140,13 @@ def run_both(tmp_path: Path, nb: Any, engine: str, *, parameters: dict[str, Any]
                 merged, result, error, parameters)
 
 
-@pytest.fixture(params=list(ENGINES))
+#: Every engine, the default first; the others run with ``-m slow`` (the fidelity suite
+#: overrides ``engine`` to run on all of them by default).
+ENGINE_PARAMS = [engine if engine == ENGINES[0] else pytest.param(engine, marks=pytest.mark.slow)
+                 for engine in ENGINES]
+
+
+@pytest.fixture(params=ENGINE_PARAMS)
 def engine(request: pytest.FixtureRequest) -> str:
     """Every execution engine nbpipe offers; the suites must pass unchanged on each."""
     return str(request.param)

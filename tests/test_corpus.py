@@ -7,8 +7,9 @@ code cell must equal papermill's, image bytes included (conftest.py
 ``normalise_outputs``). A cell tagged ``skip`` is never executed by nbpipe, so
 it is expected to stay empty, and the cells after it are numbered without it.
 
-The default run covers every notebook with every cell its own app on the
-default engine; the full matrix is ``pytest -m slow tests/test_corpus.py``.
+The default run covers one notebook of each style (``DEFAULT_NOTEBOOKS``)
+with every cell its own app on the default engine; the full matrix, every
+notebook in every mode on every engine, is ``pytest -m slow tests/test_corpus.py``.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ from nbpipe.api import ENGINES
 from nbpipe.errors import NbpipeError
 
 DEFAULT = ("cells", "ipython")  # the (mode, engine) the default suite runs
+#: The notebooks the default suite runs (in DEFAULT): one of each style.
+DEFAULT_NOTEBOOKS = ("decay_fit", "decorators", "eval_strings", "histogram_styles", "iris_classifier",
+                     "iterators", "magics_tour", "random_walk", "record_arrays", "station_cleaning",
+                     "views_and_aliases", "warnings_logging", "writefile_module")
 
 
 def _matrix() -> Iterator[Any]:
     for name in corpus_names():
         for engine in ENGINES:
             for mode in MODES:
-                marks = () if (mode, engine) == DEFAULT else (pytest.mark.slow,)
+                default = (mode, engine) == DEFAULT and name in DEFAULT_NOTEBOOKS
+                marks = () if default else (pytest.mark.slow,)
                 yield pytest.param(name, mode, engine, id=f"{name}-{mode}-{engine}", marks=marks)
 
 
@@ -58,6 +64,7 @@ def test_corpus_is_well_formed(tmp_path: Path) -> None:
     """At least 25 notebooks, stored without outputs, titled, hand-tagged; the modes split as promised."""
     names = corpus_names()
     assert len(names) >= 25, names
+    assert set(DEFAULT_NOTEBOOKS) <= set(names), set(DEFAULT_NOTEBOOKS) - set(names)
     for name in names:
         nb = read(name)
         code = [c for c in nb.cells if c.cell_type == "code"]

@@ -2,8 +2,8 @@
 outputs, cell for cell, as papermill running the notebook top to bottom.
 
 Each test builds a small tagged notebook, runs it both ways (the ``both``
-fixture of conftest.py, parametrized over every engine in
-``nbpipe.api.ENGINES``), compares every source cell's normalised outputs by
+fixture of conftest.py, parametrized here over every engine in
+``nbpipe.api.ENGINES``, also in the default run), compares every source cell's normalised outputs by
 cell id, checks the merged notebook's structure, and then asserts the
 specific values the notebook is about, so that two runs that both printed
 nothing cannot pass.
@@ -29,6 +29,14 @@ from conftest import (
     notebook,
     raw,
 )
+
+from nbpipe.api import ENGINES
+
+
+@pytest.fixture(params=list(ENGINES))
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every engine, also in the default run: this suite is the guarantee itself."""
+    return str(request.param)
 
 
 def stream(cell: Any, name: str = "stdout") -> str:
