@@ -149,7 +149,7 @@ def shipping(tmp: Path) -> list[tuple[str, str]]:
     for _ in range(3):
         numpy_time = min(numpy_time, numpy_round_trip())
         nbpipe_time = min(nbpipe_time, nbpipe_round_trip())
-    check_time = min(_mutation_check(runtime._load(runtime.value_path(run_dir, "producer", "big")))
+    check_time = min(_mutation_check(runtime._load(runtime.bundle_path(run_dir, "producer"))["big"])
                      for _ in range(3))
     return [("ship 200 MB array: numpy save+load", f"{numpy_time:.3f} s (best of 3)"),
             ("ship 200 MB array: nbpipe ship+load",
