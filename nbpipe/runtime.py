@@ -29,7 +29,9 @@ __all__ = ["BUNDLE", "bundle_path", "enter", "leave", "split", "value_path"]
 
 CONTEXT_NAME = "__nbpipe__"
 _context: dict[str, Any] = {}
-_shared: dict[int, str] = {}  # id of a class/function setup defined -> its name
+#: id of an object that ships by reference -> ("setup", name) for a class or
+#: function setup defines, ("app", producer, name) for a received value unchanged
+_shared: dict[int, tuple[str, ...]] = {}
 
 
 def value_path(run_dir: str | Path, app: str, name: str, item: int | None = None) -> Path:
@@ -79,7 +81,7 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
     for name in shared:
         value = namespace.get(name)
         if isinstance(value, (type, types.FunctionType)):
-            _shared[id(value)] = name
+            _shared[id(value)] = ("setup", name)
     _context["namespace"] = namespace
     run_dir, maps = context["run_dir"], context.get("maps", {})
     # The scheduler re-wires a reader to an app that changed a name unpredicted.
@@ -100,7 +102,7 @@ def _load_inputs(namespace: dict[str, Any], inputs: dict[str, str], run_dir: str
                  maps: dict[str, int], item: int | None) -> None:
     """Bind the names, loading each producer's bundle once; remember what came
     from which bundle, for the mutation check (:func:`_check_mutations`)."""
-    bundles = _Bundles(run_dir, maps)
+    bundles = _context["loader"] = _Bundles(run_dir, maps)
     for name, producer in inputs.items():
         if is_generator(name):
             _restore_generator(name, producer, run_dir, maps, item)
@@ -242,6 +244,7 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
         elif name in namespace:
             bundle[name], consumers[name] = namespace[name], readers
     changed = _check_mutations(namespace, run_dir, app, item)
+    _refer_to_received(changed)
     if item is None:
         for name, value in changed.items():
             bundle.setdefault(name, value)
@@ -254,6 +257,16 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
         path.write_text(json.dumps(values, indent=1, sort_keys=True))
 
 
+def _refer_to_received(changed: dict[str, Any]) -> None:
+    """Ship the received values this app did not change as references to the
+    bundles they came from, so that an app reading them from there too and
+    from this app gets one object (``b = [a]`` here, ``a`` and ``b`` read below)."""
+    digests = _context.get("digests", {})
+    for name, (producer, value) in _context.get("received", {}).items():
+        if digests.get(name) is not None and name not in changed:
+            _shared.setdefault(id(value), ("app", producer, name))
+
+
 def _check_mutations(namespace: dict[str, Any], run_dir: str, app: str, item: int | None) -> dict[str, Any]:
     """Report received names whose value changed although the graph did not
     predict it, and the names shipped with a changed one that share objects
@@ -261,9 +274,13 @@ def _check_mutations(namespace: dict[str, Any], run_dir: str, app: str, item: in
     mutated = digest.changed(namespace, _context.get("digests", {}))
     watched = set(_context.get("digests", {}))
     received = _context.get("received", {})
-    changed = {n: received[n] for n in received if n in mutated or n not in watched}
+    # predicted to change (not watched) and still bound to what it received: changed in place
+    changed = {n: received[n] for n in received
+               if n in mutated or n not in watched and namespace.get(n) is received[n][1]}
     entries, values = list(mutated), {n: namespace[n] for n in mutated}
-    for name, (producer, value) in sharing.companions(changed, _context.get("bundles", {}), namespace).items():
+    # an item of a map: app changes its own copy: only unpredicted changes are its error
+    bundles = _context.get("bundles", {}) if item is None else {}
+    for name, (producer, value) in sharing.companions(changed, bundles, namespace).items():
         entries.append(name if received.get(name, (None,))[0] == producer else f"{name}@{producer}")
         values[name] = value
     digest.write_report(digest.report_path(run_dir, app, item), sorted(set(entries)))
@@ -371,21 +388,23 @@ def _read_buffer(part: Path) -> Any:
 
 
 def _shared_by_name(pid: Any) -> Any:
-    kind, name = pid
+    if pid[0] == "app" and "loader" in _context:
+        _, producer, name = pid
+        return _context["loader"].get(producer)[name]
+    name = pid[-1]
     namespace = _context.get("namespace", {})
-    if kind != "setup" or name not in namespace:
+    if pid[0] != "setup" or name not in namespace:
         raise pickle.UnpicklingError(f"{name!r} from a setup cell is not defined in this app")
     return namespace[name]
 
 
 @functools.lru_cache(maxsize=1)
 def _shared_pickler() -> type:
-    """The serializers' Pickler, writing setup's classes and functions by name."""
+    """The serializers' Pickler, writing what :data:`_shared` lists by reference."""
 
     class SharedPickler(pickler_class()):  # type: ignore[misc]
         def persistent_id(self, obj: Any) -> Any:
-            name = _shared.get(id(obj))
-            return ("setup", name) if name is not None else None
+            return _shared.get(id(obj))
 
     return SharedPickler
 

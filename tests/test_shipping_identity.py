@@ -83,3 +83,14 @@ def test_cached_notebook_function_ships(both: Any) -> None:
     runs = both(nb)
     assert_same_outputs(runs)
     assert text_of(runs.nbp(runs.code_ids()[2])) == "832040 16 fib 55\n"
+
+
+def test_names_read_from_two_producers_stay_one_object(both: Any) -> None:
+    nb = notebook(
+        code("a = [1]", "app:make"),
+        code("b = [a, a]\nprint(len(b))", "app:wrap"),
+        code("b[0].append(2)\nprint(a, b[1], b[0] is a)", "app:use"),
+    )
+    runs = both(nb)
+    assert_same_outputs(runs)
+    assert text_of(runs.nbp(runs.code_ids()[2])) == "[1, 2] [1, 2] True\n"
