@@ -12,8 +12,10 @@ A digest is SHA-256 over the value's pickle (protocol 5); out-of-band buffers
 (numpy and pandas data) are hashed where they lie, never copied. Both digests
 are taken in one process, so pickles that differ between processes (sets of
 strings) still compare equal. Functions, classes and modules stand for
-themselves (their identity), and matplotlib artists are left out, because
-drawing a figure rewrites its caches although its content did not change.
+themselves (their identity), and a matplotlib figure or axes stands for what
+is drawn on it (how many lines, patches, texts; titles, labels, legend), not
+for its pickle, because drawing rewrites its caches although its content did
+not change.
 A value that cannot be pickled has no digest and is never reported.
 
 Large shipped buffers arrive as private copy-on-write mappings of their files
@@ -88,8 +90,25 @@ class _DigestPickler(pickle.Pickler):
         if isinstance(obj, _IDENTITY):
             return _Placeholder, (f"{type(obj).__name__} {id(obj)}",)
         if _is_artist(obj):
-            return _Placeholder, ("matplotlib artist",)
+            return _Placeholder, (_drawn(obj),)
         return NotImplemented
+
+
+def _drawn(artist: Any) -> str:
+    """What of a figure or axes its content changes and drawing does not.
+
+    Drawing rewrites ticks and caches; adding a line, a patch, a text, a title
+    or a legend changes this. Other artists stand for themselves.
+    """
+    axes = sys.modules["matplotlib.axes"].Axes if "matplotlib.axes" in sys.modules else ()
+    if isinstance(artist, axes):
+        parts = [artist.lines, artist.collections, artist.patches, artist.images, artist.texts,
+                 artist.tables, artist.artists]
+        return (f"axes {[len(p) for p in parts]} {artist.get_title()!r} {artist.get_xlabel()!r} "
+                f"{artist.get_ylabel()!r} {artist.get_legend() is not None}")
+    if hasattr(artist, "axes") and isinstance(getattr(artist, "axes", None), list):
+        return f"figure {[_drawn(a) for a in artist.axes]} {len(artist.texts)}"
+    return "matplotlib artist"
 
 
 def _is_artist(obj: Any) -> bool:

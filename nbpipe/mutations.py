@@ -35,6 +35,14 @@ class Rewire:
     variable: str
 
 
+def _parse(entry: str) -> tuple[str, str | None]:
+    """A reported name: ``x`` (received and changed) or ``x@app`` (shipped by
+    ``app`` with a name the reporting app changed, and sharing objects with it:
+    :mod:`nbpipe.sharing`)."""
+    name, _, shipper = entry.partition("@")
+    return name, shipper or None
+
+
 class Dataflow:
     """Where each app reads each name from, as apps report unpredicted mutations.
 
@@ -71,7 +79,7 @@ class Dataflow:
         Raises :class:`MutationError` (changing nothing) when that cannot give
         serial execution's result.
         """
-        rewires = [r for name in sorted(names) for r in self._readers(mutator, name)]
+        rewires = [r for entry in sorted(names) for r in self._readers(mutator, *_parse(entry))]
         for rewire in rewires:
             self._sources.setdefault(rewire.reader, {})[rewire.variable] = rewire.mutator
             self._add_edge(rewire.mutator, rewire.reader, rewire.variable)
@@ -79,15 +87,15 @@ class Dataflow:
 
     def map_error(self, app: str, names: list[str]) -> MutationError:
         """The error for an item of a ``map:`` app that changed a received value."""
-        name = sorted(names)[0]
+        name = _parse(sorted(names)[0])[0]
         return MutationError(app=app, variable=name, source=self._describe(app, name), readers=[],
                              reason="the items of a map: app each change their own copy, where a "
                                     "loop would change one value item after item")
 
-    def _readers(self, mutator: str, name: str) -> list[Rewire]:
+    def _readers(self, mutator: str, name: str, shipper: str | None = None) -> list[Rewire]:
         cells = self.pipeline.apps[mutator].spec.cells
         first, last = min(cells), max(cells)
-        source = self.source(mutator, name)
+        source = shipper or self.source(mutator, name)
         if self.pipeline.apps[mutator].spec.map is not None:
             raise self.map_error(mutator, [name])
         out = []

@@ -21,22 +21,35 @@ from typing import Any
 
 from . import digest
 from .errors import ShipError
-from .serializers import Unshippable, pickler_class
+from . import sharing
+from .serializers import Unshippable, pickler_class, shared_roots
 from .state import generator_file, generator_state, is_generator, set_generator_state
 
-__all__ = ["enter", "leave", "split", "value_path"]
+__all__ = ["BUNDLE", "bundle_path", "enter", "leave", "split", "value_path"]
 
 CONTEXT_NAME = "__nbpipe__"
 _context: dict[str, Any] = {}
-_shared: dict[int, str] = {}  # id of a class/function setup defined -> its name
+#: id of an object that ships by reference -> ("setup", name) for a class or
+#: function setup defines, ("app", producer, name) for a received value unchanged
+_shared: dict[int, tuple[str, ...]] = {}
 
 
 def value_path(run_dir: str | Path, app: str, name: str, item: int | None = None) -> Path:
-    """Where app ``app`` (item ``item`` of a ``map:`` app) ships its value of ``name``."""
+    """Where app ``app`` (item ``item`` of a ``map:`` app) ships the file ``name``:
+    :data:`BUNDLE` for the names it ships, a generator's stem for its state."""
     base = Path(run_dir) / "values" / app
     if item is not None:
         base = base / "items" / str(item)
     return base / f"{name}.pkl"
+
+
+#: The file holding every name an app (or an item of a map app) ships, in one
+#: pickle, so that names sharing objects in the producer share them in the consumer.
+BUNDLE = "bundle"
+
+
+def bundle_path(run_dir: str | Path, app: str, item: int | None = None) -> Path:
+    return value_path(run_dir, app, BUNDLE, item)
 
 
 def item_path(run_dir: str | Path, app: str, item: int) -> Path:
@@ -68,24 +81,12 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
     for name in shared:
         value = namespace.get(name)
         if isinstance(value, (type, types.FunctionType)):
-            _shared[id(value)] = name
+            _shared[id(value)] = ("setup", name)
     _context["namespace"] = namespace
     run_dir, maps = context["run_dir"], context.get("maps", {})
     # The scheduler re-wires a reader to an app that changed a name unpredicted.
     inputs = {**inputs, **context.get("sources", {})}
-    for name, producer in inputs.items():
-        if is_generator(name):
-            _restore_generator(name, producer, run_dir, maps, context.get("item"))
-            continue
-        if producer in maps:
-            namespace[name] = [_load_or_none(value_path(run_dir, producer, name, i))
-                               for i in range(maps[producer])]
-            continue
-        path = value_path(run_dir, producer, name)
-        # A name the producer deleted (``del x``) was not shipped: the reader
-        # then fails with NameError, as it would in serial execution.
-        if path.exists():
-            namespace[name] = _load(path)
+    _load_inputs(namespace, inputs, run_dir, maps, context.get("item"))
     if item is not None and context.get("item") is not None:
         namespace[item] = _load(item_path(run_dir, context["app"], context["item"]))
     for name in inputs:
@@ -95,6 +96,24 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
     if "matplotlib.figure" in sys.modules:
         _show_figures_inline()
     _context["digests"] = digest.digests(namespace, context.get("watch", ()))
+
+
+def _load_inputs(namespace: dict[str, Any], inputs: dict[str, str], run_dir: str,
+                 maps: dict[str, int], item: int | None) -> None:
+    """Bind the names, loading each producer's bundle once; remember what came
+    from which bundle, for the mutation check (:func:`_check_mutations`)."""
+    bundles = _context["loader"] = _Bundles(run_dir, maps)
+    for name, producer in inputs.items():
+        if is_generator(name):
+            _restore_generator(name, producer, run_dir, maps, item)
+        elif producer in maps:
+            namespace[name] = [bundles.get(producer, i).get(name) for i in range(maps[producer])]
+        elif name in bundles.get(producer):
+            # A name the producer deleted (``del x``) was not shipped: the reader
+            # then fails with NameError, as it would in serial execution.
+            namespace[name] = bundles.get(producer)[name]
+    _context["bundles"] = {p: bundles.get(p) for p in set(inputs.values()) if p in bundles}
+    _context["received"] = {n: (p, namespace[n]) for n, p in inputs.items() if p not in maps and n in namespace}
 
 
 def _show_figures_inline() -> None:
@@ -195,42 +214,97 @@ def split(namespace: dict[str, Any], iterable: str, item: str) -> None:
     path.write_text(json.dumps({"count": len(labels), "labels": labels}))
 
 
+class _Bundles:
+    """The bundles an app loads, each once: names from one producer share objects."""
+
+    def __init__(self, run_dir: str, maps: dict[str, int]) -> None:
+        self.run_dir, self.maps = run_dir, maps
+        self.loaded: dict[tuple[str, int | None], dict[str, Any]] = {}
+
+    def get(self, producer: str, item: int | None = None) -> dict[str, Any]:
+        key = (producer, item)
+        if key not in self.loaded:
+            path = bundle_path(self.run_dir, producer, item)
+            self.loaded[key] = _load(path) if path.exists() else {}
+        return self.loaded[key]
+
+    def __contains__(self, producer: str) -> bool:
+        return (producer, None) in self.loaded
+
+
 def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[str] | None = None) -> None:
-    """Ship each name in ``ships`` (name -> consuming apps); record metrics."""
+    """Ship the names in ``ships`` (name -> consuming apps), in one bundle; record metrics."""
     if not _context:
         return
     run_dir, app, item = _context["run_dir"], _context["app"], _context.get("item")
-    for name, consumers in ships.items():
+    bundle, consumers = {}, {}
+    for name, readers in ships.items():
         if is_generator(name):
-            _ship_generator(name, consumers)
-            continue
-        if name not in namespace:
-            continue
-        _ship(namespace[name], value_path(run_dir, app, name, item), name, app, consumers)
-    _check_mutations(namespace, run_dir, app, item)
+            _ship_generator(name, readers)
+        elif name in namespace:
+            bundle[name], consumers[name] = namespace[name], readers
+    changed = _check_mutations(namespace, run_dir, app, item)
+    _refer_to_received(changed)
+    if item is None:
+        for name, value in changed.items():
+            bundle.setdefault(name, value)
+            consumers.setdefault(name, ["(apps reading it later)"])
+    if bundle:
+        _ship_bundle(bundle, bundle_path(run_dir, app, item), app, consumers)
     if metrics:
         values = {m: _jsonable(namespace[m]) for m in metrics if m in namespace}
         path = Path(run_dir) / "metrics.json"
         path.write_text(json.dumps(values, indent=1, sort_keys=True))
 
 
-def _check_mutations(namespace: dict[str, Any], run_dir: str, app: str, item: int | None) -> None:
+def _refer_to_received(changed: dict[str, Any]) -> None:
+    """Ship the received values this app did not change as references to the
+    bundles they came from, so that an app reading them from there too and
+    from this app gets one object (``b = [a]`` here, ``a`` and ``b`` read below)."""
+    digests = _context.get("digests", {})
+    for name, (producer, value) in _context.get("received", {}).items():
+        if digests.get(name) is not None and name not in changed:
+            _shared.setdefault(id(value), ("app", producer, name))
+
+
+def _check_mutations(namespace: dict[str, Any], run_dir: str, app: str, item: int | None) -> dict[str, Any]:
     """Report received names whose value changed although the graph did not
-    predict it, and ship them, so the apps that must see the change can."""
+    predict it, and the names shipped with a changed one that share objects
+    with it (``name@producer``); return them with their values, to ship."""
     mutated = digest.changed(namespace, _context.get("digests", {}))
-    if item is None:
-        for name in mutated:
-            _ship(namespace[name], value_path(run_dir, app, name), name, app, ["(apps reading it later)"])
-    digest.write_report(digest.report_path(run_dir, app, item), mutated)
+    watched = set(_context.get("digests", {}))
+    received = _context.get("received", {})
+    # predicted to change (not watched) and still bound to what it received: changed in place
+    changed = {n: received[n] for n in received
+               if n in mutated or n not in watched and namespace.get(n) is received[n][1]}
+    entries, values = list(mutated), {n: namespace[n] for n in mutated}
+    # an item of a map: app changes its own copy: only unpredicted changes are its error
+    bundles = _context.get("bundles", {}) if item is None else {}
+    for name, (producer, value) in sharing.companions(changed, bundles, namespace).items():
+        entries.append(name if received.get(name, (None,))[0] == producer else f"{name}@{producer}")
+        values[name] = value
+    digest.write_report(digest.report_path(run_dir, app, item), sorted(set(entries)))
+    return values
+
+
+def _ship_bundle(bundle: dict[str, Any], path: Path, app: str, consumers: dict[str, list[str]]) -> None:
+    """Ship ``bundle`` as one pickle; when it cannot be, name the value that cannot."""
+    try:
+        data, buffers = _pickled(bundle, "", app, [])
+    except ShipError:
+        for name, value in bundle.items():
+            _pickled(value, name, app, consumers.get(name, []))
+        raise
+    _store(path, data, buffers)
 
 
 def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> None:
-    buffers: list[pickle.PickleBuffer] = []
-    out = io.BytesIO()
-    # Only a Pickler with a persistent_id is asked about every int and float.
-    pickler = _shared_pickler() if _shared else pickler_class()
+    _store(path, *_pickled(value, name, app, consumers))
+
+
+def _pickled(value: Any, name: str, app: str, consumers: list[str]) -> tuple[bytes, list[pickle.PickleBuffer]]:
     try:
-        pickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
+        return _pickle(value)
     except Unshippable as exc:
         raise ShipError(variable=name, type_name=_type_name(value), producer=app,
                         consumers=list(consumers), reason=str(exc),
@@ -238,16 +312,28 @@ def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> 
     except Exception as exc:
         raise ShipError(variable=name, type_name=_type_name(value), producer=app,
                         consumers=list(consumers), reason=f"{type(exc).__name__}: {exc}") from None
-    _store(path, out.getvalue(), buffers)
+
+
+def _pickle(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """The pickle of ``value``; views of an array other views of which it holds
+    ship as views (a second pass, only then)."""
+    # Only a Pickler with a persistent_id is asked about every int and float.
+    pickler_type = _shared_pickler() if _shared else pickler_class()
+    views: frozenset[int] = frozenset()
+    while True:
+        buffers: list[pickle.PickleBuffer] = []
+        out = io.BytesIO()
+        pickler = pickler_type(out, protocol=5, buffer_callback=buffers.append, views=views)
+        pickler.dump(value)
+        shared = shared_roots(pickler)
+        if views or not shared:
+            return out.getvalue(), buffers
+        views = shared
 
 
 def _label(element: Any, limit: int = 60) -> str:
     text = repr(element)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _load_or_none(path: Path) -> Any:
-    return _load(path) if path.exists() else None
 
 
 def _store(path: Path, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
@@ -302,21 +388,23 @@ def _read_buffer(part: Path) -> Any:
 
 
 def _shared_by_name(pid: Any) -> Any:
-    kind, name = pid
+    if pid[0] == "app" and "loader" in _context:
+        _, producer, name = pid
+        return _context["loader"].get(producer)[name]
+    name = pid[-1]
     namespace = _context.get("namespace", {})
-    if kind != "setup" or name not in namespace:
+    if pid[0] != "setup" or name not in namespace:
         raise pickle.UnpicklingError(f"{name!r} from a setup cell is not defined in this app")
     return namespace[name]
 
 
 @functools.lru_cache(maxsize=1)
 def _shared_pickler() -> type:
-    """The serializers' Pickler, writing setup's classes and functions by name."""
+    """The serializers' Pickler, writing what :data:`_shared` lists by reference."""
 
     class SharedPickler(pickler_class()):  # type: ignore[misc]
         def persistent_id(self, obj: Any) -> Any:
-            name = _shared.get(id(obj))
-            return ("setup", name) if name is not None else None
+            return _shared.get(id(obj))
 
     return SharedPickler
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Serializer", "Registry", "Unshippable", "register", "registry", "pickler_class"]
+__all__ = ["Serializer", "Registry", "Unshippable", "register", "registry", "pickler_class", "shared_roots"]
 
 
 @dataclass(frozen=True)
@@ -195,9 +195,13 @@ def pickler_class() -> type:
     base = cloudpickle.Pickler.reducer_override
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """``views``: ids of the arrays whose views ship as views (:func:`shared_roots`);
+        ``roots`` collects, for every array met, its root's id -> the arrays' ids."""
+
+        def __init__(self, *args: Any, views: frozenset[int] = frozenset(), **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._find = registry().find
+            self.views, self.roots = views, {}
 
         def reducer_override(self, obj: Any) -> Any:
             serializer = self._find(type(obj))
@@ -205,9 +209,96 @@ def pickler_class() -> type:
                 return serializer.load, (serializer.dump(obj),)
             if isinstance(obj, (type, types.FunctionType)):
                 _import_owner(obj)
+            elif isinstance(obj, functools._lru_cache_wrapper) and _by_value(obj):
+                return _reduce_cache(obj)
+            elif _is_array(obj):
+                return _reduce_array(self, obj)
             return base(self, obj)
 
     return Pickler
+
+
+def shared_roots(pickler: Any) -> frozenset[int]:
+    """The arrays two or more of the arrays a pickler met are views of (or are)."""
+    return frozenset(root for root, arrays in pickler.roots.items() if len(arrays) > 1)
+
+
+# --------------------------------------------------------------------- identity
+
+
+def _is_array(obj: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(obj, numpy.ndarray)
+
+
+def _reduce_array(pickler: Any, array: Any) -> Any:
+    """A view of an array whose other views ship in the same pickle ships as a
+    view of it (pickle copies a view otherwise), so writes through one name
+    show through the other, as in serial execution."""
+    root = array
+    while _is_array(root.base):
+        root = root.base
+    pickler.roots.setdefault(id(root), set()).add(id(array))
+    if id(root) in pickler.views and array is not root:
+        recipe = _view_recipe(array, root)
+        if recipe is not None:
+            return _array_view, recipe
+    return NotImplemented
+
+
+def _view_recipe(array: Any, root: Any) -> tuple[Any, ...] | None:
+    numpy = sys.modules["numpy"]
+    if type(array) is not numpy.ndarray or array.dtype.hasobject or not root.flags.c_contiguous:
+        return None
+    bounds = getattr(numpy, "byte_bounds", None) or numpy.lib.array_utils.byte_bounds  # numpy 2 moved it
+    (low, high), (start, end) = bounds(array), bounds(root)
+    if low < start or high > end:
+        return None
+    offset = array.__array_interface__["data"][0] - start
+    return root, offset, array.shape, array.strides, array.dtype, array.flags.writeable
+
+
+def _array_view(root: Any, offset: int, shape: tuple[int, ...], strides: tuple[int, ...],
+                dtype: Any, writeable: bool) -> Any:
+    numpy = sys.modules["numpy"]
+    view = numpy.ndarray(shape, dtype, buffer=root, offset=offset, strides=strides)
+    if not writeable:
+        view.flags.writeable = False
+    return view
+
+
+def _by_value(obj: Any) -> bool:
+    """Whether ``obj`` cannot be pickled by name (the notebook defines it)."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    return module is None or module.__name__ == "__main__" or \
+        getattr(module, getattr(obj, "__qualname__", ""), None) is not obj
+
+
+class _Deferred:
+    """The function a shipped cache wraps, known once unpickling reaches it."""
+
+    function: Callable[..., Any]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+
+def _reduce_cache(wrapper: Any) -> Any:
+    """An ``functools.lru_cache``/``cache`` of a notebook function: a new cache
+    around the function (its entries stay behind: the C wrapper hides them).
+    The function arrives after the cache, so a recursive one finds it."""
+    parameters = wrapper.cache_parameters()
+    attributes = {k: v for k, v in vars(wrapper).items() if k != "cache_parameters"}
+    return _empty_cache, (parameters["maxsize"], parameters["typed"]), attributes, None, None, _fill_cache
+
+
+def _empty_cache(maxsize: int | None, typed: bool) -> Any:
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(_Deferred())
+
+
+def _fill_cache(wrapper: Any, attributes: dict[str, Any]) -> None:
+    wrapper.__wrapped__.function = attributes["__wrapped__"]
+    vars(wrapper).update(attributes)
 
 
 # --------------------------------------------------------------------- built-ins
