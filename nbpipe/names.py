@@ -142,7 +142,7 @@ def analyse_cell(source: str, context: Context = Context()) -> CellNames:
 @lru_cache(maxsize=4096)
 def _parse(source: str) -> ast.Module | None:
     try:
-        return ast.parse(_transform(source))
+        return syntax.expand_pylab(ast.parse(_transform(source)))
     except SyntaxError:
         return None
 

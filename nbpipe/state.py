@@ -195,7 +195,7 @@ _CALLS = frozenset({
 #: Objects whose items or attributes, when assigned or deleted, are process state.
 _TARGETS = ("matplotlib.rcParams", "matplotlib.pyplot.rcParams", "os.environ", "pandas.options")
 #: Line magics whose effect is process state.
-_MAGICS = frozenset({"matplotlib", "config", "load_ext", "env", "set_env", "cd", "precision",
+_MAGICS = frozenset({"matplotlib", "pylab", "config", "load_ext", "env", "set_env", "cd", "precision",
                      "autoreload"})
 
 
