@@ -190,8 +190,10 @@ _CALLS = frozenset({
     "os.chdir", "os.environ.update", "os.environ.setdefault", "os.environ.pop", "os.putenv",
     "os.unsetenv", "warnings.filterwarnings", "warnings.simplefilter", "warnings.resetwarnings",
     "pandas.set_option", "pandas.reset_option", "numpy.set_printoptions", "numpy.seterr",
-    "sklearn.set_config",
+    "sklearn.set_config", "logging.basicConfig", "logging.disable", "logging.captureWarnings",
 })
+#: Logger methods whose effect is process state, on ``logging.getLogger(…)``.
+_LOGGER_CALLS = frozenset({"setLevel"})
 #: Objects whose items or attributes, when assigned or deleted, are process state.
 _TARGETS = ("matplotlib.rcParams", "matplotlib.pyplot.rcParams", "os.environ", "pandas.options")
 #: Line magics whose effect is process state.
@@ -242,7 +244,7 @@ def _changes_state(stmt: ast.stmt, aliases: dict[str, tuple[str, str]]) -> bool:
         if magic is not None:
             name, line = magic
             return name in _MAGICS and (name not in ("env", "set_env") or "=" in line or " " in line.strip())
-        return _qualified(call.func, names) in _CALLS
+        return _qualified(call.func, names) in _CALLS or _is_logger_call(call, names)
     targets: list[ast.expr] = []
     if isinstance(stmt, ast.Assign):
         targets = list(stmt.targets)
@@ -256,6 +258,14 @@ def _changes_state(stmt: ast.stmt, aliases: dict[str, tuple[str, str]]) -> bool:
             if any(qualified == t or qualified.startswith(t + ".") for t in _TARGETS):
                 return True
     return False
+
+
+def _is_logger_call(call: ast.Call, aliases: dict[str, str]) -> bool:
+    """``logging.getLogger('name').setLevel(…)``: a logger is found again by its name."""
+    func = call.func
+    return (isinstance(func, ast.Attribute) and func.attr in _LOGGER_CALLS
+            and isinstance(func.value, ast.Call)
+            and _qualified(func.value.func, aliases) == "logging.getLogger")
 
 
 def _line_magic(call: ast.Call) -> tuple[str, str] | None:

@@ -19,6 +19,7 @@ import getpass
 import io
 import os
 import sys
+import time
 from typing import Any
 
 from nbformat import v4
@@ -127,15 +128,30 @@ class _Stream(io.TextIOBase):
             _recorder.stream(self.name_, text)
         return len(text)
 
+    def flush(self) -> None:
+        _recorder.flush(self.name_)
+
 
 class _Recorder:
-    """Collects the outputs of the cell being executed, in order."""
+    """Collects the outputs of the cell being executed, in order.
+
+    Stream text is buffered as ipykernel buffers it: a stream is sent when
+    flushed (``print(..., flush=True)``, a logging handler), before a display,
+    result or error, :data:`FLUSH_INTERVAL` seconds after its first unsent
+    write, and when the cell ends (stdout first). So a short cell's ``print``
+    comes after a logged line but before a warning, as in a notebook.
+    """
+
+    #: ipykernel's ``OutStream.flush_interval``
+    FLUSH_INTERVAL = 0.2
 
     def __init__(self) -> None:
         self.outputs: list[Any] = []
         self.clear_pending = False
         #: display id -> the outputs that show it, across the cells of one task
         self.displays: dict[str, list[Any]] = {}
+        #: stream name -> [unsent text, time of its first write]
+        self.pending: dict[str, list[Any]] = {}
 
     def _append(self, output: Any) -> None:
         if self.clear_pending:
@@ -144,6 +160,26 @@ class _Recorder:
         self.outputs.append(output)
 
     def stream(self, name: str, text: str) -> None:
+        self._flush_due()
+        buffered = self.pending.setdefault(name, ["", time.monotonic()])
+        buffered[0] += text
+
+    def _flush_due(self) -> None:
+        now = time.monotonic()
+        due = sorted((t, n) for n, (_, t) in self.pending.items() if now - t >= self.FLUSH_INTERVAL)
+        for _, name in due:
+            self.flush(name)
+
+    def flush_all(self) -> None:
+        self._flush_due()
+        for name in ("stdout", "stderr"):
+            self.flush(name)
+
+    def flush(self, name: str) -> None:
+        """Send the buffered text of stream ``name`` as a ``stream`` output."""
+        text = self.pending.pop(name, [""])[0]
+        if not text:
+            return
         last = self.outputs[-1] if self.outputs and not self.clear_pending else None
         if last is not None and last.output_type == "stream" and last.name == name:
             last.text += text  # nbclient coalesces consecutive stream messages too
@@ -151,6 +187,7 @@ class _Recorder:
             self._append(v4.new_output("stream", name=name, text=text))
 
     def display(self, data: Any, metadata: Any, transient: Any, update: bool) -> None:
+        self.flush_all()
         display_id = transient.get("display_id")
         if display_id:
             # As nbclient does: every output already showing this display id, in
@@ -165,13 +202,16 @@ class _Recorder:
             self.displays.setdefault(display_id, []).append(out)
 
     def result(self, data: Any, metadata: Any, count: int) -> None:
+        self.flush_all()
         self._append(v4.new_output("execute_result", data=data, metadata=metadata,
                                    execution_count=count))
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        self.flush_all()
         self._append(v4.new_output("error", ename=ename, evalue=evalue, traceback=traceback))
 
     def clear(self, wait: bool) -> None:
+        self.flush_all()
         if wait:
             self.clear_pending = True
         else:
@@ -230,6 +270,7 @@ def run_cell(shell: Any, source: str, outputs: list[Any] | None = None,
     """
     _recorder.outputs = outputs if outputs is not None else []
     _recorder.clear_pending = False
+    _recorder.pending = {}
     real_out, real_err = sys.stdout, sys.stderr
     real_input, real_getpass = builtins.input, getpass.getpass
     sys.stdout, sys.stderr = _Stream("stdout", real_out), _Stream("stderr", real_err)
@@ -237,6 +278,7 @@ def run_cell(shell: Any, source: str, outputs: list[Any] | None = None,
     try:
         result = shell.run_cell(source, store_history=store_history)
     finally:
+        _recorder.flush_all()  # as a kernel flushes when the cell ends
         sys.stdout, sys.stderr = real_out, real_err
         builtins.input, getpass.getpass = real_input, real_getpass
         shell.payload_manager.clear_payload()  # pager text: a kernel's client shows none of it
