@@ -24,7 +24,7 @@ from typing import Any
 
 from nbformat import v4
 
-__all__ = ["is_engine_shell", "make_shell", "new_task", "reset", "run_cell"]
+__all__ = ["is_engine_shell", "make_shell", "mark_display", "mark_kernel_displays", "new_task", "reset", "run_cell"]
 
 _shell: Any = None
 
@@ -150,6 +150,8 @@ class _Recorder:
         self.clear_pending = False
         #: display id -> the outputs that show it, across the cells of one task
         self.displays: dict[str, list[Any]] = {}
+        #: whether outputs carry their display id for the merge (in a task notebook)
+        self.mark_displays = False
         #: stream name -> [unsent text, time of its first write]
         self.pending: dict[str, list[Any]] = {}
 
@@ -193,10 +195,15 @@ class _Recorder:
             # As nbclient does: every output already showing this display id, in
             # any cell of the task, takes the new data.
             for out in self.displays.get(display_id, []):
-                out.data, out.metadata = copy.deepcopy(data), copy.deepcopy(metadata)
-        if update:
+                out.data, out.metadata = copy.deepcopy(data), mark_display(metadata, display_id, False)
+        if update and not (display_id and self.mark_displays):
             return
-        out = v4.new_output("display_data", data=data, metadata=metadata)
+        if update:  # the merge applies it to the cells of other apps too
+            self._append(v4.new_output("display_data", data=copy.deepcopy(data),
+                                       metadata=mark_display(metadata, display_id, True)))
+            return
+        marked = mark_display(metadata, display_id, False) if display_id and self.mark_displays else metadata
+        out = v4.new_output("display_data", data=data, metadata=marked)
         self._append(out)
         if display_id:
             self.displays.setdefault(display_id, []).append(out)
@@ -226,9 +233,47 @@ def is_engine_shell(shell: Any) -> bool:
     return _shell is not None and shell is _shell
 
 
-def new_task() -> None:
-    """Forget the displays of the previous task (display ids are per notebook)."""
+def new_task(mark_displays: bool = False) -> None:
+    """Forget the displays of the previous task (display ids are per notebook).
+
+    ``mark_displays``: record display ids in the outputs and keep updates as
+    outputs (:func:`mark_display`), for the merge to apply across apps.
+    """
     _recorder.displays = {}
+    _recorder.mark_displays = mark_displays
+
+
+def mark_display(metadata: Any, display_id: str, update: bool) -> dict[str, Any]:
+    """``metadata`` of a display output, marked with its display id (``update``:
+    an update of that id, which the merge applies to earlier outputs and drops)."""
+    marked = copy.deepcopy(dict(metadata or {}))
+    marked["nbpipe"] = {"update_display" if update else "display_id": display_id}
+    return marked
+
+
+def mark_kernel_displays(shell: Any) -> None:
+    """In a Jupyter kernel running a task: mark display outputs as this
+    module's shell marks them, so the merge applies updates across apps.
+
+    An update becomes a marked ``display_data`` without its display id: nbclient
+    keeps it as an output (it drops an update of an id it has not shown).
+    """
+    if shell is None or is_engine_shell(shell):
+        return
+
+    def hook(msg: Any) -> Any:
+        content = msg.get("content", {})
+        display_id = content.get("transient", {}).get("display_id")
+        if not display_id or msg["header"]["msg_type"] not in ("display_data", "update_display_data"):
+            return msg
+        update = msg["header"]["msg_type"] == "update_display_data"
+        content["metadata"] = mark_display(content.get("metadata"), display_id, update)
+        if update:
+            msg["msg_type"] = msg["header"]["msg_type"] = "display_data"
+            content.pop("transient", None)
+        return msg
+
+    shell.display_pub.register_hook(hook)
 
 
 def reset(shell: Any) -> None:
