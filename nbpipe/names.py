@@ -161,8 +161,10 @@ def shows_result(source: str) -> bool:
     if not (tree and tree.body and isinstance(tree.body[-1], ast.Expr)) or source.rstrip().endswith(";"):
         return False
     last = tree.body[-1].value
-    # print() and display() return None, which IPython does not keep
-    return not (isinstance(last, ast.Call) and isinstance(last.func, ast.Name) and last.func.id in _NONE_CALLS)
+    # print() and display() return None, which IPython does not keep (display(…,
+    # display_id=…) returns a handle)
+    return not (isinstance(last, ast.Call) and isinstance(last.func, ast.Name) and last.func.id in _NONE_CALLS
+                and not any(k.arg == "display_id" for k in last.keywords))
 
 
 def _callable_globals(stmt: ast.stmt, ctx: Context,
