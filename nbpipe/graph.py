@@ -337,20 +337,20 @@ def execution_counts(parsed: ParsedNotebook) -> dict[int, int]:
 def _with_output_history(names: dict[int, CellNames], parsed: ParsedNotebook) -> dict[int, CellNames]:
     """A cell that shows a result defines ``_N`` (``Out[N]``), N its execution count,
     so an app reading ``Out[N]`` or ``_N`` gets it from the app of that cell.
-    ``_``, ``__`` and ``___`` read the last three results before the cell."""
+    ``_``, ``__`` and ``___`` read the last three results above the cell, until a
+    cell assigns one of them (``for _ in …``): IPython then stops updating them."""
     out = dict(names)
     results: list[int] = []  # counts of the cells above that show a result
-    assigned = {n for found in names.values() for n in found.defines if n in _UNDERS}
+    assigned = False
     for index, count in sorted(execution_counts(parsed).items()):
-        info = parsed.cells[index]
         if index not in out:
             continue
+        assigned = assigned or bool(_UNDERS & out[index].defines)
         unders = _UNDERS & out[index].reads
         if unders and not assigned:
-            depth = max(len(u) for u in unders)
-            recent = {f"_{k}" for k in results[-depth:]}
+            recent = {f"_{k}" for k in results[-max(map(len, unders)):]}
             out[index] = replace(out[index], reads=(out[index].reads - unders) | recent)
-        if info.role != "parameters" and shows_result(info.source):
+        if parsed.cells[index].role != "parameters" and shows_result(parsed.cells[index].source):
             out[index] = replace(out[index], defines=out[index].defines | {f"_{count}"})
             results.append(count)
     return out

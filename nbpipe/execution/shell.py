@@ -24,7 +24,8 @@ from typing import Any
 
 from nbformat import v4
 
-__all__ = ["is_engine_shell", "make_shell", "mark_display", "mark_kernel_displays", "new_task", "reset", "run_cell"]
+__all__ = ["is_engine_shell", "make_shell", "mark_display", "mark_kernel_displays", "new_task", "reset",
+           "run_cell"]
 
 _shell: Any = None
 
@@ -191,18 +192,17 @@ class _Recorder:
     def display(self, data: Any, metadata: Any, transient: Any, update: bool) -> None:
         self.flush_all()
         display_id = transient.get("display_id")
+        marked = mark_display(metadata, display_id, False) if display_id and self.mark_displays else metadata
         if display_id:
             # As nbclient does: every output already showing this display id, in
             # any cell of the task, takes the new data.
             for out in self.displays.get(display_id, []):
-                out.data, out.metadata = copy.deepcopy(data), mark_display(metadata, display_id, False)
-        if update and not (display_id and self.mark_displays):
+                out.data, out.metadata = copy.deepcopy(data), copy.deepcopy(marked)
+        if update:
+            if display_id and self.mark_displays:  # the merge applies it to other apps' cells
+                self._append(v4.new_output("display_data", data=copy.deepcopy(data),
+                                           metadata=mark_display(metadata, display_id, True)))
             return
-        if update:  # the merge applies it to the cells of other apps too
-            self._append(v4.new_output("display_data", data=copy.deepcopy(data),
-                                       metadata=mark_display(metadata, display_id, True)))
-            return
-        marked = mark_display(metadata, display_id, False) if display_id and self.mark_displays else metadata
         out = v4.new_output("display_data", data=data, metadata=marked)
         self._append(out)
         if display_id:
