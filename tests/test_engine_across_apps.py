@@ -115,3 +115,22 @@ def test_a_shipped_function_warns_and_fails_as_in_its_cell(both: Any) -> None:
     warned = "<cell-file>:3: UserWarning: gain 2\n  warnings.warn(f'gain {gain}', UserWarning)\n"
     assert warned in text(runs.nbp(ids[2]))
     assert runs.nbp(ids[3]).outputs[0].traceback == runs.pm(ids[3]).outputs[0].traceback
+
+
+def test_display_updates_apply_in_notebook_order(both: Any) -> None:
+    # app a updates its own display after app b did: the last update in notebook order wins
+    nb = notebook(
+        code("from IPython.display import Markdown, display", "setup"),
+        code("status = display(Markdown('step 1'), display_id='status')", "app:a"),
+        code("status.update(Markdown('step 2'))", "app:b"),
+        code("display(Markdown('step 3'), display_id='status', update=True);", "app:a"),
+        code("shown = display(Markdown('shown'), display_id='other')\nprint('end')", "app:c"),
+        code("display(Markdown('shown again'), display_id='other');", "app:d"),
+    )
+    runs = both(nb)
+    assert_same_outputs(runs)
+    ids = runs.code_ids()
+    assert [o.data["text/markdown"] for o in runs.nbp(ids[1]).outputs] == ["step 3"]
+    assert runs.nbp(ids[2]).outputs == [] and runs.nbp(ids[3]).outputs == []
+    # a new display with an id shown before updates the earlier output too, as nbclient does
+    assert [o.get("data", {}).get("text/markdown") for o in runs.nbp(ids[4]).outputs] == ["shown again", None]
