@@ -219,6 +219,7 @@ def carried_statements(cells: tuple[tuple[int, str, str | None, str], ...]) -> t
     anywhere above a statement (setup included) give the module aliases.
     """
     aliases: dict[str, tuple[str, str]] = {}  # name -> (qualified module path, import source)
+    loggers: dict[str, ast.expr] = {}  # name -> the ``logging.getLogger(…)`` call it holds
     out = []
     for index, role, app, source in cells:
         tree = _parse(source)
@@ -226,6 +227,8 @@ def carried_statements(cells: tuple[tuple[int, str, str | None, str], ...]) -> t
             continue
         for stmt in tree.body:
             aliases.update(_imports(stmt))
+            _track_loggers(stmt, aliases, loggers)
+            stmt = _with_logger_call(stmt, loggers)
             if role not in ("app", "metrics") or app is None or not _changes_state(stmt, aliases):
                 continue
             used = _names(stmt) | _interpolated(stmt)
@@ -258,6 +261,33 @@ def _changes_state(stmt: ast.stmt, aliases: dict[str, tuple[str, str]]) -> bool:
             if any(qualified == t or qualified.startswith(t + ".") for t in _TARGETS):
                 return True
     return False
+
+
+def _track_loggers(stmt: ast.stmt, aliases: dict[str, tuple[str, str]], loggers: dict[str, ast.expr]) -> None:
+    """Note ``log = logging.getLogger(…)``; forget a name assigned anything else."""
+    if not isinstance(stmt, ast.Assign):
+        return
+    names = {name: qualified for name, (qualified, _) in aliases.items()}
+    value = stmt.value
+    is_logger = isinstance(value, ast.Call) and _qualified(value.func, names) == "logging.getLogger"
+    for target in stmt.targets:
+        if isinstance(target, ast.Name):
+            if is_logger:
+                loggers[target.id] = value
+            else:
+                loggers.pop(target.id, None)
+
+
+def _with_logger_call(stmt: ast.stmt, loggers: dict[str, ast.expr]) -> ast.stmt:
+    """``log.setLevel(…)`` as ``logging.getLogger('name').setLevel(…)``, for a
+    ``log`` assigned a logger above: replayed, it finds the logger by its name."""
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr in _LOGGER_CALLS and isinstance(call.func.value, ast.Name)
+            and call.func.value.id in loggers):
+        return stmt
+    func = ast.Attribute(value=loggers[call.func.value.id], attr=call.func.attr, ctx=ast.Load())
+    return ast.Expr(value=ast.Call(func=func, args=call.args, keywords=call.keywords))
 
 
 def _is_logger_call(call: ast.Call, aliases: dict[str, str]) -> bool:

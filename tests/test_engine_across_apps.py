@@ -92,13 +92,16 @@ def test_logging_configuration_is_carried(both: Any) -> None:
     nb = notebook(
         code("import logging", "setup"),
         code("logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s', "
-             "force=True)\nlogging.getLogger('calib').setLevel(logging.ERROR)", "app:a"),
-        code("logging.getLogger('calib').warning('hidden')\nlogging.getLogger('calib').error('shown')\n"
-             "logging.getLogger('other').info('info shown')", "app:b"),
+             "force=True)\nlog = logging.getLogger('calib')\nlog.setLevel(logging.ERROR)\n"
+             "logging.getLogger('other').setLevel(logging.WARNING)", "app:a"),
+        code("log.warning('hidden')\nlog.error('shown')\nlogging.getLogger('other').info('hidden')\n"
+             "logging.getLogger('other').warning('other shown')\nlogging.getLogger('third').info('third shown')",
+             "app:b"),
     )
     runs = both(nb)
     assert_same_outputs(runs)
-    assert text(runs.nbp(runs.code_ids()[2])) == "ERROR calib: shown\nINFO other: info shown\n"
+    expected = "ERROR calib: shown\nWARNING other: other shown\nINFO third: third shown\n"
+    assert text(runs.nbp(runs.code_ids()[2])) == expected
 
 
 def test_a_shipped_function_warns_and_fails_as_in_its_cell(both: Any) -> None:
