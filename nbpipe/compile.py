@@ -101,7 +101,8 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
 
 def _numbered_in_kernels(nb: Any) -> Any:
     """Put first a hidden step that, in a Jupyter kernel, gives every later cell
-    its count, as the ``ipython`` engine does from ``metadata.nbpipe.count``."""
+    its count, as the ``ipython`` engine does from ``metadata.nbpipe.count``,
+    and marks display outputs for the merge (``shell.mark_kernel_displays``)."""
     plan: list[Any] = []
     for cell in nb.cells:
         if not cell.source.strip():
@@ -112,7 +113,9 @@ def _numbered_in_kernels(nb: Any) -> Any:
             plan.append("injected")
     history = nb.metadata["nbpipe_task"]["history"]
     nb.cells.insert(0, _internal(f"__import__('nbpipe.execution.counts').execution.counts.number_cells("
-                                 f"get_ipython(), {plan!r}, {history!r})"))
+                                 f"get_ipython(), {plan!r}, {history!r})\n"
+                                 "__import__('nbpipe.execution.shell').execution.shell.mark_kernel_displays("
+                                 "get_ipython())"))
     return nb
 
 

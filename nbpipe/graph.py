@@ -26,6 +26,8 @@ from .parse import AppSpec, ParsedNotebook
 
 __all__ = ["AppNode", "Pipeline", "build_pipeline", "execution_counts"]
 
+#: IPython's names for the last three results
+_UNDERS = frozenset({"_", "__", "___"})
 _METRIC_LINE = re.compile(r"\s*(?:print\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)|([A-Za-z_][A-Za-z0-9_]*))\s*\Z")
 
 
@@ -334,12 +336,23 @@ def execution_counts(parsed: ParsedNotebook) -> dict[int, int]:
 
 def _with_output_history(names: dict[int, CellNames], parsed: ParsedNotebook) -> dict[int, CellNames]:
     """A cell that shows a result defines ``_N`` (``Out[N]``), N its execution count,
-    so an app reading ``Out[N]`` or ``_N`` gets it from the app of that cell."""
+    so an app reading ``Out[N]`` or ``_N`` gets it from the app of that cell.
+    ``_``, ``__`` and ``___`` read the last three results above the cell, until a
+    cell assigns one of them (``for _ in …``): IPython then stops updating them."""
     out = dict(names)
-    for index, count in execution_counts(parsed).items():
-        info = parsed.cells[index]
-        if index in out and info.role != "parameters" and shows_result(info.source):
+    results: list[int] = []  # counts of the cells above that show a result
+    assigned = False
+    for index, count in sorted(execution_counts(parsed).items()):
+        if index not in out:
+            continue
+        assigned = assigned or bool(_UNDERS & out[index].defines)
+        unders = _UNDERS & out[index].reads
+        if unders and not assigned:
+            recent = {f"_{k}" for k in results[-max(map(len, unders)):]}
+            out[index] = replace(out[index], reads=(out[index].reads - unders) | recent)
+        if parsed.cells[index].role != "parameters" and shows_result(parsed.cells[index].source):
             out[index] = replace(out[index], defines=out[index].defines | {f"_{count}"})
+            results.append(count)
     return out
 
 

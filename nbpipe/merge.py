@@ -87,6 +87,7 @@ def merge(
             meta.update(_host(result))
         cell.metadata["nbpipe"] = meta
 
+    _apply_display_updates(merged)
     _attach_app_errors(pipeline, merged, results)
     _number(pipeline, merged, bool(parameters))
     _insert_injected_parameters(pipeline, merged, parameters)
@@ -180,6 +181,34 @@ def _map_cell(cell: Any, index: int, result: AppResult, items: list[dict[int, An
                                 **{k: v for k, v in _cell_timing(c).items() if k == "duration"}}
                                for r, c in runs]
     return meta
+
+
+def _apply_display_updates(merged: Any) -> None:
+    """Apply display updates across apps, as nbclient applies them in one notebook.
+
+    An engine marks each output shown with a display id, and keeps each update
+    (``handle.update(…)``) as a marked output (``shell.mark_display``). In
+    notebook order, every marked output gives its data to the earlier outputs
+    with its id; then the updates are dropped and the marks removed.
+    """
+    shown: dict[str, list[Any]] = {}
+    for cell in merged.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.outputs:
+            mark = out.get("metadata", {}).get("nbpipe", {})
+            display_id = mark.get("display_id") or mark.get("update_display")
+            if display_id is None:
+                kept.append(out)
+                continue
+            out.metadata = {k: v for k, v in out.metadata.items() if k != "nbpipe"}
+            for earlier in shown.get(display_id, []):
+                earlier.data, earlier.metadata = copy.deepcopy(out.data), copy.deepcopy(out.metadata)
+            if "display_id" in mark:
+                shown.setdefault(display_id, []).append(out)
+                kept.append(out)
+        cell.outputs = kept
 
 
 def _outputs_key(outputs: list[Any]) -> str:

@@ -52,6 +52,7 @@ _DOLLAR = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
 _MAGIC_OPTION = re.compile(r"^\s*(-[A-Za-z](\s+(?!-)\S+)?\s+)*")
 _AT_NAME = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
 _BUILTINS = frozenset(dir(builtins))
+_NONE_CALLS = frozenset({"print", "display"})
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def analyse_cell(source: str, context: Context = Context()) -> CellNames:
 @lru_cache(maxsize=4096)
 def _parse(source: str) -> ast.Module | None:
     try:
-        return ast.parse(_transform(source))
+        return syntax.expand_pylab(ast.parse(_transform(source)))
     except SyntaxError:
         return None
 
@@ -157,7 +158,13 @@ def _output_history_reads(tree: ast.Module) -> set[str]:
 def shows_result(source: str) -> bool:
     """Whether the cell ends with an expression whose value IPython shows (and keeps in ``Out``)."""
     tree = _parse(source)
-    return bool(tree and tree.body) and isinstance(tree.body[-1], ast.Expr) and not source.rstrip().endswith(";")
+    if not (tree and tree.body and isinstance(tree.body[-1], ast.Expr)) or source.rstrip().endswith(";"):
+        return False
+    last = tree.body[-1].value
+    # print() and display() return None, which IPython does not keep (display(…,
+    # display_id=…) returns a handle)
+    return not (isinstance(last, ast.Call) and isinstance(last.func, ast.Name) and last.func.id in _NONE_CALLS
+                and not any(k.arg == "display_id" for k in last.keywords))
 
 
 def _callable_globals(stmt: ast.stmt, ctx: Context,

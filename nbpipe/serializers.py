@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import linecache
 import os
 import sys
 import tempfile
@@ -187,6 +188,43 @@ def _import_owner(obj: Any) -> None:
             pass
 
 
+def _cell_lines(filename: str) -> list[str] | None:
+    """The lines of the notebook cell compiled as ``filename`` (IPython caches
+    them with no modification time), or None for any other file."""
+    entry = linecache.cache.get(filename)
+    return list(entry[2]) if entry is not None and len(entry) == 4 and entry[1] is None else None
+
+
+def _cell_code(code: types.CodeType, reduce: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """Ship the code of a function defined in a cell with its file name, its
+    lines and its cell's number: a warning or traceback raised in it in another
+    app then reads as in a serial run (cloudpickle names the file
+    ``<dynamic-code>`` and the source line is lost)."""
+    rebuild, args = reduce(code)  # cloudpickle's reduction
+    shell = _shell()
+    number = shell.compile._filename_map.get(code.co_filename) if shell is not None else None
+    return _rebuilt_code, (rebuild, args, code.co_filename, _cell_lines(code.co_filename), number)
+
+
+def _rebuilt_code(rebuild: Any, args: tuple[Any, ...], filename: str, lines: list[str],
+                  number: int | None) -> types.CodeType:
+    linecache.cache.setdefault(filename, (sum(map(len, lines)), None, lines, filename))
+    shell = _shell()
+    if shell is not None and number is not None:
+        shell.compile._filename_map.setdefault(filename, number)
+    return rebuild(*args).replace(co_filename=filename)  # type: ignore[no-any-return]
+
+
+def _shell() -> Any:
+    """The running IPython shell, if any (its compiler numbers the cells' files)."""
+    if "IPython" not in sys.modules:
+        return None
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell if hasattr(getattr(shell, "compile", None), "_filename_map") else None
+
+
 @functools.lru_cache(maxsize=1)
 def pickler_class() -> type:
     """cloudpickle's Pickler, applying :func:`registry` to every object it meets."""
@@ -207,6 +245,8 @@ def pickler_class() -> type:
             serializer = self._find(type(obj))
             if serializer is not None:
                 return serializer.load, (serializer.dump(obj),)
+            if isinstance(obj, types.CodeType) and _cell_lines(obj.co_filename) is not None:
+                return _cell_code(obj, self.dispatch_table[types.CodeType])
             if isinstance(obj, (type, types.FunctionType)):
                 _import_owner(obj)
             elif isinstance(obj, functools._lru_cache_wrapper) and _by_value(obj):

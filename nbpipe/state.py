@@ -190,12 +190,14 @@ _CALLS = frozenset({
     "os.chdir", "os.environ.update", "os.environ.setdefault", "os.environ.pop", "os.putenv",
     "os.unsetenv", "warnings.filterwarnings", "warnings.simplefilter", "warnings.resetwarnings",
     "pandas.set_option", "pandas.reset_option", "numpy.set_printoptions", "numpy.seterr",
-    "sklearn.set_config",
+    "sklearn.set_config", "logging.basicConfig", "logging.disable", "logging.captureWarnings",
 })
+#: Logger methods whose effect is process state, on ``logging.getLogger(…)``.
+_LOGGER_CALLS = frozenset({"setLevel"})
 #: Objects whose items or attributes, when assigned or deleted, are process state.
 _TARGETS = ("matplotlib.rcParams", "matplotlib.pyplot.rcParams", "os.environ", "pandas.options")
 #: Line magics whose effect is process state.
-_MAGICS = frozenset({"matplotlib", "config", "load_ext", "env", "set_env", "cd", "precision",
+_MAGICS = frozenset({"matplotlib", "pylab", "config", "load_ext", "env", "set_env", "cd", "precision",
                      "autoreload"})
 
 
@@ -217,6 +219,7 @@ def carried_statements(cells: tuple[tuple[int, str, str | None, str], ...]) -> t
     anywhere above a statement (setup included) give the module aliases.
     """
     aliases: dict[str, tuple[str, str]] = {}  # name -> (qualified module path, import source)
+    loggers: dict[str, ast.expr] = {}  # name -> the ``logging.getLogger(…)`` call it holds
     out = []
     for index, role, app, source in cells:
         tree = _parse(source)
@@ -224,6 +227,8 @@ def carried_statements(cells: tuple[tuple[int, str, str | None, str], ...]) -> t
             continue
         for stmt in tree.body:
             aliases.update(_imports(stmt))
+            _track_loggers(stmt, aliases, loggers)
+            stmt = _with_logger_call(stmt, loggers)
             if role not in ("app", "metrics") or app is None or not _changes_state(stmt, aliases):
                 continue
             used = _names(stmt) | _interpolated(stmt)
@@ -242,7 +247,7 @@ def _changes_state(stmt: ast.stmt, aliases: dict[str, tuple[str, str]]) -> bool:
         if magic is not None:
             name, line = magic
             return name in _MAGICS and (name not in ("env", "set_env") or "=" in line or " " in line.strip())
-        return _qualified(call.func, names) in _CALLS
+        return _qualified(call.func, names) in _CALLS or _is_logger_call(call, names)
     targets: list[ast.expr] = []
     if isinstance(stmt, ast.Assign):
         targets = list(stmt.targets)
@@ -256,6 +261,41 @@ def _changes_state(stmt: ast.stmt, aliases: dict[str, tuple[str, str]]) -> bool:
             if any(qualified == t or qualified.startswith(t + ".") for t in _TARGETS):
                 return True
     return False
+
+
+def _track_loggers(stmt: ast.stmt, aliases: dict[str, tuple[str, str]], loggers: dict[str, ast.expr]) -> None:
+    """Note ``log = logging.getLogger(…)``; forget a name assigned anything else."""
+    if not isinstance(stmt, ast.Assign):
+        return
+    names = {name: qualified for name, (qualified, _) in aliases.items()}
+    value = stmt.value
+    is_logger = isinstance(value, ast.Call) and _qualified(value.func, names) == "logging.getLogger"
+    for target in stmt.targets:
+        if isinstance(target, ast.Name):
+            if is_logger:
+                loggers[target.id] = value
+            else:
+                loggers.pop(target.id, None)
+
+
+def _with_logger_call(stmt: ast.stmt, loggers: dict[str, ast.expr]) -> ast.stmt:
+    """``log.setLevel(…)`` as ``logging.getLogger('name').setLevel(…)``, for a
+    ``log`` assigned a logger above: replayed, it finds the logger by its name."""
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr in _LOGGER_CALLS and isinstance(call.func.value, ast.Name)
+            and call.func.value.id in loggers):
+        return stmt
+    func = ast.Attribute(value=loggers[call.func.value.id], attr=call.func.attr, ctx=ast.Load())
+    return ast.Expr(value=ast.Call(func=func, args=call.args, keywords=call.keywords))
+
+
+def _is_logger_call(call: ast.Call, aliases: dict[str, str]) -> bool:
+    """``logging.getLogger('name').setLevel(…)``: a logger is found again by its name."""
+    func = call.func
+    return (isinstance(func, ast.Attribute) and func.attr in _LOGGER_CALLS
+            and isinstance(func.value, ast.Call)
+            and _qualified(func.value.func, aliases) == "logging.getLogger")
 
 
 def _line_magic(call: ast.Call) -> tuple[str, str] | None:

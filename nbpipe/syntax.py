@@ -12,8 +12,8 @@ import shlex
 from collections import deque
 from collections.abc import Iterator
 
-__all__ = ["defaultdicts", "executed", "from_module", "imported_modules", "imports", "is_get_ipython",
-           "star_imports", "written_files"]
+__all__ = ["defaultdicts", "executed", "expand_pylab", "from_module", "imported_modules", "imports",
+           "is_get_ipython", "star_imports", "written_files"]
 
 #: Cell magics that write their body to the file their line names.
 _FILE_MAGICS = {"writefile", "file"}
@@ -38,6 +38,44 @@ def is_get_ipython(node: ast.expr) -> bool:
         and node.func.id == "get_ipython"
     )
 
+
+#: What ``%pylab`` binds in the namespace, as IPython's ``import_pylab`` binds it.
+_PYLAB = """\
+import numpy
+import matplotlib
+from matplotlib import pylab, mlab, pyplot
+import numpy as np
+import matplotlib.pyplot as plt
+from IPython.display import display
+from IPython.core.pylabtools import figsize, getfigs
+"""
+#: ... and without ``--no-import-all``.
+_PYLAB_ALL = "from pylab import *\nfrom numpy import *\n"
+
+
+def expand_pylab(tree: ast.Module) -> ast.Module:
+    """``tree`` with each top-level ``%pylab`` replaced by the imports it does."""
+    body: list[ast.stmt] = []
+    for stmt in tree.body:
+        line = _pylab_line(stmt)
+        if line is None:
+            body.append(stmt)
+            continue
+        source = _PYLAB + ("" if "--no-import-all" in line.split() else _PYLAB_ALL)
+        body += ast.parse(source).body
+    return ast.Module(body=body, type_ignores=tree.type_ignores) if len(body) != len(tree.body) else tree
+
+
+def _pylab_line(stmt: ast.stmt) -> str | None:
+    """The argument line of ``get_ipython().run_line_magic('pylab', line)``."""
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
+        return None
+    call = stmt.value
+    args = [a.value for a in call.args if isinstance(a, ast.Constant)]
+    if (isinstance(call.func, ast.Attribute) and call.func.attr == "run_line_magic"
+            and is_get_ipython(call.func.value) and len(args) == 2 and args[0] == "pylab"):
+        return str(args[1])
+    return None
 
 
 def imports(tree: ast.Module) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:

@@ -224,12 +224,13 @@ def test_out_n_is_a_dependency_on_the_app_of_cell_n() -> None:
         code("p = 1", "parameters"),
         code("p + 1", "app:a"),       # count 2: shows a result, defines _2
         code(""),                     # blank: no count
-        code("print(p)", "app:b"),    # count 3: shows None, but may define _3
+        code("print(p)", "app:b"),    # count 3: print returns None, which Out never holds
         code("x = 5;", "app:c"),      # count 4: no result
         code("Out[2], _3", "app:d"),
     )
     parsed = parse_notebook(nb)
     assert execution_counts(parsed) == {0: 1, 1: 2, 3: 3, 4: 4, 5: 5}
     pipeline = build_pipeline(parsed)
-    assert pipeline.apps["d"].reads == {"_2": "a", "_3": "b"}
+    assert pipeline.apps["d"].reads == {"_2": "a"}
+    assert "_3" not in pipeline.apps["b"].defines
     assert "_4" not in pipeline.apps["c"].defines and "_1" not in pipeline.parameter_names

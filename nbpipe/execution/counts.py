@@ -110,6 +110,23 @@ def set_count(shell: Any, count: int, history: dict[int, str]) -> None:
             raw.append(source)
     before = [raw[count - k] if count - k >= 1 else "" for k in (1, 2, 3, 4)]
     manager._i00, manager._i, manager._ii, manager._iii = before
+    _bind_results(shell, count)
+
+
+def _bind_results(shell: Any, count: int) -> None:
+    """Set ``_``, ``__`` and ``___`` to the last three results before ``In[count]``,
+    as a serial run has them: ``Out`` holds this app's results and the ones
+    shipped from other apps (the analysis ships those a cell reads as ``_``)."""
+    hook, ns = shell.displayhook, shell.user_ns
+    if any(u in ns and ns[u] is not getattr(hook, u) for u in ("_", "__", "___")):
+        return  # the user assigned one of them: IPython stops updating them too
+    out = ns.get("Out")
+    if not isinstance(out, dict):
+        return
+    recent = [out[k] for k in sorted((k for k in out if isinstance(k, int) and k < count), reverse=True)[:3]]
+    recent += [""] * (3 - len(recent))
+    hook._, hook.__, hook.___ = recent
+    ns.update({"_": recent[0], "__": recent[1], "___": recent[2]})
 
 
 def number_cells(shell: Any, plan: list[Any], history: dict[Any, str]) -> None:

@@ -77,7 +77,7 @@ class IPythonEngine(Engine):
             # start from a clean namespace, as a forked app does.
             reset(shell)
         _used = True
-        new_task()
+        new_task(mark_displays="nbpipe_task" in nb_man.nb.metadata)
         if os.getcwd() not in sys.path:
             # A kernel starts in the notebook's directory with it on sys.path, so a
             # module beside the notebook (or one a %%writefile cell wrote) imports.

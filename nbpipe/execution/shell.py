@@ -19,11 +19,13 @@ import getpass
 import io
 import os
 import sys
+import time
 from typing import Any
 
 from nbformat import v4
 
-__all__ = ["is_engine_shell", "make_shell", "new_task", "reset", "run_cell"]
+__all__ = ["is_engine_shell", "make_shell", "mark_display", "mark_kernel_displays", "new_task", "reset",
+           "run_cell"]
 
 _shell: Any = None
 
@@ -127,15 +129,32 @@ class _Stream(io.TextIOBase):
             _recorder.stream(self.name_, text)
         return len(text)
 
+    def flush(self) -> None:
+        _recorder.flush(self.name_)
+
 
 class _Recorder:
-    """Collects the outputs of the cell being executed, in order."""
+    """Collects the outputs of the cell being executed, in order.
+
+    Stream text is buffered as ipykernel buffers it: a stream is sent when
+    flushed (``print(..., flush=True)``, a logging handler), before a display,
+    result or error, :data:`FLUSH_INTERVAL` seconds after its first unsent
+    write, and when the cell ends (stdout first). So a short cell's ``print``
+    comes after a logged line but before a warning, as in a notebook.
+    """
+
+    #: ipykernel's ``OutStream.flush_interval``
+    FLUSH_INTERVAL = 0.2
 
     def __init__(self) -> None:
         self.outputs: list[Any] = []
         self.clear_pending = False
         #: display id -> the outputs that show it, across the cells of one task
         self.displays: dict[str, list[Any]] = {}
+        #: whether outputs carry their display id for the merge (in a task notebook)
+        self.mark_displays = False
+        #: stream name -> [unsent text, time of its first write]
+        self.pending: dict[str, list[Any]] = {}
 
     def _append(self, output: Any) -> None:
         if self.clear_pending:
@@ -144,6 +163,26 @@ class _Recorder:
         self.outputs.append(output)
 
     def stream(self, name: str, text: str) -> None:
+        self._flush_due()
+        buffered = self.pending.setdefault(name, ["", time.monotonic()])
+        buffered[0] += text
+
+    def _flush_due(self) -> None:
+        now = time.monotonic()
+        due = sorted((t, n) for n, (_, t) in self.pending.items() if now - t >= self.FLUSH_INTERVAL)
+        for _, name in due:
+            self.flush(name)
+
+    def flush_all(self) -> None:
+        self._flush_due()
+        for name in ("stdout", "stderr"):
+            self.flush(name)
+
+    def flush(self, name: str) -> None:
+        """Send the buffered text of stream ``name`` as a ``stream`` output."""
+        text = self.pending.pop(name, [""])[0]
+        if not text:
+            return
         last = self.outputs[-1] if self.outputs and not self.clear_pending else None
         if last is not None and last.output_type == "stream" and last.name == name:
             last.text += text  # nbclient coalesces consecutive stream messages too
@@ -151,27 +190,35 @@ class _Recorder:
             self._append(v4.new_output("stream", name=name, text=text))
 
     def display(self, data: Any, metadata: Any, transient: Any, update: bool) -> None:
+        self.flush_all()
         display_id = transient.get("display_id")
+        marked = mark_display(metadata, display_id, False) if display_id and self.mark_displays else metadata
         if display_id:
             # As nbclient does: every output already showing this display id, in
             # any cell of the task, takes the new data.
             for out in self.displays.get(display_id, []):
-                out.data, out.metadata = copy.deepcopy(data), copy.deepcopy(metadata)
+                out.data, out.metadata = copy.deepcopy(data), copy.deepcopy(marked)
         if update:
+            if display_id and self.mark_displays:  # the merge applies it to other apps' cells
+                self._append(v4.new_output("display_data", data=copy.deepcopy(data),
+                                           metadata=mark_display(metadata, display_id, True)))
             return
-        out = v4.new_output("display_data", data=data, metadata=metadata)
+        out = v4.new_output("display_data", data=data, metadata=marked)
         self._append(out)
         if display_id:
             self.displays.setdefault(display_id, []).append(out)
 
     def result(self, data: Any, metadata: Any, count: int) -> None:
+        self.flush_all()
         self._append(v4.new_output("execute_result", data=data, metadata=metadata,
                                    execution_count=count))
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        self.flush_all()
         self._append(v4.new_output("error", ename=ename, evalue=evalue, traceback=traceback))
 
     def clear(self, wait: bool) -> None:
+        self.flush_all()
         if wait:
             self.clear_pending = True
         else:
@@ -186,9 +233,47 @@ def is_engine_shell(shell: Any) -> bool:
     return _shell is not None and shell is _shell
 
 
-def new_task() -> None:
-    """Forget the displays of the previous task (display ids are per notebook)."""
+def new_task(mark_displays: bool = False) -> None:
+    """Forget the displays of the previous task (display ids are per notebook).
+
+    ``mark_displays``: record display ids in the outputs and keep updates as
+    outputs (:func:`mark_display`), for the merge to apply across apps.
+    """
     _recorder.displays = {}
+    _recorder.mark_displays = mark_displays
+
+
+def mark_display(metadata: Any, display_id: str, update: bool) -> dict[str, Any]:
+    """``metadata`` of a display output, marked with its display id (``update``:
+    an update of that id, which the merge applies to earlier outputs and drops)."""
+    marked = copy.deepcopy(dict(metadata or {}))
+    marked["nbpipe"] = {"update_display" if update else "display_id": display_id}
+    return marked
+
+
+def mark_kernel_displays(shell: Any) -> None:
+    """In a Jupyter kernel running a task: mark display outputs as this
+    module's shell marks them, so the merge applies updates across apps.
+
+    An update becomes a marked ``display_data`` without its display id: nbclient
+    keeps it as an output (it drops an update of an id it has not shown).
+    """
+    if shell is None or is_engine_shell(shell):
+        return
+
+    def hook(msg: Any) -> Any:
+        content = msg.get("content", {})
+        display_id = content.get("transient", {}).get("display_id")
+        if not display_id or msg["header"]["msg_type"] not in ("display_data", "update_display_data"):
+            return msg
+        update = msg["header"]["msg_type"] == "update_display_data"
+        content["metadata"] = mark_display(content.get("metadata"), display_id, update)
+        if update:
+            msg["msg_type"] = msg["header"]["msg_type"] = "display_data"
+            content.pop("transient", None)
+        return msg
+
+    shell.display_pub.register_hook(hook)
 
 
 def reset(shell: Any) -> None:
@@ -230,6 +315,7 @@ def run_cell(shell: Any, source: str, outputs: list[Any] | None = None,
     """
     _recorder.outputs = outputs if outputs is not None else []
     _recorder.clear_pending = False
+    _recorder.pending = {}
     real_out, real_err = sys.stdout, sys.stderr
     real_input, real_getpass = builtins.input, getpass.getpass
     sys.stdout, sys.stderr = _Stream("stdout", real_out), _Stream("stderr", real_err)
@@ -237,6 +323,7 @@ def run_cell(shell: Any, source: str, outputs: list[Any] | None = None,
     try:
         result = shell.run_cell(source, store_history=store_history)
     finally:
+        _recorder.flush_all()  # as a kernel flushes when the cell ends
         sys.stdout, sys.stderr = real_out, real_err
         builtins.input, getpass.getpass = real_input, real_getpass
         shell.payload_manager.clear_payload()  # pager text: a kernel's client shows none of it
