@@ -10,6 +10,8 @@ it is expected to stay empty, and the cells after it are numbered without it.
 The default run covers one notebook of each style (``DEFAULT_NOTEBOOKS``)
 with every cell its own app on the default engine; the full matrix, every
 notebook in every mode on every engine, is ``pytest -m slow tests/test_corpus.py``.
+The few cells that differ for a documented reason are listed in
+``KNOWN_DIFFERENCES``, and must keep differing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import nbformat
 import pytest
 
 import nbpipe
-from conftest import Runs, assert_same_outputs, run_papermill
+from conftest import Runs, assert_same_outputs, normalise_outputs, run_papermill
 from corpustools import MODES, corpus_names, place, read, retag
 from nbpipe.api import ENGINES
 from nbpipe.errors import NbpipeError
@@ -32,6 +34,14 @@ DEFAULT = ("cells", "ipython")  # the (mode, engine) the default suite runs
 DEFAULT_NOTEBOOKS = ("decay_fit", "decorators", "eval_strings", "histogram_styles", "iris_classifier",
                      "iterators", "magics_tour", "random_walk", "record_arrays", "station_cleaning",
                      "views_and_aliases", "warnings_logging", "writefile_module")
+#: Cells that differ from papermill for a documented reason, by (notebook, mode).
+#: Each must still differ: once it matches, the entry goes (the test says so).
+KNOWN_DIFFERENCES = {
+    # README "Shipping values": an lru_cache's entries live inside the C wrapper,
+    # which does not give them out, so another app's cache starts empty.
+    ("decorators", "cells"): {"c08": "fib.cache_info() in another app than fib(30)"},
+    ("decorators", "hand"): {"c08": "fib.cache_info() in another app than fib(30)"},
+}
 
 
 def _matrix() -> Iterator[Any]:
@@ -92,7 +102,11 @@ def test_corpus_matches_papermill(name: str, mode: str, engine: str, tmp_path: P
     runs = Runs(nbformat.read(path, as_version=4), expected, nbformat.read(result.output, as_version=4),
                 result, None, None)
     skipped = runs.ids_tagged("skip")
-    compared = [i for i in runs.code_ids() if i not in skipped]
+    known = KNOWN_DIFFERENCES.get((name, mode), {})
+    compared = [i for i in runs.code_ids() if i not in skipped and i not in known]
+    for cell_id, why in known.items():
+        assert normalise_outputs(runs.nbp(cell_id).outputs) != normalise_outputs(runs.pm(cell_id).outputs), \
+            f"{where}: cell {cell_id} ({why}) now matches papermill: drop it from KNOWN_DIFFERENCES"
     try:
         assert_same_outputs(runs, compared, counts=not skipped)
         for cell_id in skipped:
