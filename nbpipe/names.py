@@ -364,13 +364,7 @@ def _base_name(node: ast.expr) -> str | None:
 def _mutated(stmt: ast.stmt, ctx: Context) -> set[str]:
     """Names a statement mutates: ``a.b = …``, ``a[i] = …``, ``del a[i]``, and
     through calls (:func:`_call_mutations`)."""
-    targets: list[ast.expr] = []
-    if isinstance(stmt, ast.Assign):
-        targets = list(stmt.targets)
-    elif isinstance(stmt, (ast.AugAssign, ast.AnnAssign)):
-        targets = [stmt.target]
-    elif isinstance(stmt, ast.Delete):
-        targets = list(stmt.targets)
+    targets = syntax.targets(stmt)
     out: set[str] = set()
     for target in targets:
         for node in ast.walk(target) if isinstance(target, (ast.Tuple, ast.List)) else [target]:

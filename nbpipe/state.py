@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from . import syntax
+
 __all__ = ["NUMPY_RANDOM_STATE", "RANDOM_STATE", "Carried", "carried_statements", "generator_file",
            "generator_names", "generator_state", "generator_uses", "is_generator", "prelude_for", "replay",
            "set_generator_state", "warnings_for"]
@@ -248,13 +250,7 @@ def _changes_state(stmt: ast.stmt, aliases: dict[str, tuple[str, str]]) -> bool:
             name, line = magic
             return name in _MAGICS and (name not in ("env", "set_env") or "=" in line or " " in line.strip())
         return _qualified(call.func, names) in _CALLS or _is_logger_call(call, names)
-    targets: list[ast.expr] = []
-    if isinstance(stmt, ast.Assign):
-        targets = list(stmt.targets)
-    elif isinstance(stmt, (ast.AugAssign, ast.AnnAssign)):
-        targets = [stmt.target]
-    elif isinstance(stmt, ast.Delete):
-        targets = list(stmt.targets)
+    targets = syntax.targets(stmt)
     for target in targets:
         if isinstance(target, (ast.Subscript, ast.Attribute)):
             qualified = _qualified(target.value, names) or ""

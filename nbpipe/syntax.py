@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 
 __all__ = ["defaultdicts", "executed", "expand_pylab", "from_module", "imported_modules", "imports",
-           "is_get_ipython", "star_imports", "written_files"]
+           "is_get_ipython", "star_imports", "targets", "written_files"]
 
 #: Cell magics that write their body to the file their line names.
 _FILE_MAGICS = {"writefile", "file"}
@@ -144,3 +144,14 @@ def written_files(tree: ast.Module) -> tuple[str, ...]:
         if words and not any(c in words[0] for c in "{}$"):
             out.append(words[0])
     return tuple(out)
+
+
+def targets(stmt: ast.stmt) -> list[ast.expr]:
+    """What a statement assigns to, augments or deletes (``a``, ``a.b``, ``a[i]``)."""
+    if isinstance(stmt, ast.Assign):
+        return list(stmt.targets)
+    if isinstance(stmt, (ast.AugAssign, ast.AnnAssign)):
+        return [stmt.target]
+    if isinstance(stmt, ast.Delete):
+        return list(stmt.targets)
+    return []
