@@ -15,7 +15,8 @@ Two kinds of state live outside the variables an app ships:
   that ships like a variable, so the nearest-definer rule orders drawing apps
   as serial execution does and a seeded notebook draws the same numbers.
 
-This module imports only the standard library (and :mod:`.syntax`, which does too): it runs inside tasks.
+This module imports only the standard library (and :mod:`.syntax`, which does
+too): it runs inside tasks.
 """
 
 from __future__ import annotations
