@@ -4,8 +4,9 @@ Each notebook runs once under papermill (per session) and then under nbpipe
 in three tagging modes (``corpustools.MODES``: untagged, every code cell its
 own app, the notebook's hand tags) on every engine. Every output of every
 code cell must equal papermill's, image bytes included (conftest.py
-``normalise_outputs``). A cell tagged ``skip`` is never executed by nbpipe, so
-it is expected to stay empty, and the cells after it are numbered without it.
+``normalise_outputs``), and so must its execution count. A cell tagged
+``skip`` is never executed by nbpipe, so it is expected to stay empty; it
+keeps its place in the numbering, as in papermill's run.
 
 The default run covers one notebook of each style (``DEFAULT_NOTEBOOKS``)
 with every cell its own app on the default engine; the full matrix, every
@@ -108,23 +109,12 @@ def test_corpus_matches_papermill(name: str, mode: str, engine: str, tmp_path: P
         assert normalise_outputs(runs.nbp(cell_id).outputs) != normalise_outputs(runs.pm(cell_id).outputs), \
             f"{where}: cell {cell_id} ({why}) now matches papermill: drop it from KNOWN_DIFFERENCES"
     try:
-        assert_same_outputs(runs, compared, counts=not skipped)
+        assert_same_outputs(runs, compared)
         for cell_id in skipped:
             assert not runs.nbp(cell_id).outputs, f"skip cell {cell_id} was executed"
-        if skipped:
-            _assert_counts_without(runs, compared, skipped)
     except AssertionError as exc:
         errors = {a: f"{r.error.get('ename')}: {r.error.get('evalue')}" for a, r in result.apps.items() if r.error}
         not_run = sorted(a for a, r in result.apps.items() if not r.status.ok and not r.error)
         raise AssertionError(f"{where}: differs from papermill; app errors: {errors or 'none'}; "
                              f"apps not run: {not_run or 'none'}\n{exc}") from None
 
-
-def _assert_counts_without(runs: Runs, compared: list[str], skipped: list[str]) -> None:
-    """Execution counts are papermill's, minus one for each skipped cell above."""
-    order = runs.code_ids()
-    for cell_id in compared:
-        above = sum(1 for s in skipped if order.index(s) < order.index(cell_id))
-        want = runs.pm(cell_id).execution_count - above
-        got = runs.nbp(cell_id).execution_count
-        assert got == want, f"cell {runs.source_index(cell_id)} (id {cell_id}): execution_count {got}, want {want}"
