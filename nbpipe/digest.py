@@ -133,9 +133,12 @@ def _unwritten_mapping(raw: memoryview) -> str | None:
     start = _address(raw) if _mappings else None
     if start is None:
         return None
+    written: dict[int, int] | None = None  # /proc/self/smaps, read once and only if needed
     for alive, low, high in _mappings:
-        if alive() is not None and low <= start and start + raw.nbytes <= high and _written_kb(low) == 0:
-            return f"unwritten mapping {start:x}+{raw.nbytes}"
+        if alive() is not None and low <= start and start + raw.nbytes <= high:
+            written = _written_kb() if written is None else written
+            if written.get(low) == 0:
+                return f"unwritten mapping {start:x}+{raw.nbytes}"
     return None
 
 
@@ -152,18 +155,20 @@ def _address(view: memoryview) -> int | None:
 _SMAPS_ENTRY = re.compile(r"^([0-9a-f]+)-[0-9a-f]+ [^\n]*\n((?:[A-Z][^\n]*\n)*)", re.M)
 
 
-def _written_kb(start: int) -> int | None:
-    """How much of the mapping at ``start`` was written (its private anonymous pages)."""
+def _written_kb() -> dict[int, int]:
+    """Start address of each mapping -> how much of it was written (its private
+    anonymous pages, in kB)."""
     try:
         with open("/proc/self/smaps") as f:
             text = f.read()
     except OSError:
-        return None
+        return {}
+    out = {}
     for entry in _SMAPS_ENTRY.finditer(text):
-        if int(entry.group(1), 16) == start:
-            found = re.search(r"^Anonymous:\s+(\d+)", entry.group(2), re.M)
-            return int(found.group(1)) if found else None
-    return None
+        found = re.search(r"^Anonymous:\s+(\d+)", entry.group(2), re.M)
+        if found:
+            out[int(entry.group(1), 16)] = int(found.group(1))
+    return out
 
 
 def report_path(run_dir: str | Path, app: str, item: int | None = None) -> Path:
@@ -173,11 +178,12 @@ def report_path(run_dir: str | Path, app: str, item: int | None = None) -> Path:
 
 
 def write_report(path: Path, names: list[str]) -> None:
+    """List ``names`` (sorted) at ``path``; nothing when there are none (the task
+    removed any earlier report before it ran)."""
     if not names:
-        path.unlink(missing_ok=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sorted(names)))
+    path.write_text(json.dumps(names))
 
 
 def read_report(path: Path) -> list[str]:

@@ -93,8 +93,7 @@ def schedule(
             if app in below and results[app].status is AppStatus.PENDING:
                 chain = _chain(graph, failed, app)
                 results[app].status = AppStatus.SKIPPED
-                results[app].reason = (f"app {failed!r} {results[failed].status.value.replace('_', ' ')}"
-                                       f" ({chain})")
+                results[app].reason = f"{_failed(failed, results)} ({chain})"
                 emit("skip", app, results[app])
 
     def finish(app: str, status: AppStatus) -> None:
@@ -275,9 +274,13 @@ def _skip_unreached(graph: Any, results: dict[str, AppResult], emit: Event) -> N
         if result.status is AppStatus.PENDING:
             failed = next((p for p in graph.predecessors(app) if not results[p].status.ok), None)
             result.status = AppStatus.SKIPPED
-            result.reason = (f"app {failed!r} {results[failed].status.value.replace('_', ' ')}"
-                             if failed else "not reached")
+            result.reason = _failed(failed, results) if failed else "not reached"
             emit("skip", app, result)
+
+
+def _failed(app: str, results: dict[str, AppResult]) -> str:
+    """``app 'load' failed`` / ``app 'load' timed out``: why apps below it are skipped."""
+    return f"app {app!r} {results[app].status.value.replace('_', ' ')}"
 
 
 def _chain(graph: Any, failed: str, app: str) -> str:
