@@ -89,8 +89,9 @@ def merge(
 
     _apply_display_updates(merged)
     _attach_app_errors(pipeline, merged, results)
-    _number(pipeline, merged, bool(parameters))
-    _insert_injected_parameters(pipeline, merged, parameters)
+    counts = execution_counts(pipeline.parsed)
+    _number(pipeline, merged, counts, bool(parameters))
+    _insert_injected_parameters(pipeline, merged, counts, parameters)
     _insert_error_banner(pipeline, merged, results)
 
     for nb in executed.values():
@@ -297,9 +298,8 @@ def _attach_app_errors(pipeline: Pipeline, merged: Any, results: dict[str, AppRe
             result.error["cell"] = next(c.index for c in pipeline.parsed.cells if c.id == target.id)
 
 
-def _number(pipeline: Pipeline, merged: Any, injected: bool) -> None:
+def _number(pipeline: Pipeline, merged: Any, counts: dict[int, int], injected: bool) -> None:
     """Give each executed cell papermill's execution count (before the injected cell is inserted)."""
-    counts = execution_counts(pipeline.parsed)
     params = pipeline.parsed.cells_of("parameters")
     after = params[0].index if params else -1  # papermill injects below the first parameters cell
     for index, count in counts.items():
@@ -312,7 +312,8 @@ def _number(pipeline: Pipeline, merged: Any, injected: bool) -> None:
                 output["execution_count"] = cell.execution_count
 
 
-def _insert_injected_parameters(pipeline: Pipeline, merged: Any, parameters: dict[str, Any]) -> None:
+def _insert_injected_parameters(pipeline: Pipeline, merged: Any, counts: dict[int, int],
+                                parameters: dict[str, Any]) -> None:
     """Papermill's ``injected-parameters`` cell after the parameters cell, user values only."""
     if not parameters:
         return
@@ -324,7 +325,7 @@ def _insert_injected_parameters(pipeline: Pipeline, merged: Any, parameters: dic
     cell.metadata["tags"] = ["injected-parameters"]
     cell.metadata["nbpipe"] = {"app": "parameters", "status": "completed"}
     params = parsed.cells_of("parameters")
-    above = execution_counts(parsed).get(params[0].index, 0) if params else 0
+    above = counts.get(params[0].index, 0) if params else 0
     cell.execution_count = above + 1  # papermill's count, as in _number
     merged.cells.insert(params[0].index + 1 if params else 0, cell)
 

@@ -233,6 +233,7 @@ def transformed_source(source: str) -> str:
     return _transform(source)
 
 
+@lru_cache(maxsize=4096)
 def _transform(source: str) -> str:
     from IPython.core.inputtransformer2 import TransformerManager
 
