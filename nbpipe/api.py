@@ -7,7 +7,6 @@ runs in processes of its own.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -20,18 +19,20 @@ from typing import Any
 
 import nbformat
 
+from .atomic import write_text
 from .cache import cache_keys, input_digests, provenance
 from .compile import compile_pipeline
-from .errors import GraphError, UsageError, WorkerError
+from .errors import UsageError, WorkerError
 from .execution.base import AppResult, AppStatus, TaskSpec
 from .execution.scheduler import schedule
 from .graph import Pipeline, build_pipeline
 from .merge import merge
 from .parse import parse_notebook, read_notebook
 from .runtime import split_count_path
-from .sites import get_site
+from .sites import Site, get_site
+from .validate import Checked, before_run, default_output
 
-__all__ = ["ENGINES", "AppStatus", "RunResult", "default_output", "execute", "load_pipeline"]
+__all__ = ["ENGINES", "AppStatus", "RunResult", "check", "default_output", "execute", "load_pipeline"]
 
 #: How a task notebook is executed: "ipython" runs its cells in an in-process
 #: IPython shell of a process forked for the app; "kernel" starts a fresh
@@ -76,9 +77,21 @@ def load_pipeline(path: str | Path) -> Pipeline:
     return build_pipeline(parse_notebook(read_notebook(path), path))
 
 
-def default_output(path: str | Path) -> Path:
+def check(
+    path: str | Path,
+    *,
+    site: str = "local",
+    sites_file: str | Path | None = None,
+    parameters: dict[str, Any] | None = None,
+    output: str | Path | None = None,
+    html: str | Path | bool | None = None,
+) -> tuple[Pipeline, Site, Checked]:
+    """Every check :func:`execute` makes before anything runs; ``nbpipe check`` runs it too."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.merged.ipynb")
+    pipeline = load_pipeline(path)
+    chosen = get_site(site, notebook=path, sites_file=Path(sites_file) if sites_file else None)
+    chosen.check(pipeline)
+    return pipeline, chosen, before_run(pipeline, path, parameters=parameters, output=output, html=html)
 
 
 def execute(
@@ -105,18 +118,14 @@ def execute(
     """
     started = time.time()
     path = Path(path)
-    parameters = dict(parameters or {})
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
-    pipeline = load_pipeline(path)
-    chosen = get_site(site, notebook=path, sites_file=Path(sites_file) if sites_file else None)
-    chosen.check(pipeline)
+    pipeline, chosen, checked = check(path, site=site, sites_file=sites_file, parameters=parameters,
+                                      output=output, html=html)
+    parameters, output = checked.parameters, checked.output
     cwd = path.resolve().parent
-    _check_inputs(pipeline, cwd)
-    _check_map_parameters(pipeline, parameters)
-    output = Path(output) if output else default_output(path)
 
     run_root = chosen.run_root(cwd)
     if run_root is not None:
@@ -197,14 +206,12 @@ def execute(
         "duration": round(time.time() - started, 3),
     }
     merged = merge(pipeline, results, executed, parameters=parameters, site=chosen.name, extra=extra)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(merged, output)
+    write_text(output, nbformat.writes(merged) + "\n")  # whole or not at all, as nbformat.write ends it
 
-    html_path = None
-    if html:
+    html_path = checked.html
+    if html_path is not None:
         from .render import render_html
 
-        html_path = Path(html) if not isinstance(html, bool) else output.with_suffix(".html")
         render_html(merged, html_path)
     if not keep_run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -260,51 +267,6 @@ def _notebook_imports(pipeline: Pipeline, cwd: Path) -> tuple[str, ...]:
                 modules.append(node.module)
     local = {p.stem for p in cwd.glob("*.py")} | {p.name for p in cwd.iterdir() if (p / "__init__.py").exists()}
     return tuple(m for m in dict.fromkeys(modules) if m.split(".")[0] not in local)
-
-
-def _check_map_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> None:
-    """A map: over a parameter must get something to iterate over, known before the run."""
-    import ast
-
-    from .errors import TagError
-
-    defaults: dict[str, Any] = {}
-    for info in pipeline.parsed.cells_of("parameters"):
-        try:
-            tree = ast.parse(info.source)
-        except SyntaxError:
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                try:
-                    defaults[node.targets[0].id] = ast.literal_eval(node.value)
-                except ValueError:
-                    defaults.pop(node.targets[0].id, None)  # not a literal: only the run can tell
-    values = {**defaults, **parameters}
-    for name, app in pipeline.apps.items():
-        spec = app.spec
-        if spec.map is None or spec.map.iterable in app.reads or spec.map.iterable not in values:
-            continue
-        value = values[spec.map.iterable]
-        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-            index = spec.origin.get("map", spec.cells[0])
-            raise TagError(f"parameter {spec.map.iterable} = {value!r} is not a list of items to map over",
-                           cell_index=index, cell_id=pipeline.parsed.cells[index].id,
-                           tag=f"map:{spec.map.item}={spec.map.iterable}")
-
-
-def _check_inputs(pipeline: Pipeline, cwd: Path) -> None:
-    """A declared input that no app produces must exist before anything runs."""
-    produced = [o for node in pipeline.apps.values() for o in node.spec.outputs]
-    for name, node in pipeline.apps.items():
-        for pattern in node.spec.inputs:
-            if any(pipeline.graph.has_edge(p, name) and pattern in pipeline.graph.edges[p, name]["files"]
-                   for p in pipeline.graph.predecessors(name)):
-                continue
-            if pattern in produced or glob.glob(str(cwd / pattern)):
-                continue
-            raise GraphError(f"app {name!r} declares inputs:{pattern}, but no file matches it in "
-                             f"{cwd} and no app declares it in outputs:")
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:

@@ -45,9 +45,17 @@ def input_digests(pipeline: Pipeline, cwd: str | Path) -> dict[str, dict[str, st
             for path in sorted(glob.glob(str(Path(cwd) / pattern))):
                 if Path(path).is_file():
                     if path not in digests:
-                        digests[path] = file_digest(path)
+                        digests[path] = _digest_or_reason(path)
                     files[path] = digests[path]
     return out
+
+
+def _digest_or_reason(path: str) -> str:
+    """Inputs were checked readable before the run; an app may still have removed one."""
+    try:
+        return file_digest(path)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
 
 
 def cache_keys(pipeline: Pipeline, parameters: dict[str, Any],
@@ -87,7 +95,7 @@ def provenance(notebook: Path | None, inputs: dict[str, dict[str, str]]) -> dict
             continue
     hashes = {}
     if notebook is not None:
-        hashes[notebook.name] = file_digest(notebook)
+        hashes[notebook.name] = _digest_or_reason(str(notebook))
     for files in inputs.values():
         hashes.update(files)
     return {

@@ -62,19 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("execute", help="run the notebook's apps and write the merged notebook")
-    p.add_argument("notebook", type=Path)
-    p.add_argument("-o", "--output", type=Path, help="merged notebook (default: NAME.merged.ipynb)")
-    p.add_argument("--site", default="local", help="where the apps run (default: local)")
-    p.add_argument("--sites", type=Path, metavar="FILE", help="a sites file (default: nbpipe.toml "
-                   "beside the notebook, then in the working directory, then pyproject.toml)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="override a parameter; VALUE is parsed like papermill's -p")
-    p.add_argument("-f", "--parameters-file", type=Path, action="append", default=[],
-                   metavar="PARAMS.yaml", help="parameters from a YAML file")
+    _run_options(p)
     p.add_argument("--workers", type=int, help="how many apps run at once (default: cores)")
     p.add_argument("--no-cache", action="store_true", help="re-run every app (nothing is cached yet)")
-    p.add_argument("--html", nargs="?", const=True, default=None, metavar="OUT.html",
-                   help="also write an HTML report (default: beside the merged notebook)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--engine", choices=("ipython", "kernel"), default="ipython",
                    help="ipython: cells run in a forked, preloaded process (fast, the default); "
@@ -85,10 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep the run directory (task notebooks, shipped values, logs)")
     p.set_defaults(func=_execute)
 
-    p = sub.add_parser("check", help="validate tags and dataflow; print apps and edges")
-    p.add_argument("notebook", type=Path)
-    p.add_argument("--site", default="local", help="also check the apps against this site")
-    p.add_argument("--sites", type=Path, metavar="FILE", help="a sites file")
+    p = sub.add_parser("check", help="validate tags, dataflow, parameters and output paths; "
+                                     "print apps and edges")
+    _run_options(p)
     p.set_defaults(func=_check)
 
     p = sub.add_parser("graph", help="print the app graph")
@@ -113,6 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """What execute and check share: check validates exactly what execute would run with."""
+    p.add_argument("notebook", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="merged notebook (default: NAME.merged.ipynb)")
+    p.add_argument("--site", default="local", help="where the apps run (default: local)")
+    p.add_argument("--sites", type=Path, metavar="FILE", help="a sites file (default: nbpipe.toml "
+                   "beside the notebook, then in the working directory, then pyproject.toml)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="override a parameter; VALUE is parsed like papermill's -p")
+    p.add_argument("-f", "--parameters-file", type=Path, action="append", default=[],
+                   metavar="PARAMS.yaml", help="parameters from a YAML file")
+    p.add_argument("--html", nargs="?", const=True, default=None, metavar="OUT.html",
+                   help="also write an HTML report (default: beside the merged notebook)")
+
+
 def parse_value(value: str) -> Any:
     """Parse a ``-p`` value the way papermill does: bool, None, int, float, else str."""
     if value in ("True", "False"):
@@ -128,25 +132,14 @@ def parse_value(value: str) -> Any:
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    """``-f`` files in order, then ``-p`` pairs; each name and value checked (nbpipe.validate)."""
+    from .validate import check_parameters, read_parameters_file
 
     out: dict[str, Any] = {}
     for path in args.parameters_file:
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read parameters file: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML: {exc}") from None
-        if data is None:
-            continue
-        if not isinstance(data, dict):
-            raise UsageError(f"{path}: a parameters file must be a mapping of names to values")
-        out.update(data)
+        out.update(read_parameters_file(path))
     for name, value in args.parameter:
-        if not name.isidentifier():
-            raise UsageError(f"-p {name}: a parameter name must be a Python identifier")
-        out[name] = parse_value(value)
+        out.update(check_parameters({name: parse_value(value)}, origin="-p"))
     return out
 
 
@@ -231,12 +224,11 @@ def _execute(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .api import load_pipeline
-    from .sites import get_site
+    from .api import check
     from .state import warnings_for
 
-    pipeline = load_pipeline(args.notebook)
-    get_site(args.site, notebook=args.notebook, sites_file=args.sites).check(pipeline)
+    pipeline, _, _ = check(args.notebook, site=args.site, sites_file=args.sites,
+                           parameters=_parameters(args), output=args.output, html=args.html)
     _print_warnings(pipeline)
     print(_text_graph(pipeline, args.notebook))
     for warning in warnings_for(pipeline):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text
+
 __all__ = ["TEMPLATES", "render_html"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -28,7 +30,4 @@ def render_html(nb: Any, output: str | Path) -> Path:
         body, _ = HTMLExporter(template_name="nbpipe", extra_template_basedirs=extra).from_notebook_node(nb)
     except TemplateNotFound:  # installed without its data files: the plain JupyterLab page
         body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(body, encoding="utf-8")
-    return output
+    return write_text(output, body)  # whole or not at all: a reader never sees half a report

@@ -1,0 +1,332 @@
+"""The checks made before anything runs, shared by ``nbpipe check`` and :func:`nbpipe.execute`.
+
+Bad input is found here, before a run directory exists, so ``check`` never
+says ok to what ``execute`` refuses:
+
+- parameters (from ``-p``, ``-f`` files and the Python API): names are
+  identifiers that are not keywords, values are plain JSON data (dates become
+  strings), so papermill's injected cell is literals only;
+- parameter files: UTF-8 YAML mappings, bounded in size, nesting and alias
+  expansion;
+- the merged notebook and the HTML report can be written where they go;
+- every declared input that no app produces exists and is readable;
+- a ``map:`` over a parameter gets a list to map over.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import functools
+import glob
+import keyword
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import GraphError, TagError, UsageError
+from .graph import Pipeline
+
+__all__ = ["MAX_FILE_BYTES", "MAX_NESTING", "MAX_VALUES", "Checked", "before_run", "check_inputs",
+           "check_map_parameters", "check_parameters", "default_output", "output_paths",
+           "read_parameters_file"]
+
+#: A parameters file larger than this is refused (its values go into every app's notebook).
+MAX_FILE_BYTES = 10 * 2**20
+#: Values in all parameters, counting each use of a YAML alias as a copy.
+MAX_VALUES = 1_000_000
+#: Lists and mappings nested deeper than this are refused.
+MAX_NESTING = 100
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`before_run` found good: plain parameters and where the results go."""
+
+    parameters: dict[str, Any]
+    output: Path
+    html: Path | None
+
+
+def before_run(pipeline: Pipeline, notebook: Path, *, parameters: Mapping[str, Any] | None,
+               output: str | Path | None, html: str | Path | bool | None) -> Checked:
+    """Every check of this module; raise the first problem as an exit-2 error."""
+    plain = check_parameters(parameters or {})
+    out, html_path = output_paths(notebook, output, html)
+    check_inputs(pipeline, notebook.resolve().parent)
+    check_map_parameters(pipeline, plain)
+    return Checked(plain, out, html_path)
+
+
+# ----------------------------------------------------------------- parameters
+
+
+def check_parameters(values: Mapping[str, Any], *, origin: str = "parameters") -> dict[str, Any]:
+    """A plain copy of ``values``: exact str/int/float/bool/None, lists and str-keyed dicts.
+
+    Dates and datetimes become the string papermill would inject (``str(value)``,
+    ISO 8601); tuples become lists. Anything else raises :class:`UsageError`
+    naming ``origin`` and the parameter.
+    """
+    if not isinstance(values, Mapping):
+        raise UsageError(f"{origin}: parameters must be a mapping of names to values, "
+                         f"not {type(values).__name__}")
+    budget = [MAX_VALUES]
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        name = _name(name, origin)
+        out[name] = _plain(value, f"{origin}: parameter {name}", 0, budget)
+    return out
+
+
+def _name(name: Any, origin: str) -> str:
+    if not isinstance(name, str):
+        raise UsageError(f"{origin}: parameter name {name!r} is of type {type(name).__name__}; "
+                         "a parameter name must be a Python identifier (quote it in YAML if it is one)")
+    name = str.__str__(name)  # a str subclass cannot change how the name is written
+    if not name.isidentifier():
+        raise UsageError(f"{origin}: parameter name {name[:80]!r} is not a Python identifier")
+    if keyword.iskeyword(name):
+        raise UsageError(f"{origin}: parameter name {name!r} is a Python keyword; rename the parameter")
+    if name.startswith("__nbpipe"):
+        raise UsageError(f"{origin}: parameter name {name!r} is reserved for nbpipe")
+    return name
+
+
+def _plain(value: Any, where: str, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise UsageError(f"{where}: the parameters hold more than {MAX_VALUES:,} values")
+    if depth > MAX_NESTING:
+        raise UsageError(f"{where}: nested deeper than {MAX_NESTING} levels (or refers to itself)")
+    if value is None or isinstance(value, bool):
+        return None if value is None else bool(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, numbers.Integral):
+        return _int(int(value), where)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            raise UsageError(f"{where}: {number} has no JSON literal; pass it as a string and "
+                             "convert it in the notebook (float(x))")
+        return number
+    if isinstance(value, (datetime.date, datetime.time)):
+        return str(value)  # papermill injects a date as its string: 2024-01-31, 2024-01-31 12:00:00
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]", depth + 1, budget) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UsageError(f"{where}: key {key!r} is of type {type(key).__name__}; keys of a mapping "
+                                 "parameter must be strings (quote the key in YAML)")
+            out[str.__str__(key)] = _plain(item, f"{where}[{key[:40]!r}]", depth + 1, budget)
+        return out
+    raise UsageError(f"{where}: a value of type {type(value).__name__} cannot be passed; parameters are "
+                     "strings, numbers, booleans, null, lists and mappings")
+
+
+def _int(value: int, where: str) -> int:
+    try:
+        int.__repr__(value)
+    except ValueError:  # beyond Python's limit on int <-> str conversions
+        raise UsageError(f"{where}: an integer of more than 4300 digits cannot be injected; "
+                         "pass it as a string") from None
+    return value
+
+
+def read_parameters_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML parameters file, checked by :func:`check_parameters`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read parameters file: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise UsageError(f"{path}: parameters file larger than {MAX_FILE_BYTES // 2**20} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: a parameters file must be UTF-8 YAML text") from None
+    try:
+        loaded = yaml.load(text, Loader=_loader())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {_one_line(exc)}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: YAML nested too deeply") from None
+    except ValueError as exc:  # e.g. a decimal integer beyond Python's digit limit
+        raise UsageError(f"{path}: bad YAML value: {_one_line(exc)}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{path}: a parameters file must be a mapping of names to values")
+    return check_parameters(loaded, origin=str(path))
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+@functools.cache
+def _loader() -> Any:
+    """yaml's safe loader that sizes a document before it builds it (yaml imported on first use)."""
+    import yaml
+
+    def construct_document(loader: Any, node: Any) -> Any:
+        _expanded_size(node)
+        return yaml.SafeLoader.construct_document(loader, node)
+
+    return type("BoundedSafeLoader", (yaml.SafeLoader,), {"construct_document": construct_document})
+
+
+def _expanded_size(root: Any) -> int:
+    """Nodes of a YAML document with every alias expanded (each distinct node visited once).
+
+    Refuses more than MAX_VALUES (an alias bomb) and an alias inside the node it names.
+    """
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value))
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_VALUES:
+                raise yaml.YAMLError(f"its aliases expand to more than {MAX_VALUES:,} values")
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise yaml.YAMLError("an alias refers to a node that contains it")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+    return sizes[id(root)]
+
+
+# ----------------------------------------------------------------- outputs
+
+
+def default_output(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}.merged.ipynb")
+
+
+def output_paths(notebook: Path, output: str | Path | None,
+                 html: str | Path | bool | None) -> tuple[Path, Path | None]:
+    """Where the merged notebook and the report go, each checked writable."""
+    out = Path(output) if output else default_output(notebook)
+    _writable(out, "-o" if output else "the merged notebook (default: beside the notebook; choose "
+                                       "another place with -o)")
+    html_path = None
+    if html:
+        html_path = Path(html) if not isinstance(html, bool) else out.with_suffix(".html")
+        _writable(html_path, "--html")
+        if html_path.resolve() == out.resolve():
+            raise UsageError(f"--html {html_path}: the report would overwrite the merged notebook")
+    return out, html_path
+
+
+def _writable(path: Path, what: str) -> None:
+    """``path`` can be replaced by a new regular file (what :func:`write_atomic` does)."""
+    if path.is_dir():
+        raise UsageError(f"{what} {path}: is a directory; give a file name")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise UsageError(f"{what} {path}: not a regular file; give a file name")
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{what} {path}: the file is not writable")
+    parent = path.parent
+    missing = parent
+    while not missing.exists():  # directories nbpipe will create
+        if missing.parent == missing:
+            break
+        missing = missing.parent
+    if not missing.is_dir():
+        raise UsageError(f"{what} {path}: {missing} is not a directory")
+    if missing != parent:
+        if not os.access(missing, os.W_OK | os.X_OK):
+            raise UsageError(f"{what} {path}: cannot create directory {parent}: "
+                             f"{missing} is not writable")
+        return
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".nbpipe-probe-")
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write in {parent}: {exc.strerror}") from None
+    probe.close()
+
+
+# ----------------------------------------------------------------- inputs and map:
+
+
+def check_inputs(pipeline: Pipeline, cwd: Path) -> None:
+    """A declared input that no app produces must exist and be readable before anything runs."""
+    produced = {o for node in pipeline.apps.values() for o in node.spec.outputs}
+    for name, node in pipeline.apps.items():
+        for pattern in node.spec.inputs:
+            if pattern in produced or any(
+                    pattern in pipeline.graph.edges[p, name]["files"]
+                    for p in pipeline.graph.predecessors(name)):
+                continue
+            matches = glob.glob(str(cwd / pattern))
+            if not matches:
+                raise GraphError(f"app {name!r} declares inputs:{pattern}, but no file matches it in "
+                                 f"{cwd} and no app declares it in outputs:")
+            for match in matches:
+                _readable(match, name, pattern)
+
+
+def _readable(path: str, app: str, pattern: str) -> None:
+    if not os.path.isfile(path):
+        return  # a directory: the app lists it itself
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise GraphError(f"app {app!r} declares inputs:{pattern}, but {path} cannot be read: "
+                         f"{exc.strerror}") from None
+
+
+def check_map_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> None:
+    """A map: over a parameter must get something to iterate over, known before the run."""
+    defaults: dict[str, Any] = {}
+    for info in pipeline.parsed.cells_of("parameters"):
+        try:
+            tree = ast.parse(info.source)
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    defaults[node.targets[0].id] = ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    defaults.pop(node.targets[0].id, None)  # not a literal: only the run can tell
+    values = {**defaults, **parameters}
+    for app in pipeline.apps.values():
+        spec = app.spec
+        if spec.map is None or spec.map.iterable in app.reads or spec.map.iterable not in values:
+            continue
+        value = values[spec.map.iterable]
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+            index = spec.origin.get("map", spec.cells[0])
+            raise TagError(f"parameter {spec.map.iterable} = {value!r} is not a list of items to map over",
+                           cell_index=index, cell_id=pipeline.parsed.cells[index].id,
+                           tag=f"map:{spec.map.item}={spec.map.iterable}")
