@@ -139,7 +139,8 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
     for path in args.parameters_file:
         out.update(read_parameters_file(path))
     for name, value in args.parameter:
-        out.update(check_parameters({name: parse_value(value)}, origin="-p"))
+        shown = name if name.isprintable() else repr(name)
+        out.update(check_parameters({name: parse_value(value)}, origin=f"-p {shown}"))
     return out
 
 

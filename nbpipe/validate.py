@@ -24,6 +24,7 @@ import math
 import numbers
 import os
 import tempfile
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,9 @@ __all__ = ["MAX_FILE_BYTES", "MAX_NESTING", "MAX_VALUES", "Checked", "before_run
            "check_map_parameters", "check_parameters", "default_output", "output_paths",
            "read_parameters_file"]
 
-#: A parameters file larger than this is refused (its values go into every app's notebook).
-MAX_FILE_BYTES = 10 * 2**20
+#: A parameters file larger than this is refused: its values go into every app's notebook,
+#: and YAML parses at a few seconds per MiB (data belongs in a file an app reads, inputs:).
+MAX_FILE_BYTES = 2**20
 #: Values in all parameters, counting each use of a YAML alias as a copy.
 MAX_VALUES = 1_000_000
 #: Lists and mappings nested deeper than this are refused.
@@ -86,15 +88,17 @@ def check_parameters(values: Mapping[str, Any], *, origin: str = "parameters") -
 
 def _name(name: Any, origin: str) -> str:
     if not isinstance(name, str):
-        raise UsageError(f"{origin}: parameter name {name!r} is of type {type(name).__name__}; "
+        raise UsageError(f"{origin}: parameter name {_show(name)} is of type {type(name).__name__}; "
                          "a parameter name must be a Python identifier (quote it in YAML if it is one)")
-    name = str.__str__(name)  # a str subclass cannot change how the name is written
+    # A str subclass cannot change how the name is written; NFKC is how Python reads a name
+    # (the variable ``ﬁ = 1`` sets is ``fi``).
+    name = unicodedata.normalize("NFKC", str.__str__(name))
     if not name.isidentifier():
-        raise UsageError(f"{origin}: parameter name {name[:80]!r} is not a Python identifier")
+        raise UsageError(f"{origin}: parameter name {_show(name)} is not a Python identifier")
     if keyword.iskeyword(name):
         raise UsageError(f"{origin}: parameter name {name!r} is a Python keyword; rename the parameter")
     if name.startswith("__nbpipe"):
-        raise UsageError(f"{origin}: parameter name {name!r} is reserved for nbpipe")
+        raise UsageError(f"{origin}: parameter name {_show(name)} is reserved for nbpipe")
     return name
 
 
@@ -124,12 +128,21 @@ def _plain(value: Any, where: str, depth: int, budget: list[int]) -> Any:
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise UsageError(f"{where}: key {key!r} is of type {type(key).__name__}; keys of a mapping "
+                raise UsageError(f"{where}: key {_show(key)} is of type {type(key).__name__}; keys of a mapping "
                                  "parameter must be strings (quote the key in YAML)")
-            out[str.__str__(key)] = _plain(item, f"{where}[{key[:40]!r}]", depth + 1, budget)
+            out[str.__str__(key)] = _plain(item, f"{where}[{_show(key)}]", depth + 1, budget)
         return out
     raise UsageError(f"{where}: a value of type {type(value).__name__} cannot be passed; parameters are "
                      "strings, numbers, booleans, null, lists and mappings")
+
+
+def _show(value: Any) -> str:
+    """A short repr for a message, also of an int too long to print."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _int(value: int, where: str) -> int:
@@ -152,7 +165,8 @@ def read_parameters_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"{path}: cannot read parameters file: {exc.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
-        raise UsageError(f"{path}: parameters file larger than {MAX_FILE_BYTES // 2**20} MiB")
+        raise UsageError(f"{path}: a parameters file may hold at most {MAX_FILE_BYTES // 2**20} MiB; "
+                         "put data in a file the notebook reads")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -178,14 +192,16 @@ def _one_line(exc: Exception) -> str:
 
 @functools.cache
 def _loader() -> Any:
-    """yaml's safe loader that sizes a document before it builds it (yaml imported on first use)."""
+    """yaml's safe loader (libyaml's when there) that sizes a document before it builds it."""
     import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
     def construct_document(loader: Any, node: Any) -> Any:
         _expanded_size(node)
-        return yaml.SafeLoader.construct_document(loader, node)
+        return base.construct_document(loader, node)
 
-    return type("BoundedSafeLoader", (yaml.SafeLoader,), {"construct_document": construct_document})
+    return type("BoundedSafeLoader", (base,), {"construct_document": construct_document})
 
 
 def _expanded_size(root: Any) -> int:
@@ -327,6 +343,6 @@ def check_map_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> None
         value = values[spec.map.iterable]
         if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
             index = spec.origin.get("map", spec.cells[0])
-            raise TagError(f"parameter {spec.map.iterable} = {value!r} is not a list of items to map over",
+            raise TagError(f"parameter {spec.map.iterable} = {_show(value)} is not a list of items to map over",
                            cell_index=index, cell_id=pipeline.parsed.cells[index].id,
                            tag=f"map:{spec.map.item}={spec.map.iterable}")
