@@ -14,8 +14,12 @@ __all__ = ["write_text"]
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically, creating its directory; return the path."""
-    path = Path(path)
+    """Write ``text`` (UTF-8) to ``path`` atomically, creating its directory; return ``path``.
+
+    A symbolic link is written through: its target is replaced, the link stays.
+    """
+    given = Path(path)
+    path = Path(os.path.realpath(given))
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -29,7 +33,7 @@ def write_text(path: str | Path, text: str) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
+    return given
 
 
 def _umask() -> int:

@@ -262,10 +262,11 @@ def output_paths(notebook: Path, output: str | Path | None,
 
 
 def _writable(path: Path, what: str) -> None:
-    """``path`` can be replaced by a new regular file (what :func:`write_atomic` does)."""
+    """``path`` can be replaced by a new regular file (what :func:`.atomic.write_text` does)."""
+    path = Path(os.path.realpath(path))  # a link is written through, as atomic.write_text does
     if path.is_dir():
         raise UsageError(f"{what} {path}: is a directory; give a file name")
-    if path.exists() or path.is_symlink():
+    if path.exists():
         if not path.is_file():
             raise UsageError(f"{what} {path}: not a regular file; give a file name")
         if not os.access(path, os.W_OK):

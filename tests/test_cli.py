@@ -370,3 +370,15 @@ def test_sigint_exits_130_writes_partial_notebook_and_leaves_no_process(tmp_path
             break
         time.sleep(0.2)
     assert not left, f"processes left behind: {left}"
+
+
+def test_check_takes_every_option_execute_validates_before_running() -> None:
+    from nbpipe.cli import _parser
+
+    def options(command: str) -> set[str]:
+        sub = next(a for a in _parser()._actions if a.dest == "command").choices[command]
+        return {o for action in sub._actions for o in action.option_strings}
+
+    shared = {"-o", "--output", "-p", "--parameter", "-f", "--parameters-file", "--html", "--site",
+              "--sites"}
+    assert shared <= options("execute") and shared <= options("check")

@@ -247,6 +247,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.ipynb"]
 
 
+def test_a_link_is_written_through(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "report.ipynb"
+    target.write_text("old")
+    link = tmp_path / "merged.ipynb"
+    link.symlink_to(target)
+    write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.ipynb"]
+
+
 def test_a_concurrent_reader_sees_the_old_or_the_new_notebook_never_half(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("print('x' * 4_000_000)", "app:big"))
     out = tmp_path / "nb.merged.ipynb"
