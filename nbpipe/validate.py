@@ -250,8 +250,8 @@ def output_paths(notebook: Path, output: str | Path | None,
                  html: str | Path | bool | None) -> tuple[Path, Path | None]:
     """Where the merged notebook and the report go, each checked writable."""
     out = Path(output) if output else default_output(notebook)
-    _writable(out, "-o" if output else "the merged notebook (default: beside the notebook; choose "
-                                       "another place with -o)")
+    _writable(out, "-o" if output else "the merged notebook",
+              "" if output else " (choose another place with -o)")
     html_path = None
     if html:
         html_path = Path(html) if not isinstance(html, bool) else out.with_suffix(".html")
@@ -261,16 +261,17 @@ def output_paths(notebook: Path, output: str | Path | None,
     return out, html_path
 
 
-def _writable(path: Path, what: str) -> None:
-    """``path`` can be replaced by a new regular file (what :func:`.atomic.write_text` does)."""
-    path = Path(os.path.realpath(path))  # a link is written through, as atomic.write_text does
+def _writable(given: Path, what: str, hint: str = "") -> None:
+    """``given`` can be replaced by a new regular file (what :func:`.atomic.write_text` does)."""
+    what = f"{what} {given}"
+    path = Path(os.path.realpath(given))  # a link is written through, as atomic.write_text does
     if path.is_dir():
-        raise UsageError(f"{what} {path}: is a directory; give a file name")
+        raise UsageError(f"{what}: is a directory; give a file name")
     if path.exists():
         if not path.is_file():
-            raise UsageError(f"{what} {path}: not a regular file; give a file name")
+            raise UsageError(f"{what}: not a regular file; give a file name")
         if not os.access(path, os.W_OK):
-            raise UsageError(f"{what} {path}: the file is not writable")
+            raise UsageError(f"{what}: the file is not writable{hint}")
     parent = path.parent
     missing = parent
     while not missing.exists():  # directories nbpipe will create
@@ -278,16 +279,15 @@ def _writable(path: Path, what: str) -> None:
             break
         missing = missing.parent
     if not missing.is_dir():
-        raise UsageError(f"{what} {path}: {missing} is not a directory")
+        raise UsageError(f"{what}: {missing} is not a directory{hint}")
     if missing != parent:
         if not os.access(missing, os.W_OK | os.X_OK):
-            raise UsageError(f"{what} {path}: cannot create directory {parent}: "
-                             f"{missing} is not writable")
+            raise UsageError(f"{what}: cannot create directory {parent}: {missing} is not writable{hint}")
         return
     try:
         probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".nbpipe-probe-")
     except OSError as exc:
-        raise UsageError(f"{what} {path}: cannot write in {parent}: {exc.strerror}") from None
+        raise UsageError(f"{what}: cannot write in {parent}: {exc.strerror}{hint}") from None
     probe.close()
 
 

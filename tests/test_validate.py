@@ -144,10 +144,43 @@ def test_unreadable_input_and_read_only_notebook_directory(tmp_path: Path) -> No
         folder.chmod(0o555)
         for command in ("check", "execute"):
             proc = nbpipe_cli(command, src, cwd=tmp_path)  # default output: beside the notebook
-            assert proc.returncode == 2 and "choose another place with -o" in proc.stderr, proc.stderr
+            assert proc.returncode == 2 and "(choose another place with -o)" in proc.stderr, proc.stderr
     finally:
         folder.chmod(0o755)
         data.chmod(0o644)
+
+
+def _read_only_mount_works() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o ro none /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mount_works(),
+                    reason="needs unshare and mounts in a private namespace (a real read-only directory)")
+def test_read_only_notebook_directory_is_refused_by_check_and_execute(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    src = ran_notebook(folder / "nb.ipynb")
+    for command in ("check", "execute"):
+        # A bind mount made read-only, in a mount namespace of this command alone.
+        script = (f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} {folder} && "
+                  f"exec {sys.executable} -m nbpipe {command} {src}")
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ}, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"nbpipe: error: the merged notebook {folder / 'nb.merged.ipynb'}: cannot write in {folder}: "
+            "Read-only file system (choose another place with -o)")
+    assert not (folder / "ran").exists() and not (tmp_path / "ran").exists()
 
 
 def test_check_is_ok_with_good_parameters_and_paths(tmp_path: Path) -> None:
