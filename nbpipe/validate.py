@@ -121,15 +121,15 @@ def _plain(value: Any, where: str, depth: int, budget: list[int]) -> Any:
                              "convert it in the notebook (float(x))")
         return number
     if isinstance(value, (datetime.date, datetime.time)):
-        return str(value)  # papermill injects a date as its string: 2024-01-31, 2024-01-31 12:00:00
+        return str.__str__(str(value))  # as papermill injects a date: 2024-01-31, 2024-01-31 12:00:00
     if isinstance(value, (list, tuple)):
         return [_plain(v, f"{where}[{i}]", depth + 1, budget) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise UsageError(f"{where}: key {_show(key)} is of type {type(key).__name__}; keys of a mapping "
-                                 "parameter must be strings (quote the key in YAML)")
+                raise UsageError(f"{where}: key {_show(key)} is of type {type(key).__name__}; keys of "
+                                 "a mapping parameter must be strings (quote the key in YAML)")
             out[str.__str__(key)] = _plain(item, f"{where}[{_show(key)}]", depth + 1, budget)
         return out
     raise UsageError(f"{where}: a value of type {type(value).__name__} cannot be passed; parameters are "
