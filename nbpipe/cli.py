@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
@@ -118,17 +119,24 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def parse_value(value: str) -> Any:
-    """Parse a ``-p`` value the way papermill does: bool, None, int, float, else str."""
+    """Parse a ``-p`` value the way papermill does: bool, None, int, float, else str.
+
+    A word that is no finite number (``nan``, ``inf``, ``1e400``) stays a string:
+    JSON, and so a parameter, has no literal for it.
+    """
     if value in ("True", "False"):
         return value == "True"
     if value == "None":
         return None
-    for convert in (int, float):
-        try:
-            return convert(value)
-        except ValueError:
-            continue
-    return value
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return number if math.isfinite(number) else value
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:

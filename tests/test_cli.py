@@ -82,6 +82,12 @@ def test_p_values_are_parsed_like_papermill(value: str, expected: object) -> Non
     assert parse_value(value) == _resolve_type(value)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "1e400", "9" * 5000])
+def test_p_words_that_are_no_finite_number_stay_strings(value: str) -> None:
+    # papermill makes these floats (or fails on 5000 digits); JSON has no literal for them.
+    assert parse_value(value) == value
+
+
 def test_a_failing_app_exits_1_and_still_writes_the_merged_notebook(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("x = 1", "app:ok"), code("1 / 0", "app:bad"))
     proc = nbpipe_cli("execute", src, "--workers", "2", "--json", cwd=tmp_path)

@@ -31,7 +31,7 @@ from nbpipe.cli import main, parse_value
 from nbpipe.errors import UsageError
 from nbpipe.validate import check_parameters, read_parameters_file
 
-FAST = settings(max_examples=60, deadline=None, database=None,
+FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 MANY = settings(FAST, max_examples=1500)
 SECONDS_PER_EXAMPLE = 5.0

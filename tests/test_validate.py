@@ -80,7 +80,6 @@ BAD_INPUT = [
     ("p-keyword", lambda tmp: ["-p", "class", "1"], "is a Python keyword"),
     ("p-not-identifier", lambda tmp: ["-p", "a-b", "1"], "not a Python identifier"),
     ("p-reserved", lambda tmp: ["-p", "__nbpipe__", "1"], "reserved"),
-    ("p-nan", lambda tmp: ["-p", "n", "nan"], "no JSON literal"),
     ("yaml-binary", yaml_file("n: !!binary " + base64.b64encode(
         f'"+str({shell_payload("pwned")})+"'.encode()).decode() + "\n"), "type bytes"),
     ("yaml-set", yaml_file("n: !!set {a, b}\n"), "type set"),
