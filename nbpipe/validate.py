@@ -312,6 +312,9 @@ def check_inputs(pipeline: Pipeline, cwd: Path) -> None:
 
 
 def _readable(path: str, app: str, pattern: str) -> None:
+    if not os.path.exists(path):  # glob matches a link whose target is gone
+        raise GraphError(f"app {app!r} declares inputs:{pattern}, but {path} is a symbolic link "
+                         "to nothing")
     if not os.path.isfile(path):
         return  # a directory: the app lists it itself
     try:

@@ -127,6 +127,20 @@ def test_check_and_execute_refuse_the_same_input_before_anything_runs(
     assert list(runs.iterdir()) == []  # no run directory was made
 
 
+def test_an_input_that_cannot_be_read_is_refused_by_check_and_execute(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("open('ran', 'w')\nopen('data.csv').read()", "app:read",
+                                            "inputs:data.csv"))
+    (tmp_path / "data.csv").symlink_to(tmp_path / "gone.csv")
+    lines = []
+    for command in ("check", "execute"):
+        proc = nbpipe_cli(command, src, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines.append(proc.stderr.strip().splitlines()[-1])
+    assert lines[0] == lines[1] == (f"nbpipe: error: app 'read' declares inputs:data.csv, but "
+                                    f"{tmp_path / 'data.csv'} is a symbolic link to nothing")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "nb.merged.ipynb").exists()
+
+
 @pytest.mark.skipif(ROOT, reason="root reads and writes files whatever their mode")
 def test_unreadable_input_and_read_only_notebook_directory(tmp_path: Path) -> None:
     folder = tmp_path / "ro"
