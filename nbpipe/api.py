@@ -22,7 +22,7 @@ import nbformat
 from .atomic import write_text
 from .cache import cache_keys, input_digests, provenance
 from .compile import compile_pipeline
-from .errors import UsageError, WorkerError
+from .errors import OutputError, UsageError, WorkerError
 from .execution.base import AppResult, AppStatus, TaskSpec
 from .execution.scheduler import schedule
 from .graph import Pipeline, build_pipeline
@@ -206,13 +206,8 @@ def execute(
         "duration": round(time.time() - started, 3),
     }
     merged = merge(pipeline, results, executed, parameters=parameters, site=chosen.name, extra=extra)
-    write_text(output, nbformat.writes(merged) + "\n")  # whole or not at all, as nbformat.write ends it
-
     html_path = checked.html
-    if html_path is not None:
-        from .render import render_html
-
-        render_html(merged, html_path)
+    _write_results(merged, output, html_path, run_dir)
     if not keep_run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
     ends = [r.end_time for r in results.values() if r.status.ok and r.end_time]
@@ -223,6 +218,25 @@ def execute(
         interrupt.run_result = run  # type: ignore[attr-defined]
         raise interrupt
     return run
+
+
+def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path) -> None:
+    """The merged notebook, then the report, each whole or not at all (:mod:`.atomic`).
+
+    The paths were checked before the run; if writing still fails (a full disk,
+    a directory an app removed), the run directory is kept: its task notebooks
+    hold every app's output.
+    """
+    try:
+        write_text(output, nbformat.writes(merged) + "\n")  # ends as nbformat.write ends it
+        if html is not None:
+            from .render import render_html
+
+            render_html(merged, html)
+    except OSError as exc:
+        where = exc.filename or output
+        raise OutputError(f"cannot write {where}: {exc.strerror}; the executed task notebooks "
+                          f"are kept in {run_dir}") from None
 
 
 def _inside_ipython() -> bool:

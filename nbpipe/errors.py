@@ -19,6 +19,8 @@ cross process boundaries (worker -> driver).
     ├── StateError                 carried interpreter state failed to replay in an app
     ├── MutationError              an app changed a value unpredicted, and the
     │                              apps that read it cannot re-run with the change
+    ├── OutputError                the merged notebook or report could not be written
+    │                              after the run (paths are checked before it)  (exit 1)
     └── RunError                   one or more apps failed or timed out    (exit 1)
 """
 
@@ -39,6 +41,7 @@ __all__ = [
     "ShipError",
     "StateError",
     "MutationError",
+    "OutputError",
     "RunError",
 ]
 
@@ -178,6 +181,13 @@ class MutationError(NbpipeError):
             f"cannot see, and {reason}. Fix: make the change explicit in app {app!r} "
             f"(`{variable} = ...`, e.g. `{variable} = {variable}` after the change), or give "
             f"app {app!r} a copy to change (`{variable} = {variable}.copy()`).")
+
+
+class OutputError(NbpipeError):
+    """Writing the merged notebook or the report failed after the run (the
+    paths were checked writable before it); the run directory is kept."""
+
+    exit_code = 1
 
 
 class RunError(NbpipeError):

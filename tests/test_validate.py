@@ -284,6 +284,22 @@ def test_yaml_anchors_within_bounds_still_work(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- atomic writes
 
 
+def test_a_write_that_fails_after_the_run_keeps_the_run_directory(tmp_path: Path) -> None:
+    # The output directory was fine before the run; the app replaces it with a file.
+    src = write(tmp_path / "nb.ipynb", code("import os\nos.rmdir('out')\nopen('out', 'w').close()",
+                                            "app:spoil"))
+    (tmp_path / "out").mkdir()
+    runs = tmp_path / "tmp"
+    runs.mkdir()
+    proc = nbpipe_cli("execute", src, "-o", "out/merged.ipynb", cwd=tmp_path, env={"TMPDIR": str(runs)})
+    assert proc.returncode == 1, proc.stderr
+    kept = list(runs.iterdir())
+    assert len(kept) == 1 and (kept[0] / "tasks" / "spoil.out.ipynb").exists()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("nbpipe: error: cannot write ") and f"kept in {kept[0]}" in last, last
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "merged.ipynb"
     target.write_text("old")
