@@ -22,6 +22,7 @@ def test_public_names_are_exactly_these() -> None:
         "MutationError",
         "NbpipeError",
         "NotebookError",
+        "OutputError",
         "RunError",
         "RunResult",
         "ShipError",
@@ -63,6 +64,7 @@ def samples() -> list[Any]:
         nbpipe.MutationError(app="clean", variable="df", source="app 'load'", readers=["plot"],
                              reason="app 'plot' runs before app 'clean'"),
         nbpipe.RunError("1 app failed"),
+        nbpipe.OutputError("cannot write out.ipynb: No space left on device"),
         nbpipe.WorkerError("site 'cluster': no worker started within 60 s"),
     ]
 
