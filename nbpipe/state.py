@@ -229,17 +229,28 @@ def carried_statements(cells: tuple[tuple[int, str, str | None, str], ...]) -> t
         if tree is None:
             continue
         for stmt in tree.body:
-            aliases.update(_imports(stmt))
-            _track_loggers(stmt, aliases, loggers)
-            stmt = _with_logger_call(stmt, loggers)
-            if role not in ("app", "metrics") or app is None or not _changes_state(stmt, aliases):
+            try:
+                with syntax.deep_trees():
+                    carried = _carried(index, role, app, stmt, aliases, loggers)
+            except RecursionError:  # deeper than Python compiles: the cell fails as it runs
                 continue
-            used = _names(stmt) | _interpolated(stmt)
-            imports = tuple(dict.fromkeys(aliases[n][1] for n in sorted(used) if n in aliases))
-            reads = frozenset(n for n in used if n not in aliases and n != "get_ipython"
-                              and not hasattr(builtins, n))
-            out.append(Carried(index, app, ast.unparse(stmt), imports, reads))
+            if carried is not None:
+                out.append(carried)
     return tuple(out)
+
+
+def _carried(index: int, role: str, app: str | None, stmt: ast.stmt, aliases: dict[str, tuple[str, str]],
+             loggers: dict[str, ast.expr]) -> Carried | None:
+    aliases.update(_imports(stmt))
+    _track_loggers(stmt, aliases, loggers)
+    stmt = _with_logger_call(stmt, loggers)
+    if role not in ("app", "metrics") or app is None or not _changes_state(stmt, aliases):
+        return None
+    used = _names(stmt) | _interpolated(stmt)
+    imports = tuple(dict.fromkeys(aliases[n][1] for n in sorted(used) if n in aliases))
+    reads = frozenset(n for n in used if n not in aliases and n != "get_ipython"
+                      and not hasattr(builtins, n))
+    return Carried(index, app, ast.unparse(stmt), imports, reads)
 
 
 def _changes_state(stmt: ast.stmt, aliases: dict[str, tuple[str, str]]) -> bool:
@@ -368,16 +379,17 @@ def _names(stmt: ast.stmt) -> set[str]:
 def _parse(source: str) -> ast.Module | None:
     """The cell as Python; IPython's transformer only for what plain Python
     cannot parse (magics, ``!`` lines: they never parse as Python)."""
-    try:
-        return ast.parse(source)
-    except SyntaxError:
-        pass
-    from IPython.core.inputtransformer2 import TransformerManager
+    with syntax.deep_trees():
+        try:
+            return ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError, UnicodeError):
+            pass
+        from IPython.core.inputtransformer2 import TransformerManager
 
-    try:
-        return ast.parse(str(TransformerManager().transform_cell(source)))
-    except Exception:  # a syntax error, or a magic IPython refuses: the cell fails as it runs
-        return None
+        try:
+            return ast.parse(str(TransformerManager().transform_cell(source)))
+        except Exception:  # a syntax error, or a magic IPython refuses: the cell fails as it runs
+            return None
 
 
 # ----------------------------------------------------------------- the prelude
