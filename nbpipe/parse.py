@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,11 @@ def read_notebook(path: str | Path) -> Any:
     """Read and validate a notebook file, with a one-line error when it cannot be."""
     path = Path(path)
     try:
-        nb = nbformat.read(path, as_version=4)
+        with warnings.catch_warnings():
+            # nbformat warns of what shape.py mends or refuses (missing cell ids, a
+            # schema error) and then reads on.
+            warnings.simplefilter("ignore")
+            nb = nbformat.read(path, as_version=4)
     except FileNotFoundError:
         raise NotebookError(f"{path}: no such notebook") from None
     except Exception as exc:  # nbformat raises several unrelated types
@@ -281,7 +286,7 @@ def _defaults(options: dict[str, Any]) -> dict[str, Any]:
                                  "fix it in the notebook's metadata")
 
         kinds = (str,) if key == "container" else (int, float, str)
-        if isinstance(value, bool) or not isinstance(value, kinds):
+        if isinstance(value, bool) or not isinstance(value, kinds) or not str(value).strip():
             raise fail(f"needs {_NEEDS[key]}", "")
         out[key] = _parse_option(key, str(value).strip(), fail, "")
     return out

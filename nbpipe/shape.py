@@ -97,7 +97,7 @@ def _check_cell(index: int, cell: Any) -> None:
     cid = cell.get("id")
 
     def fail(problem: str) -> NotebookError:
-        return NotebookError(f"cell {index} (id {cid}): {problem}")
+        return NotebookError(f"cell {index}{f' (id {cid})' if cid else ''}: {problem}")
 
     if cell.get("cell_type") not in CELL_TYPES:
         raise fail(f"unknown cell_type {cell.get('cell_type')!r}: a cell is code, markdown or raw")
@@ -112,6 +112,9 @@ def _check_cell(index: int, cell: Any) -> None:
     tags = metadata.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise fail(f"metadata.tags must be a list of strings such as [\"app:load\"], got {tags!r:.60}")
+    bad = next((t for t in tags if not t or "," in t), None)
+    if bad is not None:
+        raise fail(f"tag {bad!r}: a tag is not empty and holds no comma; write one tag per entry")
     if "tags" in metadata:
         metadata["tags"] = list(dict.fromkeys(tags))  # the schema wants each tag once
     if cell["cell_type"] == "code":
