@@ -139,6 +139,10 @@ def notebooks(draw: Any, mangled: bool = False) -> dict[str, Any]:
         nb["metadata"]["nbpipe"] = options if draw(st.booleans()) else draw(json_values)
     elif draw(st.booleans()):
         nb["metadata"]["nbpipe"] = {k: draw(values) for k in draw(keys)}
+    if mangled and draw(st.integers(0, 4)) == 0:
+        key = draw(st.sampled_from(["nbformat", "nbformat_minor", "language_info", "metadata", "cells"]))
+        target = nb["metadata"] if key == "language_info" else nb
+        target[key] = draw(st.one_of(json_values, st.sampled_from([3, 4, 5, "4", 4.0, {"name": 5}])))
     return nb
 
 

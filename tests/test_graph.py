@@ -274,3 +274,13 @@ def test_a_merged_notebook_runs_like_its_source(tmp_path: Path) -> None:
     injected = [c for c in second.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert [c.source for c in injected] == ["# Parameters\nn = 3\n"]
     assert "30" in text_of(next(c for c in second.cells if c.source == "print(n * 10)"))
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_compile_into_a_directory_it_cannot_make_is_one_line_and_exit_2(
+        where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "nb.ipynb", code("x = 1", "app:a"))
+    (tmp_path / "a-file").write_text("not a directory")
+    assert main(["compile", str(path), "-d", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nbpipe: error: ") and "\n" not in err and "-d" in err, err
