@@ -97,7 +97,8 @@ def _generator_aliases(cell: ast.AST) -> dict[str, str]:
 def _generators_in(node: ast.AST, aliases: dict[str, str]) -> frozenset[str]:
     found: set[str] = set()
     for sub in ast.walk(node):
-        qualified = _qualified(sub, aliases) if isinstance(sub, (ast.Name, ast.Attribute)) else None
+        # a generator's qualified name is random.<fn> or numpy.random.<fn>: at most three links
+        qualified = _qualified(sub, aliases, 3) if isinstance(sub, (ast.Name, ast.Attribute)) else None
         if qualified:
             generator = _generator_of(qualified)
             if generator:
@@ -334,10 +335,13 @@ def _imports(stmt: ast.AST) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _qualified(node: ast.expr, aliases: dict[str, str]) -> str | None:
-    """``plt.style.use`` -> ``matplotlib.pyplot.style.use`` when ``plt`` is an import alias."""
+def _qualified(node: ast.expr, aliases: dict[str, str], most: int | None = None) -> str | None:
+    """``plt.style.use`` -> ``matplotlib.pyplot.style.use`` when ``plt`` is an import alias;
+    None past ``most`` attributes (a walk over every link of a long chain is quadratic)."""
     parts: list[str] = []
     while isinstance(node, ast.Attribute):
+        if most is not None and len(parts) >= most:
+            return None
         parts.append(node.attr)
         node = node.value
     if not isinstance(node, ast.Name) or node.id not in aliases:

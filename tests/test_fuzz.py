@@ -84,7 +84,7 @@ def deep(depth: int, op: str) -> str:
 sources = st.one_of(
     st.lists(st.one_of(st.sampled_from(STATEMENTS), st.sampled_from(EXPRESSIONS)), max_size=4)
     .map("\n".join),
-    st.builds(deep, st.integers(1, 2500), st.sampled_from(["+", " and ", "**", "."])),
+    st.builds(deep, st.integers(1, 1500), st.sampled_from(["+", " and ", "**", "."])),
     st.builds(lambda n: "x = " + "(" * n + "1" + ")" * n, st.integers(1, 300)),
     odd_text.map(lambda t: f"x = {t!r}\n{t}"))
 json_values: Any = st.recursive(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from nbbuild import code, notebook
 
@@ -95,3 +97,12 @@ def test_a_star_import_of_a_written_module_with_odd_contents_is_analysed(body: s
                                                code("from mod import *\nprint(x)", "app:b"))))
     assert set(p.apps) == {"a", "b"}
     assert "mod.py" in p.apps["b"].spec.inputs
+
+
+def test_a_long_attribute_chain_is_analysed_in_linear_time() -> None:
+    # Each link of the chain was followed to its root again, looking for a random generator.
+    chain = "x = " + ".".join(["a"] * 8000)
+    started = time.perf_counter()
+    found = analyse_cell(chain)
+    assert time.perf_counter() - started < 2.0
+    assert found.reads == {"a"} and found.defines == {"x"}
