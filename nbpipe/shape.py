@@ -45,7 +45,7 @@ def regular(nb: Any) -> Any:
 
     Raises :class:`NotebookError` naming the cell or the metadata key and the fix.
     """
-    _check_metadata(nb.metadata)
+    _check_metadata(nb.get("metadata"))
     cells = nb.get("cells")
     if not isinstance(cells, list):
         raise NotebookError("the notebook has no list of cells; is it a notebook?")
@@ -69,7 +69,7 @@ def _check_metadata(metadata: Any) -> None:
     options = metadata.get("nbpipe")
     if options is not None and not isinstance(options, Mapping):
         raise NotebookError(f"metadata.nbpipe must be a mapping such as {{\"retries\": 2}}, got "
-                            f"{options!r}; fix it in the notebook's metadata")
+                            f"{options!r:.60}; fix it in the notebook's metadata")
     spec = metadata.get("kernelspec")
     if spec is None:
         # A notebook without a kernelspec (hand-written, or nbformat 3) is a Python notebook.
@@ -79,14 +79,14 @@ def _check_metadata(metadata: Any) -> None:
             metadata["language_info"] = {"name": "python"}
     elif not (isinstance(spec, Mapping) and isinstance(spec.get("name"), str) and spec["name"]):
         raise NotebookError(f"metadata.kernelspec must name a kernel, such as {json.dumps(PYTHON3)}, "
-                            f"got {spec!r}; fix it in the notebook's metadata")
+                            f"got {spec!r:.60}; fix it in the notebook's metadata")
     else:
         spec.setdefault("display_name", spec["name"])
         info = metadata.get("language_info")
         if not isinstance(spec.get("language"), str) and not (
                 isinstance(info, Mapping) and isinstance(info.get("name"), str)):
             if not spec["name"].startswith("python"):
-                raise NotebookError(f"metadata.kernelspec names kernel {spec['name']!r} but no "
+                raise NotebookError(f"metadata.kernelspec names kernel {spec['name']!r:.40} but no "
                                     "language: add its metadata.kernelspec.language")
             spec["language"] = "python"
 
@@ -100,7 +100,7 @@ def _check_cell(index: int, cell: Any) -> None:
         return NotebookError(f"cell {index}{f' (id {cid})' if cid else ''}: {problem}")
 
     if cell.get("cell_type") not in CELL_TYPES:
-        raise fail(f"unknown cell_type {cell.get('cell_type')!r}: a cell is code, markdown or raw")
+        raise fail(f"unknown cell_type {cell.get('cell_type')!r:.40}: a cell is code, markdown or raw")
     source = cell.get("source")
     if isinstance(source, list) and all(isinstance(s, str) for s in source):
         cell["source"] = source = "".join(source)
@@ -114,7 +114,7 @@ def _check_cell(index: int, cell: Any) -> None:
         raise fail(f"metadata.tags must be a list of strings such as [\"app:load\"], got {tags!r:.60}")
     bad = next((t for t in tags if not t or "," in t), None)
     if bad is not None:
-        raise fail(f"tag {bad!r}: a tag is not empty and holds no comma; write one tag per entry")
+        raise fail(f"tag {bad!r:.60}: a tag is not empty and holds no comma; write one tag per entry")
     if "tags" in metadata:
         metadata["tags"] = list(dict.fromkeys(tags))  # the schema wants each tag once
     if cell["cell_type"] == "code":

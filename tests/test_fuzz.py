@@ -177,7 +177,7 @@ common = dict(deadline=timedelta(seconds=5), database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-formats = st.sampled_from(["text", "json", "dot", "mermaid"])
+formats = st.sampled_from(["text", "json", "dot", "mermaid", "svg"])  # svg: only where Graphviz is
 any_notebook = st.one_of(notebooks(), notebooks(mangled=True))
 
 
