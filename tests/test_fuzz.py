@@ -181,13 +181,13 @@ formats = st.sampled_from(["text", "json", "dot", "mermaid", "svg"])  # svg: onl
 any_notebook = st.one_of(notebooks(), notebooks(mangled=True))
 
 
-@settings(max_examples=200, derandomize=True, **common)  # type: ignore[arg-type]
+@settings(max_examples=400, derandomize=True, **common)  # type: ignore[arg-type]
 @given(notebooks(), formats)
 def test_tags_and_sources_exit_0_or_2_and_run_nothing(nb: dict[str, Any], fmt: str) -> None:
     check_static_path(nb, fmt)
 
 
-@settings(max_examples=100, derandomize=True, **common)  # type: ignore[arg-type]
+@settings(max_examples=200, derandomize=True, **common)  # type: ignore[arg-type]
 @given(notebooks(mangled=True), formats)
 def test_wrong_types_anywhere_exit_0_or_2_and_run_nothing(nb: dict[str, Any], fmt: str) -> None:
     check_static_path(nb, fmt)
