@@ -153,11 +153,11 @@ def run(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def check_static_path(nb: dict[str, Any], fmt: str) -> None:
+def check_static_path(nb: Any, fmt: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         marker = Path(tmp) / "marker"
-        nb = dict(nb)
-        if BESIDE in nb:
+        if isinstance(nb, dict) and BESIDE in nb:
+            nb = dict(nb)
             (Path(tmp) / "mod.py").write_text(json.dumps(nb.pop(BESIDE))[1:-1])
         text = json.dumps(nb).replace(MARKER, str(marker))  # ASCII: a lone surrogate is writable
         path = Path(tmp) / "nb.ipynb"
@@ -198,3 +198,12 @@ def test_wrong_types_anywhere_exit_0_or_2_and_run_nothing(nb: dict[str, Any], fm
 @given(any_notebook, formats)
 def test_the_static_path_exits_0_or_2_and_runs_nothing_many(nb: dict[str, Any], fmt: str) -> None:
     check_static_path(nb, fmt)
+
+
+@settings(max_examples=100, derandomize=True, **common)  # type: ignore[arg-type]
+@given(st.one_of(json_values, st.fixed_dictionaries({"nbformat": st.sampled_from([1, 2, 3, 4, 5, "4"])},
+                                                     optional={"metadata": json_values, "cells": json_values,
+                                                               "worksheets": json_values,
+                                                               "nbformat_minor": json_values})))
+def test_any_json_as_a_notebook_exits_0_or_2(data: Any) -> None:
+    check_static_path(data, "text")
