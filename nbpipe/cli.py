@@ -280,13 +280,7 @@ def _graph(args: argparse.Namespace) -> int:
     elif args.format == "text":
         print(_text_graph(pipeline, args.notebook))
     elif args.format == "mermaid":
-        print("flowchart TD")
-        for app in data["apps"]:
-            print(f"    {_node_id(app['name'])}[\"{app['name']}\"]")
-        for e in data["edges"]:
-            label = ", ".join(e["names"] + e["files"])
-            arrow = f"-->|{label}|" if label else "-.->"
-            print(f"    {_node_id(e['from'])} {arrow} {_node_id(e['to'])}")
+        print(_mermaid(data))
     else:
         dot = _dot(data)
         if args.format == "dot":
@@ -304,8 +298,51 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mermaid(data: dict[str, Any]) -> str:
+    ids = _node_ids([app["name"] for app in data["apps"]])
+    lines = ["flowchart TD"]
+    for app in data["apps"]:
+        lines.append(f'    {ids[app["name"]]}["{app["name"]}"]')
+    for e in data["edges"]:
+        label = _mermaid_text(", ".join(e["names"] + e["files"]))
+        arrow = f"-->|{label}|" if label else "-.->"
+        lines.append(f"    {ids[e['from']]} {arrow} {ids[e['to']]}")
+    return "\n".join(lines)
+
+
+def _mermaid_text(text: str) -> str:
+    """Text of an edge label: Mermaid's entity codes for what would end or break it."""
+    for char, code in (("#", "#35;"), ('"', "#quot;"), ("|", "#124;"), ("<", "#lt;"), (">", "#gt;")):
+        text = text.replace(char, code)
+    return text
+
+
+#: words Mermaid's flowchart grammar takes for itself, so no node id
+_MERMAID_WORDS = frozenset({"end", "graph", "subgraph", "flowchart", "direction", "style", "class",
+                            "classdef", "click", "linkstyle", "call", "href", "default"})
+
+
 def _node_id(name: str) -> str:
-    return name.replace("-", "_")
+    return name if name.isidentifier() and name.lower() not in _MERMAID_WORDS else ""
+
+
+def _node_ids(names: list[str]) -> dict[str, str]:
+    """App name -> a distinct Mermaid node id: the name itself where it can be one;
+    else the name with ``-`` as ``_`` and a number added if that is taken
+    (``my-app`` and ``my_app`` stay two nodes; ``end`` is a Mermaid keyword)."""
+    ids = {name: _node_id(name) for name in names if _node_id(name)}
+    taken = set(ids.values())
+    for name in names:
+        if name in ids:
+            continue
+        base = name.replace("-", "_") + ("_" if name.lower() in _MERMAID_WORDS else "")
+        candidate, n = base, 1
+        while candidate in taken or candidate.lower() in _MERMAID_WORDS:
+            n += 1
+            candidate = f"{base}_{n}"
+        ids[name] = candidate
+        taken.add(candidate)
+    return ids
 
 
 def _dot(data: dict[str, Any]) -> str:
@@ -313,11 +350,16 @@ def _dot(data: dict[str, Any]) -> str:
     for app in data["apps"]:
         lines.append(f'    "{app["name"]}";')
     for e in data["edges"]:
-        label = ", ".join(e["names"] + e["files"])
+        label = _dot_text(", ".join(e["names"] + e["files"]))
         style = ' [style=dashed]' if not label else f' [label="{label}"]'
         lines.append(f'    "{e["from"]}" -> "{e["to"]}"{style};')
     lines.append("}")
     return "\n".join(lines)
+
+
+def _dot_text(text: str) -> str:
+    """Text inside a DOT double-quoted string (file names may hold quotes and backslashes)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _compile(args: argparse.Namespace) -> int:

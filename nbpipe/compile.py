@@ -22,6 +22,7 @@ from typing import Any
 import nbformat
 from nbformat import v4
 
+from .errors import UsageError
 from .graph import AppNode, Pipeline, execution_counts
 from .state import prelude_for
 
@@ -129,11 +130,16 @@ def _internal(source: str) -> Any:
 def write_compiled(pipeline: Pipeline, directory: str | Path) -> dict[str, Path]:
     """Write every task notebook and ``graph.json`` into ``directory``; run nothing."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    notebooks = compile_pipeline(pipeline)
     paths = {}
-    for name, nb in compile_pipeline(pipeline).items():
-        path = directory / f"{name}.ipynb"
-        nbformat.write(nb, path)
-        paths[name] = path
-    (directory / "graph.json").write_text(json.dumps(pipeline.to_json(), indent=1) + "\n")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, nb in notebooks.items():
+            path = directory / f"{name}.ipynb"
+            nbformat.write(nb, path)
+            paths[name] = path
+        (directory / "graph.json").write_text(json.dumps(pipeline.to_json(), indent=1) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write the task notebooks into {directory}: {exc.strerror or exc}; "
+                         "choose another -d directory") from None
     return paths

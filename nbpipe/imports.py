@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
+from . import syntax
 from .names import CellNames, Context, analyse_cell
 
 __all__ = ["is_module", "module_files", "normalise_path", "notebook_context", "public_names"]
@@ -94,18 +95,26 @@ def public_names(module: str, root: Path | None, written: Mapping[str, str]) -> 
 
 
 def _names_in_source(source: str) -> frozenset[str]:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return frozenset()
-    for node in tree.body:
-        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
-                                                  for t in node.targets)):
-            try:
-                return frozenset(str(n) for n in ast.literal_eval(node.value))
-            except ValueError:
-                break
+    with syntax.deep_trees():
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return frozenset()  # importing it fails when the notebook runs: nothing flows
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                                      for t in node.targets)):
+                names = _literal(node.value)
+                if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+                    return frozenset(names)
+                break  # not a literal list of names: the module's public names instead
     return frozenset(n for n in analyse_cell(source).defines if not n.startswith("_"))
+
+
+def _literal(node: ast.expr) -> object:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        return None
 
 
 @lru_cache(maxsize=256)

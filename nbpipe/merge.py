@@ -19,10 +19,9 @@ from . import __version__
 from .compile import INTERNAL_TAG
 from .execution.base import AppResult, AppStatus, ItemResult
 from .graph import Pipeline, execution_counts
+from .shape import ERROR_TAG, INJECTED_TAG
 
 __all__ = ["merge"]
-
-ERROR_TAG = "nbpipe-error"
 
 
 def merge(
@@ -322,7 +321,8 @@ def _insert_injected_parameters(pipeline: Pipeline, merged: Any, counts: dict[in
     parsed = pipeline.parsed
     cell = v4.new_code_cell(translate_parameters(parsed.kernel_name, parsed.language, parameters,
                                                  "Parameters"))
-    cell.metadata["tags"] = ["injected-parameters"]
+    cell.metadata["tags"] = [INJECTED_TAG]
+    # metadata.nbpipe marks it as nbpipe's: a merged notebook fed back drops it (shape.py)
     cell.metadata["nbpipe"] = {"app": "parameters", "status": "completed"}
     params = parsed.cells_of("parameters")
     above = counts.get(params[0].index, 0) if params else 0

@@ -117,10 +117,20 @@ def analyse_cell(source: str, context: Context = Context()) -> CellNames:
     ``context`` says what the rest of the notebook binds; the cell's own
     imports and ``defaultdict`` assignments are added to it.
     """
-    tree = _parse(source)
-    if tree is None:
-        # The cell fails when it runs, as it would under papermill; nothing flows.
-        return CellNames(frozenset(), frozenset())
+    with syntax.deep_trees():
+        tree = _parse(source)
+        try:
+            return _analyse(tree, context) if tree is not None else _NOTHING
+        except RecursionError:
+            # Deeper than Python compiles: the cell fails when it runs; nothing flows.
+            return _NOTHING
+
+
+#: what a cell that fails to compile reads and defines
+_NOTHING = CellNames(frozenset(), frozenset())
+
+
+def _analyse(tree: ast.Module, context: Context) -> CellNames:
     imports, modules = syntax.imports(tree)
     defaultdicts = syntax.defaultdicts(tree)
     ctx = replace(context, imports=context.imports + imports, modules=context.modules | modules,
@@ -141,9 +151,12 @@ def analyse_cell(source: str, context: Context = Context()) -> CellNames:
 
 @lru_cache(maxsize=4096)
 def _parse(source: str) -> ast.Module | None:
+    """The cell's tree, or None when Python could not compile it either: the cell fails
+    when it runs, as under papermill (too deep, a null byte, a lone surrogate)."""
     try:
-        return syntax.expand_pylab(ast.parse(_transform(source)))
-    except SyntaxError:
+        with syntax.deep_trees():
+            return syntax.expand_pylab(ast.parse(_transform(source)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError, UnicodeError):
         return None
 
 

@@ -9,7 +9,9 @@ apps. Nothing here runs code or looks at the site; later stages take the
 from __future__ import annotations
 
 import copy
+import json
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import nbformat
 
 from .errors import NotebookError, TagError
+from .shape import regular
 
 __all__ = [
     "APP_NAME",
@@ -35,8 +38,19 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # shell metacharacters; the image is passed as one argv element, never to a shell.
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*\Z")
 _LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?\Z")
-_WALLTIME = re.compile(r"(\d+):([0-5]\d):([0-5]\d)\Z")
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?\Z")
+_WALLTIME = re.compile(r"([0-9]+):([0-5][0-9]):([0-5][0-9])\Z")
+_COUNT = re.compile(r"[0-9]+\Z")
+#: Sane maxima: beyond them a value is a typo, and would overflow a timer or a counter later.
+MAX_SECONDS = 365 * 24 * 3600  # timeout:, walltime:
+MAX_RETRIES = 100
+MAX_COUNT = 1 << 20  # cpus:, gpus:
+MAX_MEMORY = 1 << 60  # bytes
+#: Notebook-level defaults in metadata.nbpipe, each read like its tag.
+DEFAULT_KEYS = ("retries", "timeout", "container")
+_NEEDS = {"retries": f"a whole number from 0 to {MAX_RETRIES}",
+          "timeout": f"a number of seconds > 0 and at most {MAX_SECONDS} (365 days)",
+          "container": "an image reference such as ghcr.io/org/image:tag"}
 
 #: Role tags, with the Kale aliases that mean the same.
 ROLE_ALIASES = {
@@ -160,12 +174,37 @@ def read_notebook(path: str | Path) -> Any:
     """Read and validate a notebook file, with a one-line error when it cannot be."""
     path = Path(path)
     try:
-        nb = nbformat.read(path, as_version=4)
+        with warnings.catch_warnings():
+            # nbformat warns of what shape.py mends or refuses (missing cell ids, a
+            # schema error) and then reads on.
+            warnings.simplefilter("ignore")
+            nb = nbformat.read(path, as_version=4)
     except FileNotFoundError:
         raise NotebookError(f"{path}: no such notebook") from None
     except Exception as exc:  # nbformat raises several unrelated types
-        raise NotebookError(f"{path}: not a readable notebook: {exc}") from None
+        _explain_unreadable(path)
+        raise NotebookError(f"{path}: not a readable notebook: {_first_line(exc)}") from None
     return nb
+
+
+def _explain_unreadable(path: Path) -> None:
+    """Name the cell when nbformat could not read a v4 notebook whose JSON is fine."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(raw, dict) and raw.get("nbformat") == 4:
+        try:
+            regular(nbformat.from_dict(raw))
+        except NotebookError as exc:
+            raise NotebookError(f"{path}: {exc}") from None
+        except Exception:  # nothing more precise to say than nbformat did
+            return
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def parse_notebook(nb: Any, path: str | Path | None = None) -> ParsedNotebook:
@@ -174,9 +213,8 @@ def parse_notebook(nb: Any, path: str | Path | None = None) -> ParsedNotebook:
     Raises :class:`TagError` naming the cell and the tag for a known tag with a
     bad value. Tags nbpipe does not know are left alone.
     """
-    nb = copy.deepcopy(nb)
-    _ensure_cell_ids(nb)
-    defaults = dict(nb.metadata.get("nbpipe", {}) or {})
+    nb = regular(nbformat.from_dict(copy.deepcopy(nb)))
+    defaults = _defaults(nb.metadata.get("nbpipe") or {})
 
     cells: list[CellInfo] = []
     app_cells: dict[str, list[int]] = {}
@@ -184,7 +222,7 @@ def parse_notebook(nb: Any, path: str | Path | None = None) -> ParsedNotebook:
     current: str | None = None  # the app or "setup" block that untagged cells join
 
     for index, cell in enumerate(nb.cells):
-        tags = tuple(str(t) for t in cell.get("metadata", {}).get("tags", []) or [])
+        tags = tuple(cell.metadata.get("tags", []))
         if cell.cell_type != "code":
             cells.append(CellInfo(index, cell.id, cell.cell_type, cell.source, tags, ""))
             continue
@@ -235,15 +273,23 @@ def parse_notebook(nb: Any, path: str | Path | None = None) -> ParsedNotebook:
     return ParsedNotebook(nb, Path(path) if path else None, tuple(cells), apps, defaults)
 
 
-def _ensure_cell_ids(nb: Any) -> None:
-    """Give every cell a unique id (nbformat 4.5); older notebooks have none."""
-    seen: set[str] = set()
-    for cell in nb.cells:
-        cid = cell.get("id")
-        if not cid or cid in seen:
-            cell["id"] = nbformat.v4.new_code_cell().id
-        seen.add(cell["id"])
-    nb.nbformat, nb.nbformat_minor = 4, max(int(nb.get("nbformat_minor", 5)), 5)
+def _defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """``metadata.nbpipe``'s defaults, each checked as its tag would be."""
+    out = dict(options)
+    for key in DEFAULT_KEYS:
+        if key not in options:
+            continue
+        value = options[key]
+
+        def fail(problem: str, tag: str, value: Any = value, key: str = key) -> NotebookError:
+            return NotebookError(f"metadata.nbpipe.{key} = {json.dumps(value)}: {problem}; "
+                                 "fix it in the notebook's metadata")
+
+        kinds = (str,) if key == "container" else (int, float, str)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not str(value).strip():
+            raise fail(f"needs {_NEEDS[key]}", "")
+        out[key] = _parse_option(key, str(value).strip(), fail, "")
+    return out
 
 
 def _parse_cell_tags(index: int, cell_id: str, tags: tuple[str, ...]) -> dict[str, Any]:
@@ -321,29 +367,32 @@ def _parse_option(key: str, value: str, fail: Any, tag: str) -> Any:
                        "(letters, digits and . _ / : @ + - only)", tag)
         return value
     if key in ("cpus", "gpus", "retries"):
-        if not value.isdigit():
-            raise fail(f"{key}: needs a whole number >= 0, got {value!r}", tag)
+        most = MAX_RETRIES if key == "retries" else MAX_COUNT
+        if not _COUNT.match(value) or int(value) > most:
+            raise fail(f"{key}: needs a whole number from 0 to {most}, got {value!r}", tag)
         return int(value)
     if key == "limit":
         resource, _, count = value.rpartition(":")
-        if resource != "nvidia.com/gpu" or not count.isdigit():
+        if resource != "nvidia.com/gpu" or not _COUNT.match(count) or int(count) > MAX_COUNT:
             raise fail("the only limit: nbpipe knows is limit:nvidia.com/gpu:N", tag)
         return int(count)
     if key == "memory":
         return _parse_size(value, fail, tag)
     if key == "walltime":
         m = _WALLTIME.match(value)
-        if not m:
-            raise fail(f"walltime: needs HH:MM:SS, got {value!r}", tag)
-        h, mi, s = (int(g) for g in m.groups())
-        return h * 3600 + mi * 60 + s
+        seconds = sum(int(g) * k for g, k in zip(m.groups(), (3600, 60, 1))) if m else -1
+        if not 0 < seconds <= MAX_SECONDS:
+            raise fail(f"walltime: needs HH:MM:SS, more than 0 and at most "
+                       f"{MAX_SECONDS // 3600}:00:00 (365 days), got {value!r}", tag)
+        return seconds
     if key == "timeout":
         try:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-            raise fail(f"timeout: needs a number of seconds > 0, got {value!r}", tag)
+        if not 0 < seconds <= MAX_SECONDS:  # also refuses nan and inf
+            raise fail(f"timeout: needs a number of seconds > 0 and at most {MAX_SECONDS} "
+                       f"(365 days), got {value!r}", tag)
         return seconds
     if key in ("inputs", "outputs"):
         if "\0" in value:
@@ -362,6 +411,8 @@ def _parse_size(value: str, fail: Any, tag: str) -> int:
         raise fail(f"memory: needs a size such as 4GB or 512MiB, got {value!r}", tag)
     number, unit = float(m.group(1)), (m.group(2) or "B").upper().rstrip("B").rstrip("I")
     scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+    if number * scale > MAX_MEMORY:
+        raise fail(f"memory: at most 1 EiB, got {value!r}", tag)
     return int(number * scale)
 
 

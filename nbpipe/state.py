@@ -97,7 +97,8 @@ def _generator_aliases(cell: ast.AST) -> dict[str, str]:
 def _generators_in(node: ast.AST, aliases: dict[str, str]) -> frozenset[str]:
     found: set[str] = set()
     for sub in ast.walk(node):
-        qualified = _qualified(sub, aliases) if isinstance(sub, (ast.Name, ast.Attribute)) else None
+        # a generator's qualified name is random.<fn> or numpy.random.<fn>: at most three links
+        qualified = _qualified(sub, aliases, 3) if isinstance(sub, (ast.Name, ast.Attribute)) else None
         if qualified:
             generator = _generator_of(qualified)
             if generator:
@@ -229,17 +230,28 @@ def carried_statements(cells: tuple[tuple[int, str, str | None, str], ...]) -> t
         if tree is None:
             continue
         for stmt in tree.body:
-            aliases.update(_imports(stmt))
-            _track_loggers(stmt, aliases, loggers)
-            stmt = _with_logger_call(stmt, loggers)
-            if role not in ("app", "metrics") or app is None or not _changes_state(stmt, aliases):
+            try:
+                with syntax.deep_trees():
+                    carried = _carried(index, role, app, stmt, aliases, loggers)
+            except RecursionError:  # deeper than Python compiles: the cell fails as it runs
                 continue
-            used = _names(stmt) | _interpolated(stmt)
-            imports = tuple(dict.fromkeys(aliases[n][1] for n in sorted(used) if n in aliases))
-            reads = frozenset(n for n in used if n not in aliases and n != "get_ipython"
-                              and not hasattr(builtins, n))
-            out.append(Carried(index, app, ast.unparse(stmt), imports, reads))
+            if carried is not None:
+                out.append(carried)
     return tuple(out)
+
+
+def _carried(index: int, role: str, app: str | None, stmt: ast.stmt, aliases: dict[str, tuple[str, str]],
+             loggers: dict[str, ast.expr]) -> Carried | None:
+    aliases.update(_imports(stmt))
+    _track_loggers(stmt, aliases, loggers)
+    stmt = _with_logger_call(stmt, loggers)
+    if role not in ("app", "metrics") or app is None or not _changes_state(stmt, aliases):
+        return None
+    used = _names(stmt) | _interpolated(stmt)
+    imports = tuple(dict.fromkeys(aliases[n][1] for n in sorted(used) if n in aliases))
+    reads = frozenset(n for n in used if n not in aliases and n != "get_ipython"
+                      and not hasattr(builtins, n))
+    return Carried(index, app, ast.unparse(stmt), imports, reads)
 
 
 def _changes_state(stmt: ast.stmt, aliases: dict[str, tuple[str, str]]) -> bool:
@@ -323,10 +335,13 @@ def _imports(stmt: ast.AST) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _qualified(node: ast.expr, aliases: dict[str, str]) -> str | None:
-    """``plt.style.use`` -> ``matplotlib.pyplot.style.use`` when ``plt`` is an import alias."""
+def _qualified(node: ast.expr, aliases: dict[str, str], most: int | None = None) -> str | None:
+    """``plt.style.use`` -> ``matplotlib.pyplot.style.use`` when ``plt`` is an import alias;
+    None past ``most`` attributes (a walk over every link of a long chain is quadratic)."""
     parts: list[str] = []
     while isinstance(node, ast.Attribute):
+        if most is not None and len(parts) >= most:
+            return None
         parts.append(node.attr)
         node = node.value
     if not isinstance(node, ast.Name) or node.id not in aliases:
@@ -368,16 +383,17 @@ def _names(stmt: ast.stmt) -> set[str]:
 def _parse(source: str) -> ast.Module | None:
     """The cell as Python; IPython's transformer only for what plain Python
     cannot parse (magics, ``!`` lines: they never parse as Python)."""
-    try:
-        return ast.parse(source)
-    except SyntaxError:
-        pass
-    from IPython.core.inputtransformer2 import TransformerManager
+    with syntax.deep_trees():
+        try:
+            return ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError, UnicodeError):
+            pass
+        from IPython.core.inputtransformer2 import TransformerManager
 
-    try:
-        return ast.parse(str(TransformerManager().transform_cell(source)))
-    except Exception:  # a syntax error, or a magic IPython refuses: the cell fails as it runs
-        return None
+        try:
+            return ast.parse(str(TransformerManager().transform_cell(source)))
+        except Exception:  # a syntax error, or a magic IPython refuses: the cell fails as it runs
+            return None
 
 
 # ----------------------------------------------------------------- the prelude

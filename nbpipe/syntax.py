@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import ast
 import shlex
+import sys
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["defaultdicts", "executed", "expand_pylab", "from_module", "imported_modules", "imports",
-           "is_get_ipython", "star_imports", "targets", "written_files"]
+__all__ = ["deep_trees", "defaultdicts", "executed", "expand_pylab", "from_module", "imported_modules",
+           "imports", "is_get_ipython", "star_imports", "targets", "written_files"]
+
+#: Python compiles an expression nested a few thousand levels deep (a 330-term sum
+#: is 330 deep), and ``ast.unparse`` and the analysis walk it with a few frames a
+#: level: past the default limit of 1000 frames. With this limit the analysis goes
+#: deeper than CPython's compiler does at its default limit.
+DEEP_RECURSION = 30_000
 
 #: Cell magics that write their body to the file their line names.
 _FILE_MAGICS = {"writefile", "file"}
@@ -29,6 +37,20 @@ def executed(node: ast.AST) -> Iterator[ast.AST]:
             todo += [*node.decorator_list, *node.args.defaults, *filter(None, node.args.kw_defaults)]
         elif not isinstance(node, ast.Lambda):
             todo += ast.iter_child_nodes(node)
+
+
+@contextmanager
+def deep_trees() -> Iterator[None]:
+    """Raise the recursion limit for analysing a cell, as deep as Python compiles."""
+    old = sys.getrecursionlimit()
+    if old >= DEEP_RECURSION:
+        yield
+        return
+    sys.setrecursionlimit(DEEP_RECURSION)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def is_get_ipython(node: ast.expr) -> bool:

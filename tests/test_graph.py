@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from nbbuild import code, md, notebook
+from nbbuild import code, md, notebook, read, text_of, write
+
+from nbpipe.cli import main
 
 from nbpipe.errors import CycleError, GraphError, TagError
 from nbpipe.graph import build_pipeline
@@ -200,3 +205,82 @@ def test_a_function_read_from_another_app_brings_the_globals_it_uses_when_called
                  code("limit = 5", "app:b"), code("print(f())", "app:c"))
     assert p.apps["c"].reads == {"f": "a", "helper": "a", "limit": "b"}
     assert set(edges(p)) == {("a", "c"), ("b", "c")}
+
+
+def test_ten_thousand_inputs_and_outputs_check_in_linear_time(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # Every input was compared with every output: 14 s for 10,000 of each.
+    n = 10_000
+    path = write(tmp_path / "nb.ipynb", code("x = 1", "app:a", *[f"outputs:f{i}.txt" for i in range(n)]),
+                 code("y = 2", "app:b", *[f"inputs:f{i}.txt" for i in range(n)]),
+                 code("z = 3", "app:c", "inputs:f1*.txt"))
+    started = time.perf_counter()
+    assert main(["check", str(path)]) == 0
+    assert time.perf_counter() - started < 3.0
+    out = capsys.readouterr().out
+    assert "a -> b (" in out and "a -> c (file f1*.txt)" in out
+
+
+def _mermaid(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Node id -> label, and the edges as (id, id), of ``nbpipe graph --format mermaid``."""
+    assert main(["graph", str(path), "--format", "mermaid"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "flowchart TD"
+    nodes = dict(re.fullmatch(r'\s+(\S+)\["(.*)"\]', line).groups() for line in lines  # type: ignore[union-attr]
+                 if "[" in line)
+    arrows = [line.split() for line in lines[1:] if "[" not in line]
+    return nodes, [(a[0], a[-1]) for a in arrows]
+
+
+def test_mermaid_gives_my_app_and_my_underscore_app_their_own_nodes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "nb.ipynb", code("x = 1", "app:my-app"), code("y = x", "app:my_app"),
+                 code("z = y", "app:end"))
+    nodes, arrows = _mermaid(path, capsys)
+    assert sorted(nodes.values()) == ["end", "my-app", "my_app"]
+    name = {node: label for node, label in nodes.items()}
+    assert [(name[u], name[v]) for u, v in arrows] == [("my-app", "my_app"), ("my_app", "end")]
+    assert "end" not in nodes  # a Mermaid keyword cannot be a node id
+
+
+def test_graph_labels_with_quotes_and_bars_stay_inside_their_label(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "nb.ipynb", code("x = 1", "app:a", 'outputs:we"ird|na}me'),
+                 code("y = 2", "app:b", 'inputs:we"ird|na}me'))
+    nodes, arrows = _mermaid(path, capsys)
+    assert len(arrows) == 1 and len(nodes) == 2
+    assert main(["graph", str(path), "--format", "dot"]) == 0
+    dot = capsys.readouterr().out
+    edge = next(line for line in dot.splitlines() if "->" in line)
+    assert edge.count('"') - edge.count('\\"') == 6, edge  # from, to and the label, each quoted once
+
+
+def test_a_merged_notebook_runs_like_its_source(tmp_path: Path) -> None:
+    # The merged notebook's banner and injected-parameters cell are nbpipe's own;
+    # fed back to nbpipe they were duplicated, and the old injected cell became app main.
+    src = write(tmp_path / "nb.ipynb", code("n = 1", "parameters"), code("print(n * 10)", "app:a"),
+                code("raise ValueError('boom')", "app:bad"))
+    assert main(["execute", str(src), "-p", "n", "2", "--workers", "1"]) == 1
+    merged = tmp_path / "nb.merged.ipynb"
+    first = read(merged)
+    assert sum("nbpipe-error" in c.metadata.get("tags", []) for c in first.cells) == 2  # banner, anchor
+    again = parse_notebook(read(merged))
+    assert list(again.apps) == ["a", "bad"]
+    assert [c.source for c in again.cells] == [c.source for c in read(src).cells]
+    rerun = tmp_path / "again.ipynb"
+    assert main(["execute", str(merged), "-o", str(rerun), "-p", "n", "3", "--workers", "1"]) == 1
+    second = read(rerun)
+    assert sum("nbpipe-error" in c.metadata.get("tags", []) for c in second.cells) == 2
+    injected = [c for c in second.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert [c.source for c in injected] == ["# Parameters\nn = 3\n"]
+    assert "30" in text_of(next(c for c in second.cells if c.source == "print(n * 10)"))
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_compile_into_a_directory_it_cannot_make_is_one_line_and_exit_2(
+        where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "nb.ipynb", code("x = 1", "app:a"))
+    (tmp_path / "a-file").write_text("not a directory")
+    assert main(["compile", str(path), "-d", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nbpipe: error: ") and "\n" not in err and "-d" in err, err

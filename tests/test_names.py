@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import time
 
+import pytest
+from nbbuild import code, notebook
+
+from nbpipe.graph import build_pipeline
 from nbpipe.names import analyse_cell
+from nbpipe.parse import parse_notebook
 
 #: Names every IPython-transformed cell may read that no app ever defines.
 IGNORED = {"get_ipython", "print", "sum", "len", "range", "list"}
@@ -82,3 +87,22 @@ def test_magics_do_not_break_the_analysis_of_the_rest_of_the_cell() -> None:
     names = analyse_cell("%load_ext autoreload\n%autoreload 2\nresult = compute(data)\n!ls -l\n")
     assert set(names.reads) - IGNORED == {"compute", "data"}
     assert names.defines == {"result"}
+
+
+@pytest.mark.parametrize("body", ["__all__ = 5", "__all__ = [1]", "__all__ = 'x'", "x = 1\0",
+                                  "__all__ = " + "[" * 300 + "]" * 300, "x = " + "+".join(["a"] * 1500)])
+def test_a_star_import_of_a_written_module_with_odd_contents_is_analysed(body: str) -> None:
+    # `__all__ = 5` in a module a cell writes raised TypeError in `nbpipe check`.
+    p = build_pipeline(parse_notebook(notebook(code(f"%%writefile mod.py\n{body}", "app:a"),
+                                               code("from mod import *\nprint(x)", "app:b"))))
+    assert set(p.apps) == {"a", "b"}
+    assert "mod.py" in p.apps["b"].spec.inputs
+
+
+def test_a_long_attribute_chain_is_analysed_in_linear_time() -> None:
+    # Each link of the chain was followed to its root again, looking for a random generator.
+    chain = "x = " + ".".join(["a"] * 8000)
+    started = time.perf_counter()
+    found = analyse_cell(chain)
+    assert time.perf_counter() - started < 2.0
+    assert found.reads == {"a"} and found.defines == {"x"}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from nbbuild import code, md, nbpipe_cli, notebook, write
 
+from nbpipe.cli import main
 from nbpipe.errors import NbpipeError, TagError
-from nbpipe.parse import MapSpec, parse_notebook
+from nbpipe.graph import build_pipeline
+from nbpipe.parse import MapSpec, parse_notebook, read_notebook
 
 
 def parse(*cells: Any, **kwargs: Any) -> Any:
@@ -255,3 +259,134 @@ def test_shell_metacharacters_in_a_tag_never_reach_a_shell(tmp_path: Path) -> No
     assert not planted.exists()
     assert tmp_p.exists() == existed
     assert not (tmp_path / "nb.merged.ipynb").exists()
+
+
+# ------------------------------------------------- malformed notebooks (exit 2, one line)
+
+
+def _raw(*cells: Any, nbpipe: Any = None, **metadata: Any) -> dict[str, Any]:
+    """A notebook as plain JSON data, so a test can break any part of it."""
+    nb = json.loads(nbformat.writes(notebook(*cells)))
+    if nbpipe is not None:
+        nb["metadata"]["nbpipe"] = nbpipe
+    nb["metadata"].update(metadata)
+    return nb
+
+
+def _broken(change: Any) -> dict[str, Any]:
+    nb = _raw(code("x = 1", "app:a"), code("y = x", "app:b"))
+    change(nb)
+    return nb
+
+
+def _set(path: str, value: Any) -> Any:
+    """A change that sets ``nb[k1][k2]...`` (``cells.0.source``); ``value`` DELETE removes the key."""
+    def change(nb: dict[str, Any]) -> None:
+        *keys, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        target = nb
+        for key in keys:
+            target = target[key]
+        if value is DELETE:
+            del target[last]
+        else:
+            target[last] = value
+    return change
+
+
+DELETE = object()
+
+#: (notebook, what the one-line error must say)
+MALFORMED = {
+    "lone surrogate": (_broken(_set("cells.0.source", "x = '\ud800'")), "cell 0"),
+    "retries x": (_raw(code("x = 1"), nbpipe={"retries": "x"}), "metadata.nbpipe.retries"),
+    "retries empty": (_raw(code("x = 1"), nbpipe={"retries": ""}), "metadata.nbpipe.retries"),
+    "retries null": (_raw(code("x = 1"), nbpipe={"retries": None}), "metadata.nbpipe.retries"),
+    "retries negative": (_raw(code("x = 1"), nbpipe={"retries": -1}), "metadata.nbpipe.retries"),
+    "retries true": (_raw(code("x = 1"), nbpipe={"retries": True}), "metadata.nbpipe.retries"),
+    "timeout negative": (_raw(code("x = 1"), nbpipe={"timeout": -1}), "metadata.nbpipe.timeout"),
+    "timeout zero": (_raw(code("x = 1"), nbpipe={"timeout": 0}), "metadata.nbpipe.timeout"),
+    "timeout x": (_raw(code("x = 1"), nbpipe={"timeout": "x"}), "metadata.nbpipe.timeout"),
+    "timeout huge": (_raw(code("x = 1"), nbpipe={"timeout": 1e10}), "metadata.nbpipe.timeout"),
+    "container 5": (_raw(code("x = 1"), nbpipe={"container": 5}), "metadata.nbpipe.container"),
+    "nbpipe 5": (_raw(code("x = 1"), nbpipe=5), "metadata.nbpipe"),
+    "tags 5": (_broken(_set("cells.1.metadata.tags", 5)), "cell 1"),
+    "tags a string": (_broken(_set("cells.1.metadata.tags", "app:b")), "cell 1"),
+    "tag not a string": (_broken(_set("cells.1.metadata.tags", ["app:b", 5])), "cell 1"),
+    "no source": (_broken(_set("cells.1.source", DELETE)), "cell 1"),
+    "unknown cell type": (_broken(_set("cells.1.cell_type", "weird")), "cell 1"),
+    "cell metadata 5": (_broken(_set("cells.1.metadata", 5)), "cell 1"),
+    "kernelspec 5": (_raw(code("x = 1"), kernelspec=5), "metadata.kernelspec"),
+    "timeout tag huge": (_raw(code("x = 1", "app:a", "timeout:1e10")), "timeout:1e10"),
+    "walltime tag huge": (_raw(code("x = 1", "app:a", "walltime:99999999999:00:00")), "walltime:"),
+    "retries tag huge": (_raw(code("x = 1", "app:a", "retries:99999999999999999999")), "retries:"),
+    "cpus tag huge": (_raw(code("x = 1", "app:a", "cpus:99999999999999999999")), "cpus:"),
+    "memory tag huge": (_raw(code("x = 1", "app:a", "memory:99999999999999TB")), "memory:"),
+    "retries tag superscript": (_raw(code("x = 1", "app:a", "retries:\u00b2")), "retries:"),
+}
+
+
+@pytest.mark.parametrize("command", ["check", "compile", "graph", "execute"])
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_notebook_is_one_line_and_exit_2(case: str, command: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    nb, says = MALFORMED[case]
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))  # ASCII escapes keep a lone surrogate writable
+    extra = {"compile": ["-d", str(tmp_path / "out")], "execute": ["--workers", "1"]}.get(command, [])
+    assert main([command, str(path), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nbpipe: error: ") and "\n" not in err, err
+    assert says in err
+    assert not (tmp_path / "nb.merged.ipynb").exists()
+
+
+def test_a_330_term_expression_is_analysed_as_python_runs_it() -> None:
+    # Python compiles it; ast.unparse at the default recursion limit did not.
+    long_sum = "+".join(["a"] * 330)
+    p = build_pipeline(parse(code("a = 1", "app:a"), code(f"total = {long_sum}", "app:b"),
+                             code("print(total)", "app:c")))
+    assert p.apps["b"].reads == {"a": "a"}
+    assert p.apps["c"].reads == {"total": "b"}
+
+
+def test_an_expression_too_deep_for_python_fails_only_when_it_runs() -> None:
+    too_deep = "+".join(["a"] * 50000)
+    p = build_pipeline(parse(code("a = 1", "app:a"), code(f"total = {too_deep}", "app:b")))
+    assert set(p.apps) == {"a", "b"}
+
+
+def test_a_notebook_without_kernelspec_runs_with_python3(tmp_path: Path) -> None:
+    nb = _raw(code("x = 1", "app:a"), code("print(x + 1)", "app:b"))
+    del nb["metadata"]["kernelspec"], nb["metadata"]["language_info"]
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    assert parse_notebook(read_notebook(path)).kernel_name == "python3"
+    assert main(["execute", str(path), "--workers", "1"]) == 0
+    merged = nbformat.read(tmp_path / "nb.merged.ipynb", as_version=4)
+    assert "2" in merged.cells[1].outputs[0]["text"]
+
+
+def test_an_nbformat_3_notebook_runs(tmp_path: Path) -> None:
+    v3 = {"nbformat": 3, "nbformat_minor": 0, "metadata": {"name": "old"}, "worksheets": [{
+        "metadata": {}, "cells": [
+            {"cell_type": "code", "input": "x = 20", "language": "python", "metadata": {},
+             "outputs": [], "prompt_number": 1},
+            {"cell_type": "code", "input": "print(x + 1)", "language": "python", "metadata": {},
+             "outputs": [], "prompt_number": 2}]}]}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(v3))
+    assert main(["execute", str(path), "--workers", "1"]) == 0
+    merged = nbformat.read(tmp_path / "nb.merged.ipynb", as_version=4)
+    assert "21" in merged.cells[1].outputs[0]["text"]
+
+
+def test_duplicate_tags_are_merged_once_so_the_run_and_its_notebook_agree(tmp_path: Path) -> None:
+    nb = _raw(code("x = 1", "app:a"), code("print(x)", "app:b"))
+    nb["cells"][0]["metadata"]["tags"] = ["app:a", "app:a", "hide-input", "hide-input"]
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    parsed = parse_notebook(read_notebook(path))
+    assert parsed.cells[0].tags == ("app:a", "hide-input")
+    assert main(["execute", str(path), "--workers", "1"]) == 0
+    merged = nbformat.read(tmp_path / "nb.merged.ipynb", as_version=4)
+    assert merged.cells[0].metadata.tags == ["app:a", "hide-input"]
