@@ -160,6 +160,7 @@ def schedule(
             record.status = AppStatus.FAILED
             record.error = {"ename": "MutationError", "evalue": str(flow.map_error(app, task.mutations))}
         elif not task.status.ok and record.attempts <= pipeline.apps[app].spec.retries:
+            record.status = AppStatus.RUNNING  # not final: the app waits for the retry
             submit(app, item=item)
             return
         emit("item", app, result)
