@@ -1,0 +1,29 @@
+"""Limits of an app on both engines: huge outputs, the app's timeout, ``SystemExit``, declared outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nbbuild import by_id, code, read, write
+
+import nbpipe
+
+
+def _run(path: Path, **kwargs: object) -> nbpipe.RunResult:
+    return nbpipe.execute(path, output=path.with_suffix(".out.ipynb"), workers=1, **kwargs)  # type: ignore[arg-type]
+
+
+def _print_time(tmp_path: Path, lines: int) -> float:
+    loud = code(f"for i in range({lines}):\n    print('line', i, '.' * 40, flush=True)", "app:loud")
+    run = _run(write(tmp_path / f"loud{lines}.ipynb", loud))
+    assert run.ok
+    text = by_id(read(run.output), loud.id).outputs[0].text
+    assert text.count("\n") == lines and text.endswith(f"line {lines - 1} {'.' * 40}\n")
+    return run.apps["loud"].duration or 0.0
+
+
+def test_printing_costs_time_linear_in_the_lines_printed(tmp_path: Path) -> None:
+    # Each flushed print is sent at once, as ipykernel sends it; re-copying the
+    # whole stream on each made 4x the lines cost 16x the time.
+    small, large = _print_time(tmp_path, 20_000), _print_time(tmp_path, 80_000)
+    assert large < 8 * max(small, 0.05), (small, large)
