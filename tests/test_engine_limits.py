@@ -27,3 +27,21 @@ def test_printing_costs_time_linear_in_the_lines_printed(tmp_path: Path) -> None
     # whole stream on each made 4x the lines cost 16x the time.
     small, large = _print_time(tmp_path, 20_000), _print_time(tmp_path, 80_000)
     assert large < 8 * max(small, 0.05), (small, large)
+
+
+def test_a_declared_output_counts_only_when_the_app_writes_it(tmp_path: Path, engine: str) -> None:
+    (tmp_path / "stale.csv").write_text("from an earlier run\n")
+    (tmp_path / "fresh.csv").write_text("from an earlier run\n")
+    src = write(tmp_path / "nb.ipynb",
+                code("x = 1", "app:stale", "outputs:stale.csv"),
+                # the same bytes again, within the same second: still a write
+                code("open('fresh.csv', 'w').write('from an earlier run\\n')", "app:fresh", "outputs:fresh.csv"),
+                code("y = 2", "app:glob", "outputs:*.csv"))
+    run = _run(src, engine=engine)
+    assert run.apps["stale"].status.value == "failed"
+    assert run.apps["stale"].error["ename"] == "MissingOutputError"
+    assert "outputs:stale.csv" in run.apps["stale"].error["evalue"]
+    assert "existed before" in run.apps["stale"].error["evalue"]
+    assert run.apps["fresh"].status.value == "completed"
+    assert run.apps["glob"].status.value == "failed"  # matches only files it did not write
+    assert (tmp_path / "stale.csv").read_text() == "from an earlier run\n"  # never deleted

@@ -33,6 +33,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
 
     start = time.time()
     status, error = AppStatus.COMPLETED, None
+    before = _output_stats(spec)
     context = {"run_dir": spec.run_dir, "app": spec.app, "item": spec.item, "maps": spec.maps,
                "sources": spec.sources, "watch": spec.watch}
     report = report_path(spec.run_dir, spec.app, spec.item)
@@ -74,17 +75,44 @@ def run_task(spec: TaskSpec) -> TaskResult:
         status = AppStatus.FAILED
         error = {"ename": type(exc).__name__, "evalue": str(exc)}
     if status is AppStatus.COMPLETED:
-        missing = [o for o in spec.outputs if not glob.glob(str(Path(spec.cwd) / o))]
-        if missing:
-            status = AppStatus.FAILED
-            error = {"ename": "MissingOutputError",
-                     "evalue": f"app {spec.app!r} declared outputs:{missing[0]} but did not write "
-                               f"{Path(spec.cwd) / missing[0]}"}
+        error = _unwritten_output(spec, before)
+        status = AppStatus.FAILED if error else status
     output = spec.output if Path(spec.output).exists() else None
     from .remote import batch_job_id
 
     return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
                       output, error, batch_job_id(), read_report(report))
+
+
+Stats = dict[str, dict[str, tuple[int, ...]]]
+
+
+def _output_stats(spec: TaskSpec) -> Stats:
+    """``outputs:`` pattern -> each existing file it matches -> what shows a write to it."""
+    stats: Stats = {}
+    for pattern in spec.outputs:
+        found = stats.setdefault(pattern, {})
+        for path in glob.glob(str(Path(spec.cwd) / pattern)):
+            try:
+                st = Path(path).stat()
+            except OSError:
+                continue
+            found[path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return stats
+
+
+def _unwritten_output(spec: TaskSpec, before: Stats) -> dict[str, str] | None:
+    """The error for the first ``outputs:`` pattern that matches no file the app
+    wrote: a file that existed before the app ran and is unchanged does not count
+    (it is compared, never deleted)."""
+    for pattern, found in _output_stats(spec).items():
+        if any(before[pattern].get(path) != stat for path, stat in found.items()):
+            continue
+        stale = f"; {min(found)} existed before the app ran and the app did not change it" if found else ""
+        return {"ename": "MissingOutputError",
+                "evalue": f"app {spec.app!r} declared outputs:{pattern} but did not write "
+                          f"{Path(spec.cwd) / pattern}{stale}"}
+    return None
 
 
 def _failed_source_index(output: str) -> int | None:
