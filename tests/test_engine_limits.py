@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nbbuild import by_id, code, read, write
+from nbbuild import by_id, code, read, text_of, write
 
 import nbpipe
 
@@ -45,3 +45,17 @@ def test_a_declared_output_counts_only_when_the_app_writes_it(tmp_path: Path, en
     assert run.apps["fresh"].status.value == "completed"
     assert run.apps["glob"].status.value == "failed"  # matches only files it did not write
     assert (tmp_path / "stale.csv").read_text() == "from an earlier run\n"  # never deleted
+
+
+def test_the_timeout_bounds_the_whole_app_not_each_cell(tmp_path: Path, engine: str) -> None:
+    cells = [code(f"import time\nprint('cell {i}', flush=True)\ntime.sleep(1.5)", "app:slow", "timeout:2")
+             if i == 0 else code(f"print('cell {i}', flush=True)\ntime.sleep(1.5)") for i in range(3)]
+    run = _run(write(tmp_path / "t.ipynb", *cells, code("done = 1", "app:other")), engine=engine)
+    slow = run.apps["slow"]
+    assert slow.status.value == "timed_out", (slow.status, slow.error)
+    assert "timeout of 2 s" in slow.error["evalue"]
+    merged = read(run.output)
+    assert "cell 0" in text_of(by_id(merged, cells[0].id))  # the output so far is kept
+    assert "cell 2" not in text_of(by_id(merged, cells[2].id))
+    assert by_id(merged, cells[2].id).execution_count is None
+    assert run.apps["other"].status.value == "completed"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import signal
 import socket
 import sys
@@ -58,7 +57,8 @@ def run_task(spec: TaskSpec) -> TaskResult:
             log_output=False,
             # Outputs of finished cells survive a timeout or an interrupt.
             request_save_on_cell_execute=True,
-            execution_timeout=math.ceil(spec.timeout) if spec.timeout else None,
+            # papermill's execution_timeout is per cell: give each cell what is left of the app's.
+            timeout_func=_AppDeadline(spec.timeout) if spec.timeout else None,
             **engine,
         )
     except PapermillExecutionError as exc:
@@ -82,6 +82,21 @@ def run_task(spec: TaskSpec) -> TaskResult:
 
     return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
                       output, error, batch_job_id(), read_report(report))
+
+
+class _AppDeadline:
+    """nbclient asks this for each cell's timeout: what is left of the app's
+    ``timeout:``, counted from the first cell (not while the kernel starts).
+    When it passes, nbclient raises ``CellTimeoutError`` and shuts the kernel down."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end: float | None = None
+
+    def __call__(self, cell: Any) -> float:
+        if self.end is None:
+            self.end = time.monotonic() + self.seconds
+        return max(self.end - time.monotonic(), 0.001)  # 0 would mean no timeout
 
 
 Stats = dict[str, dict[str, tuple[int, ...]]]
