@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import papermill
+import pytest
 from nbbuild import by_id, code, read, text_of, write
 
 import nbpipe
@@ -59,3 +62,43 @@ def test_the_timeout_bounds_the_whole_app_not_each_cell(tmp_path: Path, engine: 
     assert "cell 2" not in text_of(by_id(merged, cells[2].id))
     assert by_id(merged, cells[2].id).execution_count is None
     assert run.apps["other"].status.value == "completed"
+
+
+def _exiting_notebook(tmp_path: Path, statement: str) -> tuple[Path, list[Any]]:
+    cells = [code("x = 1\nprint('a')", "app:a"),
+             code(f"import sys\nprint('before')\n{statement}\nprint('after')", "app:b"),
+             code("y = x + 1\nprint('rest of b', y)"),
+             code("import time\ntime.sleep(0.5)\nprint('c', x)", "app:c"),
+             code("print('d', y)", "app:d")]
+    return write(tmp_path / "exit.ipynb", *cells), cells
+
+
+@pytest.mark.parametrize("statement, clean", [("sys.exit(0)", True), ("raise SystemExit", True),
+                                              ("sys.exit('bad input')", False)])
+def test_system_exit_stops_the_notebook_there_as_papermill_does(tmp_path: Path, engine: str,
+                                                                 statement: str, clean: bool) -> None:
+    path, cells = _exiting_notebook(tmp_path, statement)
+    pm = tmp_path / "pm.ipynb"
+    try:
+        papermill.execute_notebook(str(path), str(pm), progress_bar=False, kernel_name="python3")
+        papermill_ok = True
+    except papermill.PapermillExecutionError:
+        papermill_ok = False
+    run = nbpipe.execute(path, output=tmp_path / "out.ipynb", workers=2, engine=engine)
+    assert run.ok is papermill_ok is clean
+    b = run.apps["b"]
+    assert b.status.value == ("completed" if clean else "failed") and b.error["ename"] == "SystemExit"
+    assert b.error["cell"] == 1
+    for later in ("c", "d"):  # serial execution never reaches them
+        assert run.apps[later].status.value == "skipped"
+        assert "app 'b' exited in cell 1" in run.apps[later].reason
+    assert run.apps["a"].status.value == "completed"
+    merged, serial = read(run.output), read(pm)
+    for cell in cells:
+        ours, theirs = by_id(merged, cell.id), by_id(serial, cell.id)
+        assert (ours.execution_count is None) is (theirs.execution_count is None), cell.source
+        assert [o.output_type for o in ours.outputs] == [o.output_type for o in theirs.outputs]
+    exit_cell = by_id(merged, cells[1].id)
+    assert "before" in text_of(exit_cell) and "after" not in text_of(exit_cell)
+    assert "SystemExit" in text_of(exit_cell)
+    assert merged.metadata["nbpipe"]["status"] == ("completed" if clean else "failed")

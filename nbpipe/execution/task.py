@@ -47,7 +47,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
         papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
         engine = {"engine_name": "nbpipe"}
     try:
-        papermill.execute_notebook(
+        executed = papermill.execute_notebook(
             spec.notebook,
             spec.output,
             parameters=parameters,
@@ -61,6 +61,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
             timeout_func=_AppDeadline(spec.timeout) if spec.timeout else None,
             **engine,
         )
+        error = _clean_exit(executed)
     except PapermillExecutionError as exc:
         status = AppStatus.FAILED
         error = {"ename": exc.ename, "evalue": exc.evalue, "cell": _failed_source_index(spec.output)}
@@ -74,7 +75,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
     except Exception as exc:  # a kernel that dies or cannot start is the app's failure
         status = AppStatus.FAILED
         error = {"ename": type(exc).__name__, "evalue": str(exc)}
-    if status is AppStatus.COMPLETED:
+    if status is AppStatus.COMPLETED and error is None:
         error = _unwritten_output(spec, before)
         status = AppStatus.FAILED if error else status
     output = spec.output if Path(spec.output).exists() else None
@@ -82,6 +83,19 @@ def run_task(spec: TaskSpec) -> TaskResult:
 
     return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
                       output, error, batch_job_id(), read_report(report))
+
+
+def _clean_exit(nb: Any) -> dict[str, Any] | None:
+    """``SystemExit`` with no code or code 0 in a cell (``sys.exit()``, ``raise SystemExit``):
+    papermill stops the notebook there and calls the run a success. The error, with the
+    source notebook's index of that cell, tells the scheduler that serial execution stops here."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and out.get("ename") == "SystemExit":
+                source = cell.metadata.get("nbpipe", {}).get("source")
+                return {"ename": "SystemExit", "evalue": out.get("evalue", ""),
+                        "cell": int(source["index"]) if source else None}
+    return None
 
 
 class _AppDeadline:
