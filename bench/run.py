@@ -278,7 +278,8 @@ def sites(tmp: Path) -> list[tuple[str, str]]:
 PRINTING = {
     "40,000 printed lines": "for i in range(40_000):\n    print('line', i)",
     "200,000 printed lines": "for i in range(200_000):\n    print('line', i)",
-    "40,000 lines of 70 characters, each flushed": "for i in range(40_000):\n    print(f'line {i:6}', '.' * 58, flush=True)",
+    "40,000 lines of 70 characters, each flushed": ("for i in range(40_000):\n"
+                                                    "    print(f'line {i:6}', '.' * 58, flush=True)"),
     "one 50 MB print": "print('x' * 50_000_000)",
     "500 images displayed": ("import base64\nfrom IPython.display import Image, display\n"
                              "png = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
