@@ -175,7 +175,7 @@ def schedule(
         if task.status.ok and task.mutations:
             record.status = AppStatus.FAILED
             record.error = {"ename": "MutationError", "evalue": str(flow.map_error(app, task.mutations))}
-        elif not task.status.ok and not _exits(task) and record.attempts <= pipeline.apps[app].spec.retries:
+        elif _retry(task, record.attempts, pipeline.apps[app].spec.retries):
             record.status = AppStatus.RUNNING  # not final: the app waits for the retry
             submit(app, item=item)
             return
@@ -222,8 +222,7 @@ def schedule(
                     continue
                 result.end_time, result.host, result.job_id = task.end_time, task.host, task.job_id
                 result.output, result.error = task.output, task.error
-                retries = pipeline.apps[app].spec.retries
-                if task.status is not AppStatus.COMPLETED and not _exits(task) and again.attempts(app) <= retries:
+                if _retry(task, again.attempts(app), pipeline.apps[app].spec.retries):
                     submit(app, split=split)
                     continue
                 if split and task.status.ok:
@@ -302,6 +301,12 @@ def _skip_unreached(graph: Any, results: dict[str, AppResult], emit: Event) -> N
 def _exits(task: TaskResult) -> bool:
     """Whether a cell of the task raised SystemExit (``sys.exit()``, ``raise SystemExit``)."""
     return bool(task.error) and task.error.get("ename") == "SystemExit"  # type: ignore[union-attr]
+
+
+def _retry(task: TaskResult, attempts: int, retries: int) -> bool:
+    """Whether a task that did not complete runs again (``retries:``); one that
+    raised SystemExit never does, as its exit stops serial execution there."""
+    return not task.status.ok and not _exits(task) and attempts <= retries
 
 
 def _exit_reason(pipeline: Pipeline, app: str, cell: int, error: dict[str, Any]) -> str:
