@@ -1,7 +1,7 @@
 """nbpipe benchmarks: ratios measured side by side in one run.
 
     python bench/run.py            # everything (about two minutes on 2 cores)
-    python bench/run.py fanout     # one part: fanout, overhead, shipping, compile, map, sites
+    python bench/run.py fanout     # one part: fanout, overhead, shipping, compile, map, printing, sites
 
 (a) fan-out: 8 independent 1-second apps and a merge app: nbpipe against
     papermill running the same notebook top to bottom, and against the ideal
@@ -13,7 +13,10 @@
     loading a small name an app shipped in one bundle with the array.
 (d) compiling a 500-cell notebook (parse, dataflow, task notebooks).
 (e) map: fan-out over 10, 100 and 1,000 trivial items: items per second.
-(f) sites: the HEP example on each site this machine has (local, Parsl with a
+(f) printing: a cell printing 40,000 and 200,000 lines; 40,000 lines of 70
+    characters, each flushed (as a logging handler does); one 50 MB print; a
+    cell displaying 500 images: nbpipe against papermill on the same notebook.
+(g) sites: the HEP example on each site this machine has (local, Parsl with a
     local provider, a local Dask cluster, Slurm if `sinfo` shows a node):
     time to the first result and for the whole run.
 
@@ -272,8 +275,32 @@ def sites(tmp: Path) -> list[tuple[str, str]]:
     return rows
 
 
+PRINTING = {
+    "40,000 printed lines": "for i in range(40_000):\n    print('line', i)",
+    "200,000 printed lines": "for i in range(200_000):\n    print('line', i)",
+    "40,000 lines of 70 characters, each flushed": ("for i in range(40_000):\n"
+                                                    "    print(f'line {i:6}', '.' * 58, flush=True)"),
+    "one 50 MB print": "print('x' * 50_000_000)",
+    "500 images displayed": ("import base64\nfrom IPython.display import Image, display\n"
+                             "png = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+                             "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')\n"
+                             "for i in range(500):\n    display(Image(png))\n    print('image', i)"),
+}
+
+
+def printing(tmp: Path) -> list[tuple[str, str]]:
+    """Huge outputs: nbpipe's recorder and merge against papermill's kernel round trip."""
+    rows = []
+    for n, (label, source) in enumerate(PRINTING.items()):
+        path = _write(tmp, f"printing{n}", _notebook([(source, ["app:loud"])]))
+        serial = _papermill(path)
+        ours, _ = _nbpipe(path, workers=1)
+        rows.append((f"{label}: papermill / nbpipe", f"{serial:.2f} s / {ours:.2f} s = {ours / serial:.2f}x"))
+    return rows
+
+
 PARTS = {"fanout": fanout, "overhead": overhead, "shipping": shipping, "compile": compile_time,
-         "map": mapping, "sites": sites}
+         "map": mapping, "printing": printing, "sites": sites}
 
 
 def main(argv: list[str]) -> int:

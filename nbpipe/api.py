@@ -23,7 +23,7 @@ from .atomic import write_text
 from .cache import cache_keys, input_digests, provenance
 from .compile import compile_pipeline
 from .errors import OutputError, UsageError, WorkerError
-from .execution.base import AppResult, AppStatus, TaskSpec
+from .execution.base import AppResult, AppStatus, TaskSpec, run_ok
 from .execution.scheduler import schedule
 from .graph import Pipeline, build_pipeline
 from .merge import merge
@@ -57,7 +57,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.status.ok for r in self.apps.values())
+        return run_ok(self.apps)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (``nbpipe execute --json``)."""

@@ -182,7 +182,8 @@ class _Progress:
             line = (f"app {app} {what}: app {change['app']} changed {change['variable']}, "
                     "which nbpipe did not predict")
         elif kind == "skip":
-            self.done += 1
+            self.done += app not in self.finished  # an app that ran, below a SystemExit, counts once
+            self.finished.add(app)
             line = f"skipped   {app}: {result.reason}"
         else:
             self.done += app not in self.finished  # an app that ran again counts once

@@ -17,7 +17,7 @@ from nbformat import v4
 
 from . import __version__
 from .compile import INTERNAL_TAG
-from .execution.base import AppResult, AppStatus, ItemResult
+from .execution.base import AppResult, AppStatus, ItemResult, run_ok
 from .graph import Pipeline, execution_counts
 from .shape import ERROR_TAG, INJECTED_TAG
 
@@ -98,11 +98,10 @@ def merge(
         if nb is not None and "language_info" in nb.metadata:
             merged.metadata["language_info"] = copy.deepcopy(nb.metadata["language_info"])
             break
-    statuses = [r.status for r in results.values()]
     merged.metadata["nbpipe"] = {
         "version": __version__,
         "site": site,
-        "status": "completed" if all(s.ok for s in statuses) else "failed",
+        "status": "completed" if run_ok(results) else "failed",
         "finished": datetime.now(timezone.utc).isoformat(),
         "parameters": parameters,
         "graph": pipeline.to_json(),

@@ -110,3 +110,30 @@ def test_a_thousand_items_run_and_the_merged_notebook_stays_readable(tmp_path: P
     assert len(labels) < 40  # folded: first and last items, and a note for the rest
     assert any("item(s) folded" in o.data["text/plain"] for o in labels)
     assert run.output.stat().st_size < 1_000_000
+
+
+def test_items_retried_after_a_failure_complete_the_app_and_run_downstream(tmp_path: Path) -> None:
+    # Items 1 and 2 fail on their first attempt (which leaves a marker file) and succeed,
+    # slowly, on their second; item 3 succeeds at once, while the retries still run.
+    flaky = code("import time\n"
+                 "from pathlib import Path\n"
+                 "marker = Path(f'tried-{k}')\n"
+                 "first = not marker.exists()\n"
+                 "marker.touch()\n"
+                 "if first and k != 3:\n"
+                 "    raise RuntimeError(f'first attempt of {k}')\n"
+                 "if k != 3:\n"
+                 "    time.sleep(1)\n"
+                 "y = k * 10", "app:flaky", "map:k=ks", "retries:1")
+    after = code("print('sum', sum(y))", "app:after")
+    path = write(tmp_path / "r.ipynb", code("ks = [1, 2, 3]", "app:load"), flaky, after)
+    events: list[tuple[str, str, str]] = []
+    run = _run(path, on_event=lambda kind, app, result: events.append((kind, app, result.status.value)))
+    assert run.ok, {n: (r.status, r.error, r.reason) for n, r in run.apps.items()}
+    assert [i.status for i in run.apps["flaky"].items] == [AppStatus.COMPLETED] * 3
+    assert [i.attempts for i in run.apps["flaky"].items] == [2, 2, 1]
+    assert run.apps["after"].status is AppStatus.COMPLETED
+    assert "sum 60" in text_of(by_id(read(run.output), after.id))
+    done = [(app, status) for kind, app, status in events if kind == "done"]
+    assert done == [("load", "completed"), ("flaky", "completed"), ("after", "completed")]
+    assert not [e for e in events if e[0] == "skip"]

@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["AppResult", "AppStatus", "Executor", "ItemResult", "TaskResult", "TaskSpec"]
+__all__ = ["AppResult", "AppStatus", "Executor", "ItemResult", "TaskResult", "TaskSpec", "run_ok"]
 
 
 class AppStatus(str, enum.Enum):
@@ -155,6 +155,9 @@ class AppResult(_Outcome):
     #: each time the app was re-wired to read a value another app changed
     #: unpredicted: ``{"app", "variable", "reran"}``
     reruns: list[dict[str, Any]] | None = None
+    #: the app whose cell raised SystemExit above this one: serial execution
+    #: stops there, so this app is skipped
+    stopped_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {"app": self.app, **{k: v for k, v in asdict(self).items()
@@ -165,6 +168,12 @@ class AppResult(_Outcome):
         if self.duration is not None:
             data["duration"] = round(self.duration, 6)
         return data
+
+
+def run_ok(results: dict[str, AppResult]) -> bool:
+    """Every app completed, or was skipped below a ``sys.exit(0)`` (papermill's success)."""
+    return all(r.status.ok or bool(r.stopped_by) and results[r.stopped_by].status.ok  # type: ignore[index]
+               for r in results.values())
 
 
 class Executor(Protocol):

@@ -62,6 +62,7 @@ def schedule(
     again = _Reruns(results, maps)
     running: dict[Future[TaskResult], tuple[str, int | None, bool]] = {}
     emit = on_event or (lambda kind, app, result: None)
+    unreached: set[str] = set()  # apps below a SystemExit: serial execution never gets there
 
     def submit(app: str, item: int | None = None, split: bool = False) -> None:
         result = results[app]
@@ -84,7 +85,7 @@ def schedule(
         submit(app, split=pipeline.apps[app].spec.map is not None)
 
     def ready(app: str) -> bool:
-        return results[app].status is AppStatus.PENDING and all(
+        return app not in unreached and results[app].status is AppStatus.PENDING and all(
             results[p].status.ok for p in graph.predecessors(app))
 
     def skip_downstream(failed: str) -> None:
@@ -106,6 +107,21 @@ def schedule(
                     start(succ)
         else:
             skip_downstream(app)
+
+    def stop_after(app: str, task: TaskResult) -> None:
+        """A cell of ``app`` raised SystemExit: serial execution stops there, so every
+        app whose first cell comes later is skipped, running or not, its result dropped."""
+        error = task.error or {}
+        at = error.get("cell")
+        at = pipeline.apps[app].spec.cells[-1] if at is None else at
+        reason = _exit_reason(pipeline, app, at, error)
+        for later in pipeline.order:
+            if later != app and later not in unreached and pipeline.apps[later].spec.cells[0] > at:
+                unreached.add(later)
+                result = results[later]
+                result.status, result.reason, result.stopped_by = AppStatus.SKIPPED, reason, app
+                result.output = result.error = result.items = None
+                emit("skip", later, result)
 
     def on_mutations(app: str, names: list[str]) -> AppStatus:
         """``app`` changed received ``names`` unpredicted: re-wire and re-run their readers."""
@@ -159,7 +175,8 @@ def schedule(
         if task.status.ok and task.mutations:
             record.status = AppStatus.FAILED
             record.error = {"ename": "MutationError", "evalue": str(flow.map_error(app, task.mutations))}
-        elif not task.status.ok and record.attempts <= pipeline.apps[app].spec.retries:
+        elif _retry(task, record.attempts, pipeline.apps[app].spec.retries):
+            record.status = AppStatus.RUNNING  # not final: the app waits for the retry
             submit(app, item=item)
             return
         emit("item", app, result)
@@ -190,9 +207,13 @@ def schedule(
             for future in sorted(done, key=lambda f: pipeline.order.index(running[f][0])):
                 app, item, split = running.pop(future)
                 task = future.result()
+                if app in unreached:
+                    continue
                 if app in again.stale:
                     discard(app)
                     continue
+                if _exits(task):
+                    stop_after(app, task)
                 result = results[app]
                 if result.start_time is None or item is None and result.attempts == 1:
                     result.start_time = task.start_time  # when it ran, not when it was queued
@@ -201,8 +222,7 @@ def schedule(
                     continue
                 result.end_time, result.host, result.job_id = task.end_time, task.host, task.job_id
                 result.output, result.error = task.output, task.error
-                retries = pipeline.apps[app].spec.retries
-                if task.status is not AppStatus.COMPLETED and again.attempts(app) <= retries:
+                if _retry(task, again.attempts(app), pipeline.apps[app].spec.retries):
                     submit(app, split=split)
                     continue
                 if split and task.status.ok:
@@ -276,6 +296,25 @@ def _skip_unreached(graph: Any, results: dict[str, AppResult], emit: Event) -> N
             result.status = AppStatus.SKIPPED
             result.reason = _failed(failed, results) if failed else "not reached"
             emit("skip", app, result)
+
+
+def _exits(task: TaskResult) -> bool:
+    """Whether a cell of the task raised SystemExit (``sys.exit()``, ``raise SystemExit``)."""
+    return bool(task.error) and task.error.get("ename") == "SystemExit"  # type: ignore[union-attr]
+
+
+def _retry(task: TaskResult, attempts: int, retries: int) -> bool:
+    """Whether a task that did not complete runs again (``retries:``); one that
+    raised SystemExit never does, as its exit stops serial execution there."""
+    return not task.status.ok and not _exits(task) and attempts <= retries
+
+
+def _exit_reason(pipeline: Pipeline, app: str, cell: int, error: dict[str, Any]) -> str:
+    """Why the apps below a SystemExit are skipped: the app and the cell that exited."""
+    cell_id = next((c.id for c in pipeline.parsed.cells if c.index == cell), None)
+    named = f"cell {cell}" + (f" (id {cell_id})" if cell_id else "")
+    code = f": {error['evalue']}" if error.get("evalue") else ""
+    return f"app {app!r} exited in {named} with SystemExit{code}; serial execution stops there"
 
 
 def _failed(app: str, results: dict[str, AppResult]) -> str:

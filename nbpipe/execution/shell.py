@@ -141,6 +141,10 @@ class _Recorder:
     result or error, :data:`FLUSH_INTERVAL` seconds after its first unsent
     write, and when the cell ends (stdout first). So a short cell's ``print``
     comes after a logged line but before a warning, as in a notebook.
+
+    Text is kept as a list of pieces and joined once (when the stream is sent,
+    and when its output is complete), so printing costs time linear in what is
+    printed, however often it is flushed.
     """
 
     #: ipykernel's ``OutStream.flush_interval``
@@ -153,21 +157,33 @@ class _Recorder:
         self.displays: dict[str, list[Any]] = {}
         #: whether outputs carry their display id for the merge (in a task notebook)
         self.mark_displays = False
-        #: stream name -> [unsent text, time of its first write]
+        #: stream name -> [unsent pieces of text, time of the first]
         self.pending: dict[str, list[Any]] = {}
+        #: the last output, a stream still growing, and the pieces of its text
+        self.tail: tuple[Any, list[str]] | None = None
 
     def _append(self, output: Any) -> None:
+        self.sync()
         if self.clear_pending:
             self.outputs.clear()
             self.clear_pending = False
         self.outputs.append(output)
 
+    def sync(self) -> None:
+        """Give the growing stream output its whole text (before anyone reads it)."""
+        if self.tail is not None:
+            output, pieces = self.tail
+            if len(pieces) > 1:
+                pieces[:] = ["".join(pieces)]
+                output.text = pieces[0]
+
     def stream(self, name: str, text: str) -> None:
         self._flush_due()
-        buffered = self.pending.setdefault(name, ["", time.monotonic()])
-        buffered[0] += text
+        self.pending.setdefault(name, [[], time.monotonic()])[0].append(text)
 
     def _flush_due(self) -> None:
+        if not self.pending:
+            return
         now = time.monotonic()
         due = sorted((t, n) for n, (_, t) in self.pending.items() if now - t >= self.FLUSH_INTERVAL)
         for _, name in due:
@@ -177,17 +193,23 @@ class _Recorder:
         self._flush_due()
         for name in ("stdout", "stderr"):
             self.flush(name)
+        self.sync()
 
     def flush(self, name: str) -> None:
         """Send the buffered text of stream ``name`` as a ``stream`` output."""
-        text = self.pending.pop(name, [""])[0]
+        pieces = self.pending.pop(name, None)
+        text = "".join(pieces[0]) if pieces else ""
         if not text:
             return
         last = self.outputs[-1] if self.outputs and not self.clear_pending else None
         if last is not None and last.output_type == "stream" and last.name == name:
-            last.text += text  # nbclient coalesces consecutive stream messages too
+            # nbclient coalesces consecutive stream messages too
+            if self.tail is None or self.tail[0] is not last:
+                self.tail = (last, [last.text])
+            self.tail[1].append(text)
         else:
             self._append(v4.new_output("stream", name=name, text=text))
+            self.tail = (self.outputs[-1], [text])
 
     def display(self, data: Any, metadata: Any, transient: Any, update: bool) -> None:
         self.flush_all()
@@ -223,6 +245,7 @@ class _Recorder:
             self.clear_pending = True
         else:
             self.outputs.clear()
+            self.tail = None
 
 
 _recorder = _Recorder()
@@ -316,6 +339,7 @@ def run_cell(shell: Any, source: str, outputs: list[Any] | None = None,
     _recorder.outputs = outputs if outputs is not None else []
     _recorder.clear_pending = False
     _recorder.pending = {}
+    _recorder.tail = None
     real_out, real_err = sys.stdout, sys.stderr
     real_input, real_getpass = builtins.input, getpass.getpass
     sys.stdout, sys.stderr = _Stream("stdout", real_out), _Stream("stderr", real_err)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import signal
 import socket
 import sys
@@ -33,6 +32,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
 
     start = time.time()
     status, error = AppStatus.COMPLETED, None
+    before = _output_stats(spec)
     context = {"run_dir": spec.run_dir, "app": spec.app, "item": spec.item, "maps": spec.maps,
                "sources": spec.sources, "watch": spec.watch}
     report = report_path(spec.run_dir, spec.app, spec.item)
@@ -47,7 +47,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
         papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
         engine = {"engine_name": "nbpipe"}
     try:
-        papermill.execute_notebook(
+        executed = papermill.execute_notebook(
             spec.notebook,
             spec.output,
             parameters=parameters,
@@ -57,9 +57,11 @@ def run_task(spec: TaskSpec) -> TaskResult:
             log_output=False,
             # Outputs of finished cells survive a timeout or an interrupt.
             request_save_on_cell_execute=True,
-            execution_timeout=math.ceil(spec.timeout) if spec.timeout else None,
+            # papermill's execution_timeout is per cell: give each cell what is left of the app's.
+            timeout_func=_AppDeadline(spec.timeout) if spec.timeout else None,
             **engine,
         )
+        error = _clean_exit(executed)
     except PapermillExecutionError as exc:
         status = AppStatus.FAILED
         error = {"ename": exc.ename, "evalue": exc.evalue, "cell": _failed_source_index(spec.output)}
@@ -73,18 +75,73 @@ def run_task(spec: TaskSpec) -> TaskResult:
     except Exception as exc:  # a kernel that dies or cannot start is the app's failure
         status = AppStatus.FAILED
         error = {"ename": type(exc).__name__, "evalue": str(exc)}
-    if status is AppStatus.COMPLETED:
-        missing = [o for o in spec.outputs if not glob.glob(str(Path(spec.cwd) / o))]
-        if missing:
-            status = AppStatus.FAILED
-            error = {"ename": "MissingOutputError",
-                     "evalue": f"app {spec.app!r} declared outputs:{missing[0]} but did not write "
-                               f"{Path(spec.cwd) / missing[0]}"}
+    if status is AppStatus.COMPLETED and error is None:
+        error = _unwritten_output(spec, before)
+        status = AppStatus.FAILED if error else status
     output = spec.output if Path(spec.output).exists() else None
     from .remote import batch_job_id
 
     return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
                       output, error, batch_job_id(), read_report(report))
+
+
+def _clean_exit(nb: Any) -> dict[str, Any] | None:
+    """``SystemExit`` with no code or code 0 in a cell (``sys.exit()``, ``raise SystemExit``):
+    papermill stops the notebook there and calls the run a success. The error, with the
+    source notebook's index of that cell, tells the scheduler that serial execution stops here."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and out.get("ename") == "SystemExit":
+                source = cell.metadata.get("nbpipe", {}).get("source")
+                return {"ename": "SystemExit", "evalue": out.get("evalue", ""),
+                        "cell": int(source["index"]) if source else None}
+    return None
+
+
+class _AppDeadline:
+    """nbclient asks this for each cell's timeout: what is left of the app's
+    ``timeout:``, counted from the first cell (not while the kernel starts).
+    When it passes, nbclient raises ``CellTimeoutError`` and shuts the kernel down."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end: float | None = None
+
+    def __call__(self, cell: Any) -> float:
+        if self.end is None:
+            self.end = time.monotonic() + self.seconds
+        return max(self.end - time.monotonic(), 0.001)  # 0 would mean no timeout
+
+
+Stats = dict[str, dict[str, tuple[int, ...]]]
+
+
+def _output_stats(spec: TaskSpec) -> Stats:
+    """``outputs:`` pattern -> each existing file it matches -> what shows a write to it."""
+    stats: Stats = {}
+    for pattern in spec.outputs:
+        found = stats.setdefault(pattern, {})
+        for path in glob.glob(str(Path(spec.cwd) / pattern)):
+            try:
+                st = Path(path).stat()
+            except OSError:
+                continue
+            found[path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return stats
+
+
+def _unwritten_output(spec: TaskSpec, before: Stats) -> dict[str, str] | None:
+    """The error for the first ``outputs:`` pattern that matches no file the app
+    wrote: a file that existed before the app ran and is unchanged does not count
+    (it is compared, never deleted)."""
+    for pattern, found in _output_stats(spec).items():
+        if any(before[pattern].get(path) != stat for path, stat in found.items()):
+            continue
+        stale = f"; {min(found)} existed before the app ran and the app did not change it" if found else ""
+        return {"ename": "MissingOutputError",
+                "evalue": f"app {spec.app!r} declared outputs:{pattern} but did not write "
+                          f"{Path(spec.cwd) / pattern}{stale}"}
+    return None
 
 
 def _failed_source_index(output: str) -> int | None:
