@@ -121,7 +121,17 @@ def test_no_worker_process_left_after_a_run(tmp_path: Path) -> None:
 
 
 def _zygotes() -> set[str]:
-    return {p for p in os.listdir("/proc") if p.isdigit() and "nbpipe.execution.zygote" in _cmdline(p)}
+    """This process's zygotes (other nbpipe runs on the machine do not count)."""
+    return {p for p in os.listdir("/proc")
+            if p.isdigit() and "nbpipe.execution.zygote" in _cmdline(p) and _parent(p) == os.getpid()}
+
+
+def _parent(pid: str) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def test_a_large_array_ships_between_apps_and_stays_writable(tmp_path: Path) -> None:
