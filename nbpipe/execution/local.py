@@ -22,12 +22,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from .. import stop
+from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
 
 __all__ = ["LocalExecutor"]
 
-#: How long a stopped task may take to save its notebook and stop its kernel.
-GRACE_SECONDS = 5.0
+#: After the grace period a task that still runs (it caught the interrupt) gets a
+#: second SIGTERM, which saves what it printed and ends it; SIGKILL this long after.
+LAST_WORDS_SECONDS = 1.0
 
 
 class LocalExecutor:
@@ -76,6 +79,7 @@ class LocalExecutor:
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
+        _kill_leftovers(proc.pid)
         return self._collect(spec, base, start, proc.returncode)
 
     def _run_forked(self, spec: TaskSpec, base: _Files, start: float) -> TaskResult:
@@ -215,9 +219,7 @@ class _Zygote:
             self._proc.stdin.close()
         except OSError:
             pass
-        try:
-            self._proc.wait(timeout=GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
+        if not stop.wait_process(self._proc):
             self.kill_children()
             self._proc.kill()
             self._proc.wait()
@@ -233,36 +235,46 @@ def _too_long(spec: TaskSpec) -> str:
 def _kill_group(pid: int, done: threading.Event | None = None) -> None:
     """Stop a forked task and whatever it started (it leads its own session).
 
-    SIGTERM first, so the task can save the outputs it has; SIGKILL if it is
-    still there after the grace period.
+    SIGTERM first, so the task can save the outputs it has. After the grace
+    period (cut short by a second Ctrl-C) a task still running caught the
+    interrupt: a second SIGTERM makes it save what it printed and exit. Then
+    SIGKILL for whatever is left of the group.
     """
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
-    if done is not None:
-        done.wait(GRACE_SECONDS)
-    # Then whatever is left of the group, also a process the app was starting
-    # when SIGTERM came (it missed the signal, and its parent is gone).
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    if done is not None and not stop.wait(done, GRACE_SECONDS):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        done.wait(LAST_WORDS_SECONDS)
+    # Also a process the app was starting when SIGTERM came (it missed the
+    # signal, and its parent is gone).
+    _kill_leftovers(pid)
     if done is not None:
         done.wait()
+
+
+def _kill_leftovers(pgid: int) -> None:
+    """SIGKILL whatever is left in the process group a finished task led."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop a worker and everything it started (its kernel runs in a session of its own)."""
     family = _descendants(proc.pid)
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
+    for wait in (GRACE_SECONDS, LAST_WORDS_SECONDS):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if stop.wait_process(proc, wait if not stop.hurried() else LAST_WORDS_SECONDS):
+            break
     for pid in [proc.pid, *family]:
         for kill in (os.killpg, os.kill):
             try:

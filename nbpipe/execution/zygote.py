@@ -183,8 +183,11 @@ def main() -> int:
     _preload(sys.argv[1:])
 
     def send(message: dict[str, Any]) -> None:
-        out.write(json.dumps(message) + "\n")
-        out.flush()
+        try:
+            out.write(json.dumps(message) + "\n")
+            out.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the driver is gone; the apps are stopped all the same (eof)
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -236,6 +239,7 @@ def main() -> int:
             if pid == 0:
                 break
             key = children.pop(pid, None)
+            _signal_children({pid: ""}, signal.SIGKILL)  # what the app started dies with it
             if key is not None:
                 send({"key": key, "exit": os.waitstatus_to_exitcode(status)})
     return 0
