@@ -37,13 +37,15 @@ from typing import Any
 __all__ = ["main"]
 
 
-def _child(request: dict[str, Any]) -> None:
+def _child(request: dict[str, Any], inherited: list[int]) -> None:
     """In the forked child: run one task, write its result, never return."""
     status = 1
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        for fd in inherited:  # the zygote's pipes: its driver must see them close when it dies
+            os.close(fd)
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -56,7 +58,10 @@ def _child(request: dict[str, Any]) -> None:
         # not, and parallel apps must not draw the same "random" numbers.
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
+        from . import shell
         from .task import main as task_main
+
+        shell.echo = True
 
         # SIGTERM (a timeout, Ctrl-C in the driver) interrupts the running cell, so
         # papermill still writes what the app printed before it was stopped.
@@ -228,7 +233,7 @@ def main() -> int:
                 request = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
-                    _child(request)
+                    _child(request, [out.fileno(), wake_r, wake_w])
                 children[pid] = request["key"]
                 send({"key": request["key"], "pid": pid})
         while children:
