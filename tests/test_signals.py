@@ -58,6 +58,20 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def marked(marker: str) -> set[int]:
+    """Live processes whose command line or environment mentions ``marker``: also
+    those a launcher detached (Parsl's local provider starts blocks with ``&``)."""
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            text = Path(f"/proc/{entry}/cmdline").read_bytes() + Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in text and int(entry) != os.getpid():
+            found.add(int(entry))
+    return alive(found)
+
+
 def alive(pids: set[int]) -> set[int]:
     left = set()
     for pid in pids:
@@ -93,7 +107,7 @@ class Run:
             assert time.time() < deadline, "the app never started"
             time.sleep(0.1)
         time.sleep(0.5)  # let the quick app finish and the print reach the recorder
-        family = descendants(self.proc.pid) | {int(self.flag.read_text())}
+        family = descendants(self.proc.pid) | marked(str(self.tmp)) | {int(self.flag.read_text())}
         assert len(family) >= 2, family
         return family
 

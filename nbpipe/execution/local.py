@@ -26,7 +26,7 @@ from .. import stop
 from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
 
-__all__ = ["LocalExecutor"]
+__all__ = ["LocalExecutor", "result_path"]
 
 #: After the grace period a task that still runs (it caught the interrupt) gets a
 #: second SIGTERM, which saves what it printed and ends it; SIGKILL this long after.
@@ -56,8 +56,7 @@ class LocalExecutor:
         return self._pool.submit(self._run, spec)
 
     def _run(self, spec: TaskSpec) -> TaskResult:
-        which = "split" if spec.split else spec.item if spec.item is not None else "app"
-        base = _Files(Path(spec.run_dir) / "tasks" / f"{spec.app}.{which}.{spec.attempt}")
+        base = _files(spec)
         spec_path, result_path = base.with_suffix(".spec.json"), base.with_suffix(".result.json")
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec.to_dict()))
@@ -149,6 +148,16 @@ class LocalExecutor:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         if self._zygote is not None:
             self._zygote.close()
+
+
+def result_path(spec: TaskSpec) -> Path:
+    """Where the task of ``spec`` writes its result, also when it is stopped."""
+    return _files(spec).with_suffix(".result.json")
+
+
+def _files(spec: TaskSpec) -> _Files:
+    which = "split" if spec.split else spec.item if spec.item is not None else "app"
+    return _Files(Path(spec.run_dir) / "tasks" / f"{spec.app}.{which}.{spec.attempt}")
 
 
 class _Files:

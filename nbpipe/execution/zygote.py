@@ -209,6 +209,7 @@ def main() -> int:
     gc.freeze()
     send({"ready": True})
     stop_at = None
+    last_words = False
     while not eof or children:
         if eof and stop_at is None:
             # The driver is gone (a worker killed by its batch system, Ctrl-C):
@@ -216,7 +217,10 @@ def main() -> int:
             stop_at = time.monotonic() + 5.0
             _signal_children(children, signal.SIGTERM)
         if stop_at is not None and time.monotonic() > stop_at:
-            _signal_children(children, signal.SIGKILL)
+            # An app that caught the interrupt: a second SIGTERM saves what it
+            # printed and ends it (see task.py); SIGKILL a second later.
+            _signal_children(children, signal.SIGTERM if not last_words else signal.SIGKILL)
+            stop_at, last_words = time.monotonic() + 1.0, True
         readable, _, _ = select.select([wake_r] + ([] if eof else [0]), [], [], 0.5 if eof else None)
         if wake_r in readable:
             os.read(wake_r, 4096)
