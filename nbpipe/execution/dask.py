@@ -19,6 +19,9 @@ from .remote import probe, run_remote, settle, worker_fix
 
 __all__ = ["DaskExecutor"]
 
+#: How long closing the client and the cluster nbpipe started may take.
+CLOSE_SECONDS = 20
+
 
 class DaskExecutor:
     """Tasks as Dask futures; one task per worker thread at a time."""
@@ -85,6 +88,7 @@ class DaskExecutor:
         self._closed = True
         if cancel and self._futures:
             self.client.cancel(self._futures)
-        self.client.close()
+        # Bounded: a cluster whose workers a terminal's Ctrl-C already stopped must not hang the stop.
+        self.client.close(timeout=CLOSE_SECONDS)
         if self.cluster is not None:
-            self.cluster.close()
+            self.cluster.close(timeout=CLOSE_SECONDS)
