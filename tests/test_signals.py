@@ -202,3 +202,19 @@ def test_a_signal_stops_a_parsl_site_cleanly(tmp_path: Path, sig: int, code: int
     err = run.stop(sig, timeout=90)
     assert_stopped(run, family, err, code)
     assert time.time() - started < 60
+
+
+def test_execute_from_another_thread_runs_without_signal_handlers(tmp_path: Path) -> None:
+    import threading
+
+    import nbpipe
+
+    nb = write(tmp_path / "nb.ipynb", code("print('ran')", "app:a"))
+    before = signal.getsignal(signal.SIGINT)
+    results: list[object] = []
+    thread = threading.Thread(target=lambda: results.append(nbpipe.execute(nb)))
+    thread.start()
+    thread.join(timeout=120)
+    assert results and results[0].ok  # type: ignore[attr-defined]
+    nbpipe.execute(nb)  # in the main thread: handlers installed, then put back
+    assert signal.getsignal(signal.SIGINT) is before
