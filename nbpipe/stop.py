@@ -107,12 +107,16 @@ def handling(function: Callable[..., T]) -> Callable[..., T]:
 
 def hold() -> None:
     """Until the outermost :func:`handled` block ends, a signal is recorded, not raised."""
-    _state.shield += 1
+    if threading.current_thread() is threading.main_thread():
+        _state.shield += 1
 
 
 @contextmanager
 def shielded() -> Iterator[None]:
     """Within this block (cleanup, merge, write) a signal is recorded, not raised."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _state.shield += 1
     try:
         yield
