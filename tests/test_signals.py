@@ -218,3 +218,13 @@ def test_execute_from_another_thread_runs_without_signal_handlers(tmp_path: Path
     assert results and results[0].ok  # type: ignore[attr-defined]
     nbpipe.execute(nb)  # in the main thread: handlers installed, then put back
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", SIGNALS[:2], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_dask_cluster_nbpipe_started(tmp_path: Path, sig: int, code: int) -> None:
+    pytest.importorskip("distributed", reason="the Dask engine needs the dask extra: pip install -e '.[dask]'")
+    (tmp_path / "nbpipe.toml").write_text('[sites.dasklocal]\nengine = "dask"\nworkers = 2\n')
+    run = Run(tmp_path, "--site", "dasklocal")
+    family = run.wait_running()
+    assert_stopped(run, family, run.stop(sig, timeout=90), code)

@@ -31,7 +31,7 @@ from typing import Any
 from .. import stop
 from ..errors import SiteError, WorkerError
 from .base import TaskResult, TaskSpec
-from .remote import probe, run_remote, settle, worker_fix
+from .remote import await_results, probe, run_remote, settle, worker_fix
 
 __all__ = ["ParslExecutor", "load_config"]
 
@@ -220,7 +220,7 @@ class ParslExecutor:
         try:
             self._cleanup()
             if cancel:
-                _await_results(stopped)
+                await_results(stopped)
         finally:
             if self._path is not None:
                 os.environ["PATH"] = self._path
@@ -248,22 +248,6 @@ class ParslExecutor:
                 _force_stop(executor)
         elif failure:
             raise failure[0]
-
-
-def _await_results(specs: list[TaskSpec]) -> None:
-    """Give tasks stopped on the workers the grace period to save what they printed.
-
-    Their workers are gone: the tasks notice, save, and write their result
-    files to the run directory (on a shared filesystem), which is all the
-    driver can watch.
-    """
-    from .local import result_path
-
-    deadline = time.monotonic() + stop.GRACE_SECONDS + 2.0
-    waiting = [result_path(spec) for spec in specs]
-    while waiting and time.monotonic() < deadline and not stop.hurried():
-        waiting = [path for path in waiting if not path.exists()]
-        time.sleep(0.1)
 
 
 def _force_stop(executor: Any) -> None:
