@@ -174,6 +174,23 @@ def test_a_second_ctrl_c_only_shortens_the_grace_period(tmp_path: Path) -> None:
     assert time.time() - started < 5  # no grace period waited for
 
 
+def test_under_nohup_a_hang_up_does_not_stop_the_run(tmp_path: Path) -> None:
+    flag = tmp_path / "running"
+    nb = write(tmp_path / "nb.ipynb", code(f"import pathlib, time\npathlib.Path({str(flag)!r}).touch()\n"
+                                           "time.sleep(1)\nprint('finished')", "app:a"))
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    deadline = time.time() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "finished" in json.dumps(read(tmp_path / "nb.merged.ipynb").cells[0].outputs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,code", SIGNALS, ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_stops_the_kernel_engine_cleanly(tmp_path: Path, sig: int, code: int) -> None:
