@@ -19,6 +19,7 @@ from typing import Any
 
 import nbformat
 
+from . import stop
 from .atomic import write_text
 from .cache import cache_keys, input_digests, provenance
 from .compile import compile_pipeline
@@ -94,6 +95,7 @@ def check(
     return pipeline, chosen, before_run(pipeline, path, parameters=parameters, output=output, html=html)
 
 
+@stop.handling
 def execute(
     path: str | Path,
     *,
@@ -187,10 +189,13 @@ def execute(
     try:
         results = schedule(pipeline, executor, make_spec, on_event, map_size)
     except KeyboardInterrupt as exc:
-        interrupt, results = exc, exc.results  # type: ignore[attr-defined]
+        # A signal that came before the scheduler had results to attach leaves none.
+        interrupt, results = exc, getattr(exc, "results", None) or _stopped_results(pipeline)
     finally:
-        executor.shutdown(cancel=True)
-
+        with stop.shielded():
+            executor.shutdown(cancel=True)
+    stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
+    _pick_up_partial(results, tasks)
     executed: dict[str, Any] = {}
     for app, result in results.items():
         if result.items is not None:
@@ -214,6 +219,8 @@ def execute(
     run = RunResult(merged, output, results, time.time() - started, html_path,
                     run_dir if keep_run_dir else None, metrics,
                     min(ends) - started if ends else None)
+    if interrupt is None and stop.requested():
+        interrupt = stop.Stopped(stop.requested())
     if interrupt is not None:
         interrupt.run_result = run  # type: ignore[attr-defined]
         raise interrupt
@@ -237,6 +244,24 @@ def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path) 
         where = exc.filename or output
         raise OutputError(f"cannot write {where}: {exc.strerror}; the executed task notebooks "
                           f"are kept in {run_dir}") from None
+
+
+def _stopped_results(pipeline: Pipeline) -> dict[str, AppResult]:
+    return {name: AppResult(name, status=AppStatus.SKIPPED, reason="the run was interrupted")
+            for name in pipeline.order}
+
+
+def _pick_up_partial(results: dict[str, AppResult], tasks: Path) -> None:
+    """An app stopped part-way saved what it printed so far: show it in the merge."""
+    for app, result in results.items():
+        if result.status.ok:
+            continue
+        if result.items is None and not result.output and (tasks / f"{app}.out.ipynb").exists():
+            result.output = str(tasks / f"{app}.out.ipynb")
+        for item in result.items or []:
+            partial = tasks / f"{app}.{item.index}.out.ipynb"
+            if not item.output and partial.exists():
+                item.output = str(partial)
 
 
 def _inside_ipython() -> bool:

@@ -2,8 +2,8 @@
 
 Each command parses its arguments, calls one library function, and maps the
 library's errors to a one-line message and an exit code: 0 success, 1 an app
-failed or timed out, 2 bad usage or bad input (nothing ran), 130 interrupted
-(Ctrl-C, or SIGTERM as a batch system sends it: both stop the run and clean up).
+failed or timed out, 2 bad usage or bad input (nothing ran), 128 + N when signal
+N stopped the run (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; :mod:`.stop`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import json
 import math
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, stop
 from .errors import NbpipeError, UsageError
 
 __all__ = ["main"]
@@ -32,26 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
-        return int(args.func(args))
+        with stop.handled():
+            return int(args.func(args))
     except NbpipeError as exc:
         print(f"nbpipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         run = getattr(exc, "run_result", None)
         where = f"; the partial merged notebook is in {run.output}" if run else ""
-        print(f"nbpipe: interrupted{where}", file=sys.stderr)
-        return 130
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM stops a run as Ctrl-C does: apps stopped, workers and batch jobs cleaned up."""
-    raise KeyboardInterrupt
+        what = f" by {signal.Signals(exc.signum).name}" if isinstance(exc, stop.Stopped) else ""
+        print(f"nbpipe: interrupted{what}{where}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, stop.Stopped) else 130
 
 
 def _parser() -> argparse.ArgumentParser:

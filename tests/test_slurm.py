@@ -84,3 +84,15 @@ def test_a_stopped_slurm_fails_clearly_within_bounded_time(tmp_path: Path, slurm
     message = str(info.value)
     assert "site 'cluster'" in message
     assert "Unable to contact slurm controller" in message or "no worker started" in message
+
+
+@pytest.mark.parametrize("sig,code", [(2, 130), (15, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_slurm_run_and_cancels_its_job(tmp_path: Path, slurm: None, sig: int, code: int) -> None:
+    from test_signals import Run, assert_stopped
+
+    (tmp_path / "nbpipe.toml").write_text(SLURM.format(timeout=120))
+    run = Run(tmp_path, "--site", "cluster")
+    family = run.wait_running(timeout=180)
+    assert _queue(), "the apps should run in a Slurm job"
+    assert_stopped(run, family, run.stop(sig, timeout=120), code)
+    assert _wait_for_empty_queue() == []

@@ -83,7 +83,7 @@ BAD_INPUT = [
     ("yaml-binary", yaml_file("n: !!binary " + base64.b64encode(
         f'"+str({shell_payload("pwned")})+"'.encode()).decode() + "\n"), "type bytes"),
     ("yaml-set", yaml_file("n: !!set {a, b}\n"), "type set"),
-    ("yaml-python-object", yaml_file(f"n: !!python/object/apply:os.system ['touch pwned']\n"),
+    ("yaml-python-object", yaml_file("n: !!python/object/apply:os.system ['touch pwned']\n"),
      "not valid YAML"),
     ("yaml-int-key-nested", yaml_file("n: {1: a}\n"), "keys of a mapping parameter must be strings"),
     ("yaml-huge-int", yaml_file("n: 0x" + "f" * 5000 + "\n"), "more than 4300 digits"),

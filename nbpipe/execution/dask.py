@@ -15,9 +15,12 @@ from typing import Any
 
 from ..errors import SiteError, WorkerError
 from .base import TaskResult, TaskSpec
-from .remote import probe, run_remote, settle, worker_fix
+from .remote import await_results, probe, run_remote, settle, worker_fix
 
 __all__ = ["DaskExecutor"]
+
+#: How long closing the client and the cluster nbpipe started may take.
+CLOSE_SECONDS = 20
 
 
 class DaskExecutor:
@@ -53,6 +56,7 @@ class DaskExecutor:
         except OSError as exc:
             raise WorkerError(f"site {site.name!r}: cannot reach the Dask scheduler at {address}: {exc}") from None
         self._futures: list[Any] = []
+        self._specs: dict[str, TaskSpec] = {}
         try:
             start = time.time()
             self.client.wait_for_workers(1, timeout=timeout)
@@ -77,14 +81,18 @@ class DaskExecutor:
         key = f"nbpipe-{spec.app}-{spec.item if spec.item is not None else 'app'}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(run_remote, spec.to_dict(), self.preload, pure=False, key=key)
         self._futures.append(future)
+        self._specs[future.key] = spec
         return settle(future, spec, self.site.name)
 
     def shutdown(self, *, cancel: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
+        running = [self._specs[f.key] for f in self._futures if not f.done()] if cancel else []
         if cancel and self._futures:
             self.client.cancel(self._futures)
-        self.client.close()
+        # Bounded: a cluster whose workers a terminal's Ctrl-C already stopped must not hang the stop.
+        self.client.close(timeout=CLOSE_SECONDS)
         if self.cluster is not None:
-            self.cluster.close()
+            self.cluster.close(timeout=CLOSE_SECONDS)
+        await_results(running)  # tasks stopped with their workers save what they printed

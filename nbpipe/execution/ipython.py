@@ -27,9 +27,22 @@ from papermill.engines import Engine, NotebookExecutionManager
 from .counts import planned_counts, serial_history, set_count
 from .shell import make_shell, new_task, reset, run_cell
 
-__all__ = ["IPythonEngine", "make_shell"]
+__all__ = ["IPythonEngine", "make_shell", "save_partial"]
 
 _used = False  # whether a task ran in this process's shell already
+_running: Any = None  # the notebook manager of the task running in this process
+
+
+def save_partial() -> None:
+    """Write the running task's notebook with what it printed so far, now.
+
+    For an app that caught the interrupt and would not stop: the driver is
+    about to kill it (:func:`nbpipe.execution.task.main`).
+    """
+    if _running is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        NotebookExecutionManager.save(_running)
 
 
 def mark_fresh() -> None:
@@ -60,6 +73,8 @@ class IPythonEngine(Engine):
                          autosave_cell_every: int = 30, **kwargs: Any) -> Any:
         nb_man = _Manager(nb, output_path=output_path, progress_bar=progress_bar,
                           log_output=log_output, autosave_cell_every=autosave_cell_every)
+        global _running
+        _running = nb_man
         nb_man.notebook_start()
         try:
             cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
@@ -100,6 +115,7 @@ class IPythonEngine(Engine):
                 count = counts[index]
                 if count is not None:
                     set_count(shell, count, history)
+                cell.execution_count = count  # as a kernel's execute_input sets it: a stopped cell has one
                 outputs, failed = run_cell(shell, cell.source, cell.outputs, store_history=count is not None)
                 cell.outputs, cell.execution_count = outputs, count
                 if failed and "raises-exception" not in cell.metadata.get("tags", []):

@@ -22,12 +22,19 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from .. import stop
+from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
 
-__all__ = ["LocalExecutor"]
+__all__ = ["LocalExecutor", "result_path"]
 
-#: How long a stopped task may take to save its notebook and stop its kernel.
-GRACE_SECONDS = 5.0
+#: After the grace period a task that still runs (it caught the interrupt) gets a
+#: second SIGTERM, which saves what it printed and ends it; SIGKILL this long after.
+LAST_WORDS_SECONDS = 1.0
+
+#: A zygote that dies (killed, out of memory) is started again this many times:
+#: it costs one preload, and the apps after it run as before.
+ZYGOTE_RESTARTS = 1
 
 
 class LocalExecutor:
@@ -41,14 +48,15 @@ class LocalExecutor:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._closing = False
+        self._preload = preload
         self._zygote = _Zygote(preload) if engine == "ipython" else None
+        self._restarts = 0
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         return self._pool.submit(self._run, spec)
 
     def _run(self, spec: TaskSpec) -> TaskResult:
-        which = "split" if spec.split else spec.item if spec.item is not None else "app"
-        base = _Files(Path(spec.run_dir) / "tasks" / f"{spec.app}.{which}.{spec.attempt}")
+        base = _files(spec)
         spec_path, result_path = base.with_suffix(".spec.json"), base.with_suffix(".result.json")
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec.to_dict()))
@@ -76,14 +84,15 @@ class LocalExecutor:
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
+        _kill_leftovers(proc.pid)
         return self._collect(spec, base, start, proc.returncode)
 
     def _run_forked(self, spec: TaskSpec, base: _Files, start: float) -> TaskResult:
-        assert self._zygote is not None
         if self._closing:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
-        task = self._zygote.run(str(base.with_suffix(".spec.json")), str(base.with_suffix(".result.json")),
-                                str(base.with_suffix(".log")))
+        zygote = self._live_zygote()
+        task = zygote.run(str(base.with_suffix(".spec.json")), str(base.with_suffix(".result.json")),
+                          str(base.with_suffix(".log")))
         # No per-cell timeout runs inside the child: the app's timeout is enforced
         # here, from the moment the child exists (not while the zygote starts).
         task.started.wait()
@@ -92,18 +101,31 @@ class LocalExecutor:
             return self._result(spec, start, AppStatus.TIMED_OUT, "TimeoutError", _too_long(spec))
         if self._closing and task.status != 0:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+        if task.orphaned:
+            return self._result(spec, start, AppStatus.FAILED, "WorkerDied", zygote.death(started=bool(task.pid))
+                                + _printed(base))
         return self._collect(spec, base, start, task.status)
+
+    def _live_zygote(self) -> _Zygote:
+        """The zygote; one that died is replaced, ``ZYGOTE_RESTARTS`` times in a run."""
+        with self._lock:
+            assert self._zygote is not None
+            if self._zygote.alive() or self._restarts >= ZYGOTE_RESTARTS or self._closing:
+                return self._zygote
+            self._restarts += 1
+            self._zygote.close()
+            self._zygote = _Zygote(self._preload, restarted=True)
+            return self._zygote
 
     def _collect(self, spec: TaskSpec, base: _Files, start: float, returncode: int | None) -> TaskResult:
         result_path = base.with_suffix(".result.json")
         if result_path.exists():
             return TaskResult.from_dict(json.loads(result_path.read_text()))
-        log = base.with_suffix(".log")
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else (
-            "the preloaded worker process stopped before it could start the app; "
-            "its error is printed above")
-        return self._result(spec, start, AppStatus.FAILED, "WorkerDied",
-                            f"worker process exited with status {returncode}: {tail}")
+        if not base.with_suffix(".log").exists():
+            return self._result(spec, start, AppStatus.FAILED, "WorkerDied",
+                                "the preloaded worker process stopped before it could start the app; "
+                                "its error is printed above")
+        return self._result(spec, start, AppStatus.FAILED, "WorkerDied", _died(returncode) + _printed(base))
 
     @staticmethod
     def _result(spec: TaskSpec, start: float, status: AppStatus, ename: str, evalue: str) -> TaskResult:
@@ -128,6 +150,16 @@ class LocalExecutor:
             self._zygote.close()
 
 
+def result_path(spec: TaskSpec) -> Path:
+    """Where the task of ``spec`` writes its result, also when it is stopped."""
+    return _files(spec).with_suffix(".result.json")
+
+
+def _files(spec: TaskSpec) -> _Files:
+    which = "split" if spec.split else spec.item if spec.item is not None else "app"
+    return _Files(Path(spec.run_dir) / "tasks" / f"{spec.app}.{which}.{spec.attempt}")
+
+
 class _Files:
     """The files of one attempt: ``BASE.spec.json``, ``BASE.result.json``, ``BASE.log``."""
 
@@ -142,6 +174,7 @@ class _Task:
     def __init__(self) -> None:
         self.pid = 0
         self.status: int | None = None
+        self.orphaned = False  # its zygote died before it reported the task's end
         self.started = threading.Event()
         self.done = threading.Event()
 
@@ -149,7 +182,8 @@ class _Task:
 class _Zygote:
     """The driver's side of :mod:`.zygote`: one reader thread resolves the tasks."""
 
-    def __init__(self, preload: list[str] | tuple[str, ...]) -> None:
+    def __init__(self, preload: list[str] | tuple[str, ...], restarted: bool = False) -> None:
+        self.restarted = restarted
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "nbpipe.execution.zygote", *preload],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
@@ -172,6 +206,7 @@ class _Zygote:
                 self._proc.stdin.write((json.dumps(request) + "\n").encode())
                 self._proc.stdin.flush()
             except (BrokenPipeError, ValueError):
+                task.orphaned = True
                 task.status = -1
                 task.started.set()
                 task.done.set()
@@ -193,14 +228,29 @@ class _Zygote:
                 with self._lock:  # a long-lived worker runs many tasks: keep only live ones
                     self._tasks.pop(key, None)
                 task.done.set()
-        # The zygote is gone: nothing will report on the tasks still waiting.
+        # The zygote is gone: nothing will report on the tasks still waiting. Its
+        # children run on, orphans: stop them (they save what they printed).
         with self._lock:
-            waiting = list(self._tasks.values())
+            waiting = [task for task in self._tasks.values() if not task.done.is_set()]
         for task in waiting:
-            if not task.done.is_set():
-                task.status = -1
-                task.started.set()
-                task.done.set()
+            if task.pid:
+                _stop_orphan(task.pid)
+            task.orphaned = True
+            task.status = -1
+            task.started.set()
+            task.done.set()
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def death(self, started: bool) -> str:
+        """Why a task of this zygote ended without a result, once the zygote died."""
+        status = self._proc.poll()
+        how = _died(status).replace("the app's process", "the zygote (the preloaded process that forks "
+                                    "the apps)") if status is not None else "the zygote's pipe closed"
+        what = "; the app was stopped" if started else "; the app did not start"
+        again = "" if not self.restarted else f" (it was restarted {ZYGOTE_RESTARTS} time(s) already)"
+        return how + again + what
 
     def kill_children(self) -> None:
         with self._lock:
@@ -215,15 +265,49 @@ class _Zygote:
             self._proc.stdin.close()
         except OSError:
             pass
-        try:
-            self._proc.wait(timeout=GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
+        if not stop.wait_process(self._proc):
             self.kill_children()
             self._proc.kill()
             self._proc.wait()
         self._reader.join(timeout=GRACE_SECONDS)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+
+
+def _died(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        return f"the app's process was killed by {signal.Signals(-returncode).name}"
+    return f"the app's process exited with status {returncode} before it wrote its result"
+
+
+def _printed(base: _Files) -> str:
+    """What a task that died printed last (its log), to show with the failure."""
+    log = base.with_suffix(".log")
+    text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    return f"; it printed last:\n{text}" if text.strip() else ""
+
+
+def _stop_orphan(pid: int) -> None:
+    """Stop a task whose zygote died: SIGTERM (it saves what it printed), then SIGKILL."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + GRACE_SECONDS
+    while _running(pid) and time.monotonic() < deadline and not stop.hurried():
+        time.sleep(0.05)
+    _kill_leftovers(pid)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (an orphan is reaped by init; a zombie does not count)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return True  # no /proc here: alive, as os.kill said
+    except OSError:
+        return False
 
 
 def _too_long(spec: TaskSpec) -> str:
@@ -233,36 +317,46 @@ def _too_long(spec: TaskSpec) -> str:
 def _kill_group(pid: int, done: threading.Event | None = None) -> None:
     """Stop a forked task and whatever it started (it leads its own session).
 
-    SIGTERM first, so the task can save the outputs it has; SIGKILL if it is
-    still there after the grace period.
+    SIGTERM first, so the task can save the outputs it has. After the grace
+    period (cut short by a second Ctrl-C) a task still running caught the
+    interrupt: a second SIGTERM makes it save what it printed and exit. Then
+    SIGKILL for whatever is left of the group.
     """
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
-    if done is not None:
-        done.wait(GRACE_SECONDS)
-    # Then whatever is left of the group, also a process the app was starting
-    # when SIGTERM came (it missed the signal, and its parent is gone).
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    if done is not None and not stop.wait(done, GRACE_SECONDS):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        done.wait(LAST_WORDS_SECONDS)
+    # Also a process the app was starting when SIGTERM came (it missed the
+    # signal, and its parent is gone).
+    _kill_leftovers(pid)
     if done is not None:
         done.wait()
+
+
+def _kill_leftovers(pgid: int) -> None:
+    """SIGKILL whatever is left in the process group a finished task led."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop a worker and everything it started (its kernel runs in a session of its own)."""
     family = _descendants(proc.pid)
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
+    for wait in (GRACE_SECONDS, LAST_WORDS_SECONDS):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if stop.wait_process(proc, wait if not stop.hurried() else LAST_WORDS_SECONDS):
+            break
     for pid in [proc.pid, *family]:
         for kill in (os.killpg, os.kill):
             try:

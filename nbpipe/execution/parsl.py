@@ -4,6 +4,14 @@ nbpipe owns its DataFlowKernel for the run (no global ``parsl.load``), builds
 a fresh Config every run, turns usage tracking off, asks for the first block
 at once, and always cleans up: ``shutdown`` stops the interchange and cancels
 the batch jobs, on success, on error and on Ctrl-C.
+
+The interchange starts in a session of its own (Parsl's local provider
+already starts each block in a process group of its own), so the terminal's
+Ctrl-C reaches only nbpipe, which then stops them in order. Parsl's cleanup
+is bounded: if it has not returned within ``CLEANUP_SECONDS`` (or at once
+after a second Ctrl-C), the interchange is killed and the blocks cancelled
+directly through their provider (``kill`` of the block's process group,
+``scancel``...).
 """
 
 from __future__ import annotations
@@ -13,17 +21,25 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import stop
 from ..errors import SiteError, WorkerError
 from .base import TaskResult, TaskSpec
-from .remote import probe, run_remote, settle, worker_fix
+from .remote import await_results, probe, run_remote, settle, worker_fix
 
 __all__ = ["ParslExecutor", "load_config"]
+
+#: How long Parsl's own cleanup may take before nbpipe kills what it started.
+CLEANUP_SECONDS = 20.0
+
+#: Runs a command in a new session: ``python -c SETSID command...``.
+SETSID = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
 @dataclass
@@ -50,6 +66,10 @@ def load_config(site: Any, run_dir: Path | None = None) -> LoadedConfig:
     config.initialize_logging = False
     if run_dir is not None:
         config.run_dir = str(run_dir / "parsl")
+    for executor in config.executors:
+        command = getattr(executor, "interchange_launch_cmd", None)
+        if command and list(command[:2]) != [sys.executable, "-c"]:
+            executor.interchange_launch_cmd = [sys.executable, "-c", SETSID, *command]
     return LoadedConfig(config, [executor.label for executor in config.executors])
 
 
@@ -140,6 +160,8 @@ class ParslExecutor:
             logging.getLogger("parsl").addHandler(self._log)
         self.dfk = DataFlowKernel(loaded.config)
         self._closed = False
+        self._running: dict[Future[TaskResult], TaskSpec] = {}  # to wait for when stopped
+        self._lock = threading.Lock()
         self.workers = sum(getattr(e, "max_workers_per_node", None) or 1 for e in loaded.config.executors)
         self._apps = {label: PythonApp(run_remote, data_flow_kernel=self.dfk, executors=[label])
                       for label in self.labels}
@@ -178,17 +200,65 @@ class ParslExecutor:
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         label = spec.executor or self.labels[0]
-        return settle(self._apps[label](spec.to_dict(), self.preload), spec, self.site.name)
+        future = settle(self._apps[label](spec.to_dict(), self.preload), spec, self.site.name)
+        with self._lock:
+            self._running[future] = spec
+        future.add_done_callback(self._settled)
+        return future
+
+    def _settled(self, future: Future[TaskResult]) -> None:
+        with self._lock:
+            self._running.pop(future, None)
 
     def shutdown(self, *, cancel: bool = False) -> None:
         # cleanup() stops the interchange and cancels the blocks (batch jobs); once.
-        if not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            stopped = list(self._running.values())
+        try:
+            self._cleanup()
+            if cancel:
+                await_results(stopped)
+        finally:
+            if self._path is not None:
+                os.environ["PATH"] = self._path
+            if self._log is not None:
+                logging.getLogger("parsl").removeHandler(self._log)
+                self._log.close()
+
+    def _cleanup(self) -> None:
+        """Parsl's cleanup, bounded: it can block for ever on an interchange that died."""
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def clean() -> None:
             try:
                 self.dfk.cleanup()
+            except BaseException as exc:  # reported in this thread, not lost in that one
+                failure.append(exc)
             finally:
-                if self._path is not None:
-                    os.environ["PATH"] = self._path
-                if self._log is not None:
-                    logging.getLogger("parsl").removeHandler(self._log)
-                    self._log.close()
+                done.set()
+
+        threading.Thread(target=clean, name="nbpipe-parsl-cleanup", daemon=True).start()
+        if not stop.wait(done, CLEANUP_SECONDS):
+            logging.getLogger("nbpipe").warning("Parsl's cleanup did not finish; killing its processes")
+            for executor in self.dfk.executors.values():
+                _force_stop(executor)
+        elif failure:
+            raise failure[0]
+
+
+def _force_stop(executor: Any) -> None:
+    """Kill an executor's interchange and cancel its blocks through the provider."""
+    proc = getattr(executor, "interchange_proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+    provider = getattr(executor, "provider", None)
+    jobs = list(getattr(executor, "blocks_to_job_id", {}).values())
+    if provider is not None and jobs:
+        try:
+            provider.cancel(jobs)
+        except Exception as exc:
+            logging.getLogger("nbpipe").warning("could not cancel Parsl blocks %s: %s", jobs, exc)

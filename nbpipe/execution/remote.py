@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REQUIRED", "failed", "probe", "run_remote", "settle", "worker_fix"]
+__all__ = ["REQUIRED", "await_results", "failed", "probe", "run_remote", "settle", "worker_fix"]
 
 #: What a worker needs besides nbpipe, by import name -> distribution name.
 REQUIRED = {"papermill": "papermill", "ipykernel": "ipykernel", "IPython": "ipython",
@@ -86,6 +86,23 @@ def settle(remote: Any, spec: Any, site: str) -> Future[Any]:
 
     remote.add_done_callback(done)
     return out
+
+
+def await_results(specs: list[Any]) -> None:
+    """Give tasks stopped on the workers the grace period to save what they printed.
+
+    Their workers are gone: the tasks notice, save, and write their result
+    files to the run directory (on a shared filesystem), which is all the
+    driver can watch.
+    """
+    from .. import stop
+    from .local import result_path
+
+    deadline = time.monotonic() + stop.GRACE_SECONDS + 2.0
+    waiting = [result_path(spec) for spec in specs]
+    while waiting and time.monotonic() < deadline and not stop.hurried():
+        waiting = [path for path in waiting if not path.exists()]
+        time.sleep(0.1)
 
 
 def failed(spec: Any, message: str) -> Any:

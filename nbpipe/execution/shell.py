@@ -102,6 +102,12 @@ def make_shell() -> Any:
     return shell
 
 
+#: Set in a forked app (:mod:`.zygote`): printed text also goes to the task's
+#: log, so an app that crashes hard (``os._exit``, a segfault) is reported
+#: with what it printed.
+echo = False
+
+
 class _Stream(io.TextIOBase):
     """sys.stdout / sys.stderr during a cell: text becomes ``stream`` outputs."""
 
@@ -127,6 +133,8 @@ class _Stream(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
             _recorder.stream(self.name_, text)
+            if echo:
+                self.real.write(text)
         return len(text)
 
     def flush(self) -> None:

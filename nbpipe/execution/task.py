@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import signal
 import socket
 import sys
@@ -162,8 +163,22 @@ def _failed_source_index(output: str) -> int | None:
     return None
 
 
+_interrupts = 0
+
+
 def _interrupted(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    """The first SIGTERM interrupts the running cell; papermill saves and ends the
+    task. A second one comes when the app caught the first and went on: save
+    what it printed so far and exit, before the driver's SIGKILL."""
+    global _interrupts
+    _interrupts += 1
+    if _interrupts == 1:
+        raise KeyboardInterrupt
+    if "nbpipe.execution.ipython" in sys.modules:
+        try:
+            sys.modules["nbpipe.execution.ipython"].save_partial()
+        finally:
+            os._exit(1)
 
 
 def main(argv: list[str], handle_sigterm: bool = True) -> int:

@@ -37,13 +37,15 @@ from typing import Any
 __all__ = ["main"]
 
 
-def _child(request: dict[str, Any]) -> None:
+def _child(request: dict[str, Any], inherited: list[int]) -> None:
     """In the forked child: run one task, write its result, never return."""
     status = 1
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        for fd in inherited:  # the zygote's pipes: its driver must see them close when it dies
+            os.close(fd)
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -56,7 +58,10 @@ def _child(request: dict[str, Any]) -> None:
         # not, and parallel apps must not draw the same "random" numbers.
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
+        from . import shell
         from .task import main as task_main
+
+        shell.echo = True
 
         # SIGTERM (a timeout, Ctrl-C in the driver) interrupts the running cell, so
         # papermill still writes what the app printed before it was stopped.
@@ -183,8 +188,11 @@ def main() -> int:
     _preload(sys.argv[1:])
 
     def send(message: dict[str, Any]) -> None:
-        out.write(json.dumps(message) + "\n")
-        out.flush()
+        try:
+            out.write(json.dumps(message) + "\n")
+            out.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the driver is gone; the apps are stopped all the same (eof)
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -201,6 +209,7 @@ def main() -> int:
     gc.freeze()
     send({"ready": True})
     stop_at = None
+    last_words = False
     while not eof or children:
         if eof and stop_at is None:
             # The driver is gone (a worker killed by its batch system, Ctrl-C):
@@ -208,7 +217,10 @@ def main() -> int:
             stop_at = time.monotonic() + 5.0
             _signal_children(children, signal.SIGTERM)
         if stop_at is not None and time.monotonic() > stop_at:
-            _signal_children(children, signal.SIGKILL)
+            # An app that caught the interrupt: a second SIGTERM saves what it
+            # printed and ends it (see task.py); SIGKILL a second later.
+            _signal_children(children, signal.SIGTERM if not last_words else signal.SIGKILL)
+            stop_at, last_words = time.monotonic() + 1.0, True
         readable, _, _ = select.select([wake_r] + ([] if eof else [0]), [], [], 0.5 if eof else None)
         if wake_r in readable:
             os.read(wake_r, 4096)
@@ -225,7 +237,7 @@ def main() -> int:
                 request = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
-                    _child(request)
+                    _child(request, [out.fileno(), wake_r, wake_w])
                 children[pid] = request["key"]
                 send({"key": request["key"], "pid": pid})
         while children:
@@ -236,6 +248,7 @@ def main() -> int:
             if pid == 0:
                 break
             key = children.pop(pid, None)
+            _signal_children({pid: ""}, signal.SIGKILL)  # what the app started dies with it
             if key is not None:
                 send({"key": key, "exit": os.waitstatus_to_exitcode(status)})
     return 0
