@@ -254,8 +254,8 @@ def _stopped_results(pipeline: Pipeline) -> dict[str, AppResult]:
 def _pick_up_partial(results: dict[str, AppResult], tasks: Path) -> None:
     """An app stopped part-way saved what it printed so far: show it in the merge."""
     for app, result in results.items():
-        if result.status.ok:
-            continue
+        if result.status.ok or result.stopped_by:
+            continue  # an app serial execution never reached (SystemExit above it) shows nothing
         if result.items is None and not result.output and (tasks / f"{app}.out.ipynb").exists():
             result.output = str(tasks / f"{app}.out.ipynb")
         for item in result.items or []:
