@@ -3,7 +3,8 @@
 Each command parses its arguments, calls one library function, and maps the
 library's errors to a one-line message and an exit code: 0 success, 1 an app
 failed or timed out, 2 bad usage or bad input (nothing ran), 128 + N when signal
-N stopped the run (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; :mod:`.stop`).
+N stopped the run (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; :mod:`.stop`), 141 when
+stdout's reader left early.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -37,12 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     except NbpipeError as exc:
         print(f"nbpipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        return _reader_left()
     except KeyboardInterrupt as exc:
         run = getattr(exc, "run_result", None)
         where = f"; the partial merged notebook is in {run.output}" if run else ""
         what = f" by {signal.Signals(exc.signum).name}" if isinstance(exc, stop.Stopped) else ""
         print(f"nbpipe: interrupted{what}{where}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, stop.Stopped) else 130
+
+
+def _reader_left() -> int:
+    """stdout's reader closed the pipe (``nbpipe graph nb.ipynb | head``): end quietly, as
+    ``cat`` does, with SIGPIPE's exit status; nothing more is written to the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:

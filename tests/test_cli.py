@@ -388,3 +388,12 @@ def test_check_takes_every_option_execute_validates_before_running() -> None:
     shared = {"-o", "--output", "-p", "--parameter", "-f", "--parameters-file", "--html", "--site",
               "--sites"}
     assert shared <= options("execute") and shared <= options("check")
+
+
+def test_output_cut_short_by_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
+    """``nbpipe graph nb.ipynb | head -1``: the reader left early; nbpipe ends quietly, as ``cat`` does."""
+    path = write(tmp_path / "wide.ipynb", *[code(f"x{i} = {i}", f"app:a{i}") for i in range(3000)])
+    proc = subprocess.run(f"{sys.executable} -m nbpipe graph {path} | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
