@@ -128,16 +128,91 @@ def execute(
                                       output=output, html=html)
     parameters, output = checked.parameters, checked.output
     cwd = path.resolve().parent
+    engine = _engine_for(pipeline, engine, debug)
+    run_dir = _make_run_dir(pipeline, chosen.run_root(cwd))
+    executor = _start_executor(chosen, pipeline, run_dir, cwd, workers=workers, engine=engine, debug=debug)
+    make_spec = _spec_maker(pipeline, run_dir, cwd, parameters, engine)
 
-    run_root = chosen.run_root(cwd)
+    def map_size(app: str) -> list[str]:
+        return list(json.loads(split_count_path(run_dir, app).read_text())["labels"])
+
+    interrupt: KeyboardInterrupt | None = None
+    try:
+        results = schedule(pipeline, executor, make_spec, on_event, map_size)
+    except KeyboardInterrupt as exc:
+        # A signal that came before the scheduler had results to attach leaves none.
+        interrupt, results = exc, getattr(exc, "results", None) or _stopped_results(pipeline)
+    finally:
+        with stop.shielded():
+            executor.shutdown(cancel=True)
+    stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
+    merged, metrics = _merge_run(pipeline, results, run_dir, path, parameters, chosen.name, started)
+    _write_results(merged, output, checked.html, run_dir)
+    if not keep_run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    ends = [r.end_time for r in results.values() if r.status.ok and r.end_time]
+    run = RunResult(merged, output, results, time.time() - started, checked.html,
+                    run_dir if keep_run_dir else None, metrics,
+                    min(ends) - started if ends else None)
+    if interrupt is None and stop.requested():
+        interrupt = stop.Stopped(stop.requested())
+    if interrupt is not None:
+        interrupt.run_result = run  # type: ignore[attr-defined]
+        raise interrupt
+    return run
+
+
+def _engine_for(pipeline: Pipeline, engine: str, debug: bool) -> str:
+    if engine == "ipython" and (pipeline.parsed.language != "python" or not hasattr(os, "fork")):
+        return "kernel"  # the in-process engine runs Python by forking
+    if debug and engine == "ipython" and _inside_ipython():
+        return "kernel"  # --debug runs apps in this process, which has a shell of its own
+    return engine
+
+
+def _make_run_dir(pipeline: Pipeline, run_root: Path | None) -> Path:
+    """A private run directory (mode 0700: shipped values stay private) holding the task notebooks.
+
+    Removed again if anything, a signal too, stops the run before it starts.
+    """
     if run_root is not None:
         run_root.mkdir(parents=True, exist_ok=True)
-    # mode 0700: shipped values stay private
-    run_dir = Path(tempfile.mkdtemp(prefix="nbpipe-run-", dir=run_root))
+    with stop.shielded():
+        run_dir = Path(tempfile.mkdtemp(prefix="nbpipe-run-", dir=run_root))
+    try:
+        if stop.requested():
+            raise stop.Stopped(stop.requested())
+        tasks = run_dir / "tasks"
+        tasks.mkdir()
+        for name, nb in compile_pipeline(pipeline).items():
+            nbformat.write(nb, tasks / f"{name}.ipynb")
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, *, workers: int | None,
+                    engine: str, debug: bool) -> Any:
+    """The site's executor; on failure the run directory goes (Parsl's logs stay: they say why)."""
+    try:
+        return chosen.executor(workers, engine=engine, preload=_notebook_imports(pipeline, cwd),
+                               run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
+    except WorkerError as exc:
+        logs = run_dir / "parsl"
+        if not logs.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        raise WorkerError(f"{exc}; Parsl's logs are in {logs}") from None
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _spec_maker(pipeline: Pipeline, run_dir: Path, cwd: Path, parameters: dict[str, Any],
+                engine: str) -> Callable[..., TaskSpec]:
+    """What the scheduler calls to describe one task (an app, a map item or a split)."""
     tasks = run_dir / "tasks"
-    tasks.mkdir()
-    for name, nb in compile_pipeline(pipeline).items():
-        nbformat.write(nb, tasks / f"{name}.ipynb")
 
     def make_spec(app: str, attempt: int, *, item: int | None = None, split: bool = False,
                   maps: dict[str, int], sources: dict[str, str], watch: list[str]) -> TaskSpec:
@@ -165,37 +240,13 @@ def execute(
             watch=watch,
         )
 
-    def map_size(app: str) -> list[str]:
-        return list(json.loads(split_count_path(run_dir, app).read_text())["labels"])
+    return make_spec
 
-    if engine == "ipython" and (pipeline.parsed.language != "python" or not hasattr(os, "fork")):
-        engine = "kernel"  # the in-process engine runs Python by forking
-    if debug and engine == "ipython" and _inside_ipython():
-        engine = "kernel"  # --debug runs apps in this process, which has a shell of its own
-    try:
-        executor = chosen.executor(workers, engine=engine, preload=_notebook_imports(pipeline, cwd),
-                                   run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
-    except WorkerError as exc:
-        logs = run_dir / "parsl"
-        if not logs.exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        # Keep what Parsl logged: it says why no worker came.
-        raise WorkerError(f"{exc}; Parsl's logs are in {logs}") from None
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    interrupt: KeyboardInterrupt | None = None
-    try:
-        results = schedule(pipeline, executor, make_spec, on_event, map_size)
-    except KeyboardInterrupt as exc:
-        # A signal that came before the scheduler had results to attach leaves none.
-        interrupt, results = exc, getattr(exc, "results", None) or _stopped_results(pipeline)
-    finally:
-        with stop.shielded():
-            executor.shutdown(cancel=True)
-    stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
-    _pick_up_partial(results, tasks)
+
+def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], run_dir: Path, path: Path,
+               parameters: dict[str, Any], site: str, started: float) -> tuple[Any, dict[str, Any]]:
+    """The executed task notebooks (partial ones too) -> the merged notebook, and the metrics."""
+    _pick_up_partial(results, run_dir / "tasks")
     executed: dict[str, Any] = {}
     for app, result in results.items():
         if result.items is not None:
@@ -203,6 +254,7 @@ def execute(
         elif result.output:
             executed[app] = _read_executed(result.output)
     metrics = _read_metrics(run_dir)
+    cwd = path.resolve().parent
     inputs = input_digests(pipeline, cwd)
     extra = {
         "metrics": metrics,
@@ -210,21 +262,7 @@ def execute(
         "provenance": provenance(path, inputs),
         "duration": round(time.time() - started, 3),
     }
-    merged = merge(pipeline, results, executed, parameters=parameters, site=chosen.name, extra=extra)
-    html_path = checked.html
-    _write_results(merged, output, html_path, run_dir)
-    if not keep_run_dir:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    ends = [r.end_time for r in results.values() if r.status.ok and r.end_time]
-    run = RunResult(merged, output, results, time.time() - started, html_path,
-                    run_dir if keep_run_dir else None, metrics,
-                    min(ends) - started if ends else None)
-    if interrupt is None and stop.requested():
-        interrupt = stop.Stopped(stop.requested())
-    if interrupt is not None:
-        interrupt.run_result = run  # type: ignore[attr-defined]
-        raise interrupt
-    return run
+    return merge(pipeline, results, executed, parameters=parameters, site=site, extra=extra), metrics
 
 
 def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path) -> None:

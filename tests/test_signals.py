@@ -245,3 +245,22 @@ def test_a_signal_stops_a_dask_cluster_nbpipe_started(tmp_path: Path, sig: int, 
     run = Run(tmp_path, "--site", "dasklocal")
     family = run.wait_running()
     assert_stopped(run, family, run.stop(sig, timeout=90), code)
+
+
+def test_a_signal_while_the_run_directory_is_filled_leaves_no_run_directory(tmp_path: Path) -> None:
+    """The moment the run directory appears, before any app runs (task notebooks being written)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    nb = write(tmp_path / "wide.ipynb", *[code(f"x{i} = {i}", f"app:a{i}") for i in range(1500)])
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=tmp_path,
+                            env=dict(os.environ, TMPDIR=str(tmp)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(tmp.glob("nbpipe-run-*")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err, err
+    assert list(tmp.glob("nbpipe-run-*")) == []
