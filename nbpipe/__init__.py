@@ -3,10 +3,8 @@ run it on a site, and merge the results into one executed narrative notebook."""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .api import RunResult, execute, load_pipeline  # noqa: E402
-from .errors import (  # noqa: E402
+from .api import RunResult, execute, load_pipeline
+from .errors import (
     CycleError,
     GraphError,
     MutationError,
@@ -22,6 +20,7 @@ from .errors import (  # noqa: E402
     UsageError,
     WorkerError,
 )
+from .version import __version__
 
 __all__ = [
     "__version__",

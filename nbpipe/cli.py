@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, stop
+from . import stop
+from .version import __version__
 from .errors import NbpipeError, UsageError
 
 __all__ = ["main"]

@@ -15,7 +15,7 @@ from typing import Any
 import nbformat
 from nbformat import v4
 
-from . import __version__
+from .version import __version__
 from .compile import INTERNAL_TAG
 from .execution.base import AppResult, AppStatus, ItemResult, run_ok
 from .graph import Pipeline, execution_counts

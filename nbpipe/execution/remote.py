@@ -32,7 +32,7 @@ _lock = threading.Lock()
 
 def probe(kernel_name: str | None = None) -> dict[str, Any]:
     """Describe this worker: where it runs and what of nbpipe's needs it lacks."""
-    from .. import __version__
+    from ..version import __version__
 
     missing = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
     kernel_ok = True
