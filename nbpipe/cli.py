@@ -23,7 +23,7 @@ from . import stop
 from .version import __version__
 from .errors import NbpipeError, UsageError
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 COMMANDS = ("execute", "check", "graph", "compile", "render", "sites")
 
@@ -34,20 +34,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        with stop.handled():
+    # The handlers stay in place while the outcome is reported: a second Ctrl-C
+    # then only hurries the cleanup, it does not interrupt the report.
+    with stop.handled():
+        try:
             return int(args.func(args))
-    except NbpipeError as exc:
-        print(f"nbpipe: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except BrokenPipeError:
-        return _reader_left()
-    except KeyboardInterrupt as exc:
-        run = getattr(exc, "run_result", None)
-        where = f"; the partial merged notebook is in {run.output}" if run else ""
-        what = f" by {signal.Signals(exc.signum).name}" if isinstance(exc, stop.Stopped) else ""
-        print(f"nbpipe: interrupted{what}{where}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, stop.Stopped) else 130
+        except NbpipeError as exc:
+            print(f"nbpipe: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except BrokenPipeError:
+            return _reader_left()
+        except KeyboardInterrupt as exc:
+            stop.hold()
+            return _interrupted(exc)
+
+
+def entry() -> None:
+    """The ``nbpipe`` command and ``python -m nbpipe``: :func:`main` as a process.
+
+    A stop signal before the command starts its work ends the process with
+    128 + N, without a traceback; one that comes once the command has ended
+    (a second Ctrl-C while the process exits) is ignored: the exit status
+    already says how the run ended.
+    """
+    for sig in stop.SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _exit_on_signal)
+    code = main()
+    for sig in stop.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # kept while the interpreter shuts down
+    sys.exit(code)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    run = getattr(exc, "run_result", None)
+    where = f"; the partial merged notebook is in {run.output}" if run else ""
+    what = f" by {signal.Signals(exc.signum).name}" if isinstance(exc, stop.Stopped) else ""
+    print(f"nbpipe: interrupted{what}{where}", file=sys.stderr)
+    return exc.exit_code if isinstance(exc, stop.Stopped) else 130
 
 
 def _reader_left() -> int:

@@ -44,7 +44,9 @@ def start_with_slow_import(tmp_path: Path, *site_args: str) -> subprocess.Popen[
     lib.mkdir()
     (lib / "slow_to_import.py").write_text(SLOW_MODULE.format(flag=str(flag)))
     nb = write(tmp_path / "nb.ipynb", code("import slow_to_import\nprint('imported')", "app:a"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")]))
+    (tmp_path / "tmp").mkdir()  # the run directory goes here, where the tests can see it
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")]),
+               TMPDIR=str(tmp_path / "tmp"))
     proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb), *site_args],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -72,17 +74,21 @@ def test_a_stopped_run_stops_its_zygote_while_it_preloads(tmp_path: Path, sig: i
     assert "nbpipe: interrupted" in err
     # The driver cleaned up before it exited: nothing is left now.
     assert processes_of(str(tmp_path)) == []
+    assert list((tmp_path / "tmp").glob("nbpipe-run-*")) == []
 
 
-def test_ctrl_c_twice_while_the_zygote_preloads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gap", [0.05, 0.2, 0.6])
+def test_ctrl_c_twice_while_the_zygote_preloads(tmp_path: Path, gap: float) -> None:
+    """The second Ctrl-C lands during the cleanup, the report, or the exit: never a traceback or -2."""
     proc = start_with_slow_import(tmp_path)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    time.sleep(gap)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert processes_of(str(tmp_path)) == []
+    assert list((tmp_path / "tmp").glob("nbpipe-run-*")) == []
 
 
 def test_a_killed_driver_takes_its_starting_zygote_with_it(tmp_path: Path) -> None:
