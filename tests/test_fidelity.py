@@ -247,6 +247,20 @@ def test_stderr_and_warnings(both: Any) -> None:
     assert c[3].outputs[-1]["data"]["text/plain"] == "11"  # sys.stderr.write's return value
 
 
+def test_a_stream_an_earlier_cell_held_does_not_reorder_a_later_cell(both: Any) -> None:
+    """An earlier cell's sys.stderr, held in a reference cycle, is collected in the middle
+    of a later cell: that must not send the later cell's warning before its print."""
+    nb = notebook(
+        code("import gc\nimport sys\nimport warnings", "setup"),
+        code("held = [sys.stderr]\nheld.append(held)\ndel held", "app:a"),
+        code("warnings.warn('careful now')\ngc.collect()\nprint('after the warning')", "app:b"),
+    )
+    runs = both(nb)
+    assert_well_formed(runs)
+    assert_same_outputs(runs)
+    assert [o.get("name") for o in runs.merged.cells[2].outputs] == ["stdout", "stderr"]
+
+
 # --------------------------------------------------------------------- 6. %time
 
 

@@ -140,6 +140,11 @@ class _Stream(io.TextIOBase):
     def flush(self) -> None:
         _recorder.flush(self.name_)
 
+    def close(self) -> None:
+        """Nothing to close. (io's finalizer closes, and closing flushes: a stream of
+        an earlier cell collected in the middle of a later one would send the later
+        cell's text early, out of ipykernel's order.)"""
+
 
 class _Recorder:
     """Collects the outputs of the cell being executed, in order.
