@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,20 @@ from nbformat import v4
 
 import nbpipe
 from nbpipe.api import ENGINES
+
+
+def _children_get_the_default_stop_signals() -> None:
+    """A suite started in the background (``cmd &`` in a script, ``nohup``) inherits
+    SIGINT and SIGHUP ignored, and an ignored signal stays ignored in every process
+    it starts: the ``nbpipe`` the signal tests stop would then rightly ignore them.
+    A handler that does nothing keeps this process as it was, and every child
+    starts with the default disposition (a handler does not survive ``exec``)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: None)
+
+
+_children_get_the_default_stop_signals()
 
 KERNEL = "python3"
 #: markdown cells nbpipe may add to a merged notebook when an app failed
