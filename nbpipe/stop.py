@@ -136,20 +136,20 @@ def hurried() -> bool:
 
 def wait(event: threading.Event, seconds: float = GRACE_SECONDS) -> bool:
     """Wait for ``event`` for the grace period, or less once a second signal came."""
-    deadline = time.monotonic() + seconds
-    while not event.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0 or _state.hurry.is_set():
-            return False
-        event.wait(min(left, 0.05))
-    return True
+    return _until(event.is_set, seconds, pause=event.wait)
 
 
 def wait_process(proc: subprocess.Popen[Any], seconds: float = GRACE_SECONDS) -> bool:
     """Wait for ``proc`` to end for the grace period, or less once a second signal came."""
+    return _until(lambda: proc.poll() is not None, seconds)
+
+
+def _until(done: Callable[[], bool], seconds: float, pause: Callable[[float], Any] = time.sleep) -> bool:
+    """Poll ``done`` until it is true (True) or the time is up or a second signal came (False)."""
     deadline = time.monotonic() + seconds
-    while proc.poll() is None:
-        if time.monotonic() > deadline or _state.hurry.is_set():
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0 or _state.hurry.is_set():
             return False
-        time.sleep(0.05)
+        pause(min(left, 0.05))
     return True
