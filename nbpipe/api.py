@@ -21,19 +21,21 @@ import nbformat
 
 from . import stop
 from .atomic import write_text
-from .cache import cache_keys, input_digests, provenance
+from .cache import Keys, input_digests, provenance
 from .compile import compile_pipeline
 from .errors import OutputError, UsageError, WorkerError
 from .execution.base import AppResult, AppStatus, TaskSpec, run_ok
 from .execution.scheduler import schedule
 from .graph import Pipeline, build_pipeline
+from .memo import CacheMemo, Difference, Policy
 from .merge import merge
 from .parse import parse_notebook, read_notebook
-from .runtime import split_count_path
 from .sites import Site, get_site
-from .validate import Checked, before_run, default_output
+from .store import CACHE_DIR_NAME, Store
+from .validate import Checked, before_run, check_refresh, default_output
 
-__all__ = ["ENGINES", "AppStatus", "RunResult", "check", "default_output", "execute", "load_pipeline"]
+__all__ = ["ENGINES", "AppStatus", "RunResult", "VerifyResult", "cache_dir_for", "check", "default_output",
+           "execute", "load_pipeline", "verify"]
 
 #: How a task notebook is executed: "ipython" runs its cells in an in-process
 #: IPython shell of a process forked for the app; "kernel" starts a fresh
@@ -95,7 +97,6 @@ def check(
     return pipeline, chosen, before_run(pipeline, path, parameters=parameters, output=output, html=html)
 
 
-@stop.handling
 def execute(
     path: str | Path,
     *,
@@ -109,15 +110,60 @@ def execute(
     debug: bool = False,
     keep_run_dir: bool = False,
     on_event: Callable[[str, str, AppResult], None] | None = None,
+    cache: bool = True,
+    refresh: tuple[str, ...] | list[str] = (),
+    cache_dir: str | Path | None = None,
 ) -> RunResult:
     """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook.
 
-    Returns a :class:`RunResult` whether or not every app completed (check
-    ``.ok``). Raises :class:`~nbpipe.errors.NbpipeError` subclasses for bad
-    input, before anything runs. On KeyboardInterrupt the partial merged
-    notebook is written, no task process is left, and the interrupt re-raised
-    with the :class:`RunResult` as ``exc.run_result``.
+    Apps whose key is in the cache are restored, not run (``cache=False``:
+    run everything and store nothing; ``refresh``: these apps and what depends
+    on them run whatever the cache holds). Returns a :class:`RunResult`
+    whether or not every app completed (check ``.ok``). Raises
+    :class:`~nbpipe.errors.NbpipeError` subclasses for bad input, before
+    anything runs. On KeyboardInterrupt the partial merged notebook is written,
+    no task process is left, and the interrupt re-raised with the
+    :class:`RunResult` as ``exc.run_result``.
     """
+    run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
+                      engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
+                      on_event=on_event, cache_dir=cache_dir, refresh=refresh,
+                      policy=Policy(read=cache, write=cache))
+    return run
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify` returns: the fresh run and the apps whose outputs differ from the cache."""
+
+    run: RunResult
+    differences: list[Difference]
+    #: apps (items) that completed with nothing in the cache to compare with
+    unverified: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.run.ok and not self.differences
+
+
+def verify(path: str | Path, **options: Any) -> VerifyResult:
+    """Re-run every app ignoring the cache and compare its outputs with the cached ones
+    (timings and addresses aside). Takes :func:`execute`'s options; the cache is read
+    for comparison only and left as it was."""
+    options.pop("cache", None)
+    options.pop("refresh", None)
+    run, memo = _execute(path, policy=Policy(read=False, write=False, verify=True), **options)
+    return VerifyResult(run, memo.differences, memo.unverified)
+
+
+@stop.handling
+def _execute(path: str | Path, *, output: str | Path | None = None, site: str = "local",
+             parameters: dict[str, Any] | None = None, workers: int | None = None,
+             html: str | Path | bool | None = None, engine: str = "ipython",
+             sites_file: str | Path | None = None, debug: bool = False, keep_run_dir: bool = False,
+             on_event: Callable[[str, str, AppResult], None] | None = None,
+             cache_dir: str | Path | None = None, refresh: tuple[str, ...] | list[str] = (),
+             policy: Policy = Policy()) -> tuple[RunResult, CacheMemo]:
     started = time.time()
     path = Path(path)
     if engine not in ENGINES:
@@ -127,18 +173,22 @@ def execute(
     pipeline, chosen, checked = check(path, site=site, sites_file=sites_file, parameters=parameters,
                                       output=output, html=html)
     parameters, output = checked.parameters, checked.output
+    policy = Policy(policy.read, policy.write, check_refresh(pipeline, refresh), policy.verify)
     cwd = path.resolve().parent
     engine = _engine_for(pipeline, engine, debug)
-    run_dir = _make_run_dir(pipeline, chosen.run_root(cwd))
-    executor = _start_executor(chosen, pipeline, run_dir, cwd, workers=workers, engine=engine, debug=debug)
-    make_spec = _spec_maker(pipeline, run_dir, cwd, parameters, engine)
+    store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), cache_dir_for(path, chosen, cache_dir))
+    memo = CacheMemo(pipeline, store, Keys(pipeline, compiled, parameters, cwd), policy,
+                     {"id": _run_id(started), "notebook": str(path.resolve())})
+    executor = _LazyExecutor(lambda: _start_executor(chosen, pipeline, store.run_dir, cwd, workers=workers,
+                                                     engine=engine, debug=debug))
+    make_spec = _spec_maker(pipeline, store, cwd, parameters, engine)
 
     def map_size(app: str) -> list[str]:
-        return list(json.loads(split_count_path(run_dir, app).read_text())["labels"])
+        return list(json.loads(store.split_count(app).read_text())["labels"])
 
     interrupt: KeyboardInterrupt | None = None
     try:
-        results = schedule(pipeline, executor, make_spec, on_event, map_size)
+        results = schedule(pipeline, executor, make_spec, on_event, map_size, memo=memo)
     except KeyboardInterrupt as exc:
         # A signal that came before the scheduler had results to attach leaves none.
         interrupt, results = exc, getattr(exc, "results", None) or _stopped_results(pipeline)
@@ -146,20 +196,57 @@ def execute(
         with stop.shielded():
             executor.shutdown(cancel=True)
     stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
-    merged, metrics = _merge_run(pipeline, results, run_dir, path, parameters, chosen.name, started)
-    _write_results(merged, output, checked.html, run_dir)
+    merged, metrics = _merge_run(pipeline, results, store, path, parameters, chosen.name, started, memo)
+    _write_results(merged, output, checked.html, store.run_dir)
     if not keep_run_dir:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(store.run_dir, ignore_errors=True)
     ends = [r.end_time for r in results.values() if r.status.ok and r.end_time]
     run = RunResult(merged, output, results, time.time() - started, checked.html,
-                    run_dir if keep_run_dir else None, metrics,
+                    store.run_dir if keep_run_dir else None, metrics,
                     min(ends) - started if ends else None)
     if interrupt is None and stop.requested():
         interrupt = stop.Stopped(stop.requested())
     if interrupt is not None:
         interrupt.run_result = run  # type: ignore[attr-defined]
         raise interrupt
-    return run
+    return run, memo
+
+
+def cache_dir_for(notebook: str | Path, site: Site | None = None, given: str | Path | None = None) -> Path:
+    """Where the cache lives: ``given`` (``--cache-dir``), else ``NBPIPE_CACHE_DIR``, else the
+    site's ``cache_dir``, else ``.nbpipe-cache`` beside the notebook."""
+    if given is not None:
+        return Path(given).expanduser()
+    if os.environ.get("NBPIPE_CACHE_DIR"):
+        return Path(os.environ["NBPIPE_CACHE_DIR"]).expanduser()
+    if site is not None and site.options.get("cache_dir"):
+        base = site.base_dir or Path(notebook).resolve().parent
+        return base / os.path.expanduser(str(site.options["cache_dir"]))
+    return Path(notebook).resolve().parent / CACHE_DIR_NAME
+
+
+class _LazyExecutor:
+    """The site's executor, started when the first task is submitted: a run whose
+    apps all come from the cache starts no worker."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start, self._executor = start, None
+
+    @property
+    def workers(self) -> int:
+        return self._get().workers
+
+    def _get(self) -> Any:
+        if self._executor is None:
+            self._executor = self._start()
+        return self._executor
+
+    def submit(self, spec: TaskSpec) -> Any:
+        return self._get().submit(spec)
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel=cancel)
 
 
 def _engine_for(pipeline: Pipeline, engine: str, debug: bool) -> str:
@@ -170,8 +257,9 @@ def _engine_for(pipeline: Pipeline, engine: str, debug: bool) -> str:
     return engine
 
 
-def _make_run_dir(pipeline: Pipeline, run_root: Path | None) -> Path:
-    """A private run directory (mode 0700: shipped values stay private) holding the task notebooks.
+def _make_run_dir(pipeline: Pipeline, run_root: Path | None, cache_dir: Path) -> tuple[Store, dict[str, Any]]:
+    """A private run directory (mode 0700: shipped values stay private) holding the task
+    notebooks, as a :class:`~nbpipe.store.Store` with the cache; and the task notebooks.
 
     Removed again if anything, a signal too, stops the run before it starts.
     """
@@ -182,14 +270,15 @@ def _make_run_dir(pipeline: Pipeline, run_root: Path | None) -> Path:
     try:
         if stop.requested():
             raise stop.Stopped(stop.requested())
-        tasks = run_dir / "tasks"
-        tasks.mkdir()
-        for name, nb in compile_pipeline(pipeline).items():
-            nbformat.write(nb, tasks / f"{name}.ipynb")
+        store = Store(run_dir, cache_dir)
+        store.tasks.mkdir()
+        compiled = compile_pipeline(pipeline)
+        for name, nb in compiled.items():
+            nbformat.write(nb, store.tasks / f"{name}.ipynb")
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return run_dir
+    return store, compiled
 
 
 def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, *, workers: int | None,
@@ -199,7 +288,7 @@ def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, 
         return chosen.executor(workers, engine=engine, preload=_notebook_imports(pipeline, cwd),
                                run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
     except WorkerError as exc:
-        logs = run_dir / "parsl"
+        logs = Store(run_dir).parsl_logs
         if not logs.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -209,22 +298,19 @@ def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, 
         raise
 
 
-def _spec_maker(pipeline: Pipeline, run_dir: Path, cwd: Path, parameters: dict[str, Any],
+def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[str, Any],
                 engine: str) -> Callable[..., TaskSpec]:
     """What the scheduler calls to describe one task (an app, a map item or a split)."""
-    tasks = run_dir / "tasks"
 
     def make_spec(app: str, attempt: int, *, item: int | None = None, split: bool = False,
                   maps: dict[str, int], sources: dict[str, str], watch: list[str]) -> TaskSpec:
         spec = pipeline.apps[app].spec
         limits = [t for t in (spec.timeout, spec.resources.walltime) if t]
-        name = f"{app}.split" if split else app
-        which = f"{app}.{item}" if item is not None else name
         return TaskSpec(
             app=app,
-            notebook=str(tasks / f"{name}.ipynb"),
-            output=str(tasks / f"{which}.out.ipynb"),
-            run_dir=str(run_dir),
+            notebook=str(store.task_notebook(app, split)),
+            output=str(store.executed(app, item, split)),
+            run_dir=str(store.run_dir),
             cwd=str(cwd),
             parameters=parameters,
             kernel_name=pipeline.parsed.kernel_name,
@@ -243,22 +329,26 @@ def _spec_maker(pipeline: Pipeline, run_dir: Path, cwd: Path, parameters: dict[s
     return make_spec
 
 
-def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], run_dir: Path, path: Path,
-               parameters: dict[str, Any], site: str, started: float) -> tuple[Any, dict[str, Any]]:
+def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], store: Store, path: Path,
+               parameters: dict[str, Any], site: str, started: float,
+               memo: CacheMemo) -> tuple[Any, dict[str, Any]]:
     """The executed task notebooks (partial ones too) -> the merged notebook, and the metrics."""
-    _pick_up_partial(results, run_dir / "tasks")
+    _pick_up_partial(results, store)
     executed: dict[str, Any] = {}
     for app, result in results.items():
         if result.items is not None:
             executed[app] = [_read_executed(r.output) for r in result.items]
         elif result.output:
             executed[app] = _read_executed(result.output)
-    metrics = _read_metrics(run_dir)
+    metrics = _read_metrics(store, pipeline)
     cwd = path.resolve().parent
     inputs = input_digests(pipeline, cwd)
     extra = {
         "metrics": metrics,
-        "cache_keys": cache_keys(pipeline, parameters, inputs),
+        "run": {"id": memo.run["id"], "started": _iso(started)},
+        "cache_keys": dict(memo.own),
+        "cache": {"dir": str(store.cache_dir), "read": memo.policy.read, "write": memo.policy.write,
+                  "refresh": sorted(memo.policy.refresh)},
         "provenance": provenance(path, inputs),
         "duration": round(time.time() - started, 3),
     }
@@ -289,15 +379,15 @@ def _stopped_results(pipeline: Pipeline) -> dict[str, AppResult]:
             for name in pipeline.order}
 
 
-def _pick_up_partial(results: dict[str, AppResult], tasks: Path) -> None:
+def _pick_up_partial(results: dict[str, AppResult], store: Store) -> None:
     """An app stopped part-way saved what it printed so far: show it in the merge."""
     for app, result in results.items():
         if result.status.ok or result.stopped_by:
             continue  # an app serial execution never reached (SystemExit above it) shows nothing
-        if result.items is None and not result.output and (tasks / f"{app}.out.ipynb").exists():
-            result.output = str(tasks / f"{app}.out.ipynb")
+        if result.items is None and not result.output and store.executed(app).exists():
+            result.output = str(store.executed(app))
         for item in result.items or []:
-            partial = tasks / f"{app}.{item.index}.out.ipynb"
+            partial = store.executed(app, item.index)
             if not item.output and partial.exists():
                 item.output = str(partial)
 
@@ -346,7 +436,23 @@ def _notebook_imports(pipeline: Pipeline, cwd: Path) -> tuple[str, ...]:
     return tuple(m for m in dict.fromkeys(modules) if m.split(".")[0] not in local)
 
 
-def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def _read_metrics(store: Store, pipeline: Pipeline) -> dict[str, Any]:
+    """The metrics every app recorded (restored ones too), in the notebook's order."""
+    metrics: dict[str, Any] = {}
+    for app in pipeline.order:
+        path = store.metrics(app)
+        if path.exists():
+            metrics.update(json.loads(path.read_text()))
+    return metrics
+
+
+def _run_id(started: float) -> str:
+    """A run's name in the cache's records: when it started, and a few random digits."""
+    import secrets
+
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + secrets.token_hex(3)
+
+
+def _iso(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 

@@ -1,14 +1,27 @@
 """Cache keys and provenance records.
 
-An app's cache key hashes what determines its outputs: its own cells, the
-setup and parameters cells, the parameter values, its options, the files it
-reads, the keys of the apps it depends on and the interpreter state earlier
-cells carry into it (:mod:`.state`). Equal keys mean the app would
-compute the same thing.
+An app's key hashes what determines its outputs:
+
+- its compiled task notebook: its cells, the parameters and setup cells, the
+  settings earlier cells carry in (:mod:`.state`), the names it ships and the
+  metrics it records;
+- the values given for the parameters it reads (only those);
+- the options that change what it computes (``map:``, ``inputs:``,
+  ``outputs:``, ``container:``), not where or how often it runs;
+- the contents of its declared ``inputs:`` and of the notebook directory's
+  modules it imports;
+- the Python version and the versions of the packages it imports;
+- the keys of the apps it depends on (a Merkle chain), computed when it
+  becomes ready.
+
+A ``map:`` item's key puts the element it runs in place of the app that made
+the iterable, so items whose element did not change keep their key when the
+iterable grows. Nothing about the site enters a key.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -19,20 +32,130 @@ from pathlib import Path
 from typing import Any
 
 from .graph import Pipeline
-from .state import prelude_for
+from .store import file_sha256
+from .version import __version__
 
-__all__ = ["cache_keys", "file_digest", "input_digests", "provenance"]
+__all__ = ["Keys", "file_digest", "input_digests", "provenance"]
 
 _PACKAGES = ("nbpipe", "papermill", "nbclient", "nbformat", "nbconvert", "ipykernel", "ipython",
              "jupyter_client", "cloudpickle", "networkx", "pyzmq", "parsl", "dask", "distributed")
+#: Options that change what an app computes; the others say where and how often it runs.
+_KEYED_OPTIONS = ("map", "inputs", "outputs", "container")
 
 
 def file_digest(path: str | Path) -> str:
+    return "sha256:" + file_sha256(path)
+
+
+def _sha(*parts: Any) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=repr).encode())
+        h.update(b"\0")
     return "sha256:" + h.hexdigest()
+
+
+class Keys:
+    """The keys of one run's apps, items and splits.
+
+    The part of a key known before the run is computed once per app; the
+    rest (input files, upstream keys, a map element) when it is asked for.
+    """
+
+    def __init__(self, pipeline: Pipeline, compiled: dict[str, Any], parameters: dict[str, Any],
+                 cwd: Path) -> None:
+        self.pipeline, self.compiled, self.parameters, self.cwd = pipeline, compiled, parameters, cwd
+        self._static: dict[tuple[str, bool], str] = {}
+
+    def app(self, app: str, upstream: list[str]) -> str:
+        """The key of ``app``, given the keys of the apps it depends on."""
+        return _sha("app", self.static(app), sorted(upstream), self.inputs(app))
+
+    def split(self, app: str, upstream: list[str]) -> str:
+        return _sha("split", self.static(app, split=True), sorted(upstream), self.inputs(app))
+
+    def item(self, app: str, upstream: list[str], element: str) -> str:
+        """The key of one item of a map app: ``upstream`` without the app that made
+        the iterable (:meth:`item_upstream`), and the digest of the element."""
+        return _sha("item", self.static(app, iterable=False), sorted(upstream), self.inputs(app), element)
+
+    def item_upstream(self, app: str, preds: tuple[str, ...]) -> list[str]:
+        """The apps an item depends on other than through the element it runs: the
+        app that made the iterable drops out when its items read nothing else of it."""
+        node = self.pipeline.apps[app]
+        iterable = node.spec.map.iterable  # type: ignore[union-attr]
+        producer = node.reads.get(iterable)
+        graph = self.pipeline.graph
+        if producer is None or iterable in (node.item_reads or {}):
+            return list(preds)
+        edge = graph.edges[producer, app] if graph.has_edge(producer, app) else {}
+        only_iterable = edge.get("kinds") == {"data"} and edge.get("names") == {iterable}
+        return [p for p in preds if not (p == producer and only_iterable)]
+
+    def static(self, app: str, split: bool = False, iterable: bool = True) -> str:
+        """What is known before the run, hashed once; without the iterable's value for items."""
+        slot = (app, split, iterable)
+        if slot not in self._static:
+            self._static[slot] = self._static_key(app, split, iterable)
+        return self._static[slot]
+
+    def _static_key(self, app: str, split: bool, iterable: bool) -> str:
+        node = self.pipeline.apps[app]
+        used = sorted(node.parameters_read)
+        if not iterable and node.spec.map and node.reads.get(node.spec.map.iterable) is None:
+            used = [p for p in used if p != node.spec.map.iterable]  # the element stands for it
+        options = self.pipeline.to_json_options(app)
+        return _sha(
+            __version__, sys.version, self.pipeline.parsed.kernel_name, app,
+            _notebook_code(self.compiled[f"{app}.split" if split else app]),
+            {p: self.parameters[p] for p in used if p in self.parameters},
+            {k: options[k] for k in _KEYED_OPTIONS if k in options},
+            _versions(node.modules, self.cwd),
+        )
+
+    def inputs(self, app: str) -> dict[str, str]:
+        """Path -> digest of the files its ``inputs:`` match now (an app above may have written them)."""
+        found: dict[str, str] = {}
+        for pattern in self.pipeline.apps[app].spec.inputs:
+            for path in sorted(glob.glob(str(self.cwd / pattern))):
+                if Path(path).is_file():
+                    found[str(Path(path).relative_to(self.cwd))] = _digest_or_reason(path)
+        return found
+
+
+def _notebook_code(nb: Any) -> list[Any]:
+    """The code a task notebook runs, with the execution count each cell runs with."""
+    return [(cell.source, cell.get("metadata", {}).get("nbpipe", {}).get("count"))
+            for cell in nb.cells if cell.cell_type == "code"]
+
+
+def _versions(modules: tuple[str, ...], cwd: Path) -> dict[str, str]:
+    """Distribution -> version for the packages ``modules`` come from; for a module of
+    the notebook's directory, its files' digest."""
+    found: dict[str, str] = {}
+    owners = _distributions()
+    for top in sorted({m.split(".")[0] for m in modules}):
+        package = sorted((cwd / top).rglob("*.py")) if (cwd / top).is_dir() else []
+        local = [p for p in (cwd / f"{top}.py", *package) if p.is_file()]
+        if local:
+            found[f"./{top}"] = _sha(*(_digest_or_reason(str(p)) for p in local))
+            continue
+        for dist in owners.get(top, ()):
+            found[dist] = _version(dist)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+@functools.lru_cache(maxsize=None)
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
 
 
 def input_digests(pipeline: Pipeline, cwd: str | Path) -> dict[str, dict[str, str]]:
@@ -56,33 +179,6 @@ def _digest_or_reason(path: str) -> str:
         return file_digest(path)
     except OSError as exc:
         return f"unreadable: {exc.strerror}"
-
-
-def cache_keys(pipeline: Pipeline, parameters: dict[str, Any],
-               inputs: dict[str, dict[str, str]]) -> dict[str, str]:
-    """The cache key of every app, upstream keys folded in (``inputs``: from
-    :func:`input_digests`)."""
-    parsed = pipeline.parsed
-    common = hashlib.sha256()
-    for role in ("parameters", "setup"):
-        for info in parsed.cells_of(role):
-            common.update(info.source.encode())
-    common.update(json.dumps(parameters, sort_keys=True, default=repr).encode())
-    keys: dict[str, str] = {}
-    for name in pipeline.order:
-        app = pipeline.apps[name]
-        h = common.copy()
-        h.update(name.encode())
-        for index in app.spec.cells:
-            h.update(parsed.cells[index].source.encode())
-        h.update(json.dumps(pipeline.to_json_options(name), sort_keys=True).encode())
-        h.update((prelude_for(pipeline, name) or "").encode())  # settings earlier cells carry in
-        for digest in inputs.get(name, {}).values():
-            h.update(digest.encode())
-        for pred in sorted(pipeline.graph.predecessors(name)):
-            h.update(keys[pred].encode())
-        keys[name] = "sha256:" + h.hexdigest()
-    return keys
 
 
 def provenance(notebook: Path | None, inputs: dict[str, dict[str, str]]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ runtime takes :func:`digests` of every received name the graph does not
 predict the app to define, right after loading, and again after the last
 cell. A name whose digest changed was mutated through something the static
 analysis cannot see (an alias, a function, ``exec``); the app reports it in
-:func:`report_path` and the scheduler re-runs the apps that read the stale
+:meth:`~nbpipe.store.Store.mutation_report` and the scheduler re-runs the apps that read the stale
 value (:mod:`nbpipe.mutations`).
 
 A digest is SHA-256 over the value's pickle (protocol 5); out-of-band buffers
@@ -40,7 +40,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-__all__ = ["changed", "digest", "digests", "read_report", "report_path", "track_mapping", "write_report"]
+__all__ = ["changed", "digest", "digests", "read_report", "track_mapping", "write_report"]
 
 #: Values that are what they are by identity: a digest of them says nothing.
 _IDENTITY = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)
@@ -169,12 +169,6 @@ def _written_kb() -> dict[int, int]:
         if found:
             out[int(entry.group(1), 16)] = int(found.group(1))
     return out
-
-
-def report_path(run_dir: str | Path, app: str, item: int | None = None) -> Path:
-    """Where a task lists the received names it changed unpredicted."""
-    which = app if item is None else f"{app}.{item}"
-    return Path(run_dir) / "mutations" / f"{which}.json"
 
 
 def write_report(path: Path, names: list[str]) -> None:

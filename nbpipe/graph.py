@@ -46,6 +46,10 @@ class AppNode:
     metric_names: tuple[str, ...] = ()
     #: for a map: app, what each item task loads (the iterable only if its cells read it)
     item_reads: dict[str, str] | None = None
+    #: parameters its cells, the setup cells and the functions they define read (its cache key)
+    parameters_read: frozenset[str] = frozenset()
+    #: modules its cells and the setup cells import (their versions enter its cache key)
+    modules: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -223,6 +227,7 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
     if cycle:
         raise CycleError([(u, v, _why(graph, u, v)) for u, v in cycle])
 
+    setup_cells = [c.index for c in parsed.cells_of("setup")]
     order = tuple(nx.lexicographical_topological_sort(graph, key=lambda n: graph.nodes[n]["first_cell"]))
     apps = {}
     for name in sorted(specs, key=lambda n: specs[n].cells[0]):
@@ -232,10 +237,28 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
             metric_names = tuple(dict.fromkeys(
                 m for i in spec.cells for m in _metric_names(cells[i].source)))
         item_reads = {k: v for k, v in reads[name].items() if k != items_skip.get(name)}
+        used, modules = _key_facts([*setup_cells, *spec.cells], names, parameter_names)
         apps[name] = AppNode(spec, reads[name], frozenset(defines[name]),
                              {k: tuple(v) for k, v in ships[name].items()}, metric_names,
-                             item_reads if spec.map else None)
+                             item_reads if spec.map else None, used, modules)
     return Pipeline(parsed, graph, apps, order, parameter_names, setup_names, _warnings(parsed, names))
+
+
+def _key_facts(indices: list[int], names: Mapping[int, CellNames],
+               parameters: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The parameters ``indices``' cells read (their functions too, when called) and the
+    modules they import."""
+    read: set[str] = set()
+    modules: dict[str, None] = {}
+    for index in indices:
+        found = names.get(index)
+        if found is None:
+            continue
+        read |= found.reads
+        for _, globals_read in found.callables:
+            read |= globals_read
+        modules.update(dict.fromkeys(found.imported_modules))
+    return frozenset(read & parameters), tuple(modules)
 
 
 def _analyse(parsed: ParsedNotebook) -> dict[int, CellNames]:

@@ -145,7 +145,7 @@ def _map_cell(cell: Any, index: int, result: AppResult, items: list[dict[int, An
         return meta
     cell.execution_count = ran[0][1].get("execution_count")
     statuses = {r.index: _cell_status(c, r) for r, c in ran}
-    failed = [r for r, _ in ran if statuses[r.index] != AppStatus.COMPLETED.value]
+    failed = [r for r, _ in ran if statuses[r.index] not in _DONE]
     groups = [(r, copy.deepcopy(c.get("outputs", []))) for r, c in ran]
     keys = {_outputs_key(outs) for _, outs in groups}
     label = (lambda r: f"{spec.item} = {r.label}") if spec else (lambda r: r.label)
@@ -174,7 +174,8 @@ def _map_cell(cell: Any, index: int, result: AppResult, items: list[dict[int, An
     if starts and ends:
         meta.update(start_time=min(starts), end_time=max(ends))
     meta["duration"] = round(sum(t.get("duration") or 0.0 for t in timings), 6)
-    meta["status"] = statuses[failed[0].index] if failed else AppStatus.COMPLETED.value
+    hits = all(statuses[r.index] == AppStatus.CACHED.value for r, _ in ran)
+    meta["status"] = statuses[failed[0].index] if failed else (AppStatus.CACHED if hits else AppStatus.COMPLETED).value
     if len(records) <= 100:
         meta["item_status"] = [{"item": r.index, "status": statuses.get(r.index, AppStatus.SKIPPED.value),
                                 **{k: v for k, v in _cell_timing(c).items() if k == "duration"}}
@@ -237,6 +238,9 @@ def _take_outputs(cell: Any, ran: Any) -> None:
     cell.execution_count = ran.get("execution_count")
 
 
+_DONE = (AppStatus.COMPLETED.value, AppStatus.CACHED.value)
+
+
 def _cell_timing(ran: Any) -> dict[str, Any]:
     pm = ran.get("metadata", {}).get("papermill", {})
     return {k: pm[k] for k in ("start_time", "end_time", "duration") if pm.get(k) is not None}
@@ -250,7 +254,7 @@ def _cell_status(ran: Any, result: AppResult | ItemResult) -> str:
         return AppStatus.FAILED.value
     if pm == "running":  # stopped mid-cell: timed out or interrupted
         return result.status.value
-    return AppStatus.COMPLETED.value
+    return AppStatus.CACHED.value if result.status is AppStatus.CACHED else AppStatus.COMPLETED.value
 
 
 def _host(result: AppResult) -> dict[str, Any]:
@@ -259,6 +263,8 @@ def _host(result: AppResult) -> dict[str, Any]:
         out["host"] = result.host
     if result.job_id:
         out["job_id"] = result.job_id
+    if result.status is AppStatus.CACHED and result.cache:
+        out["cached_from"] = {k: v for k, v in result.cache.items() if k in ("run", "created")}
     return out
 
 

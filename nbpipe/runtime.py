@@ -23,9 +23,10 @@ from . import digest
 from .errors import ShipError
 from . import sharing
 from .serializers import Unshippable, pickler_class, shared_roots
+from .store import Store
 from .state import generator_file, generator_state, is_generator, set_generator_state
 
-__all__ = ["BUNDLE", "bundle_path", "enter", "leave", "split", "value_path"]
+__all__ = ["BUNDLE", "bundle_path", "enter", "leave", "split"]
 
 CONTEXT_NAME = "__nbpipe__"
 _context: dict[str, Any] = {}
@@ -34,31 +35,13 @@ _context: dict[str, Any] = {}
 _shared: dict[int, tuple[str, ...]] = {}
 
 
-def value_path(run_dir: str | Path, app: str, name: str, item: int | None = None) -> Path:
-    """Where app ``app`` (item ``item`` of a ``map:`` app) ships the file ``name``:
-    :data:`BUNDLE` for the names it ships, a generator's stem for its state."""
-    base = Path(run_dir) / "values" / app
-    if item is not None:
-        base = base / "items" / str(item)
-    return base / f"{name}.pkl"
-
-
 #: The file holding every name an app (or an item of a map app) ships, in one
 #: pickle, so that names sharing objects in the producer share them in the consumer.
 BUNDLE = "bundle"
 
 
 def bundle_path(run_dir: str | Path, app: str, item: int | None = None) -> Path:
-    return value_path(run_dir, app, BUNDLE, item)
-
-
-def item_path(run_dir: str | Path, app: str, item: int) -> Path:
-    """Where the element ``item`` of a ``map:`` app's iterable is stored."""
-    return Path(run_dir) / "values" / app / "split" / f"{item}.pkl"
-
-
-def split_count_path(run_dir: str | Path, app: str) -> Path:
-    return Path(run_dir) / "values" / app / "split" / "count.json"
+    return Store(run_dir).value(app, BUNDLE, item)
 
 
 def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = None,
@@ -88,7 +71,7 @@ def enter(namespace: dict[str, Any], inputs: dict[str, str], item: str | None = 
     inputs = {**inputs, **context.get("sources", {})}
     _load_inputs(namespace, inputs, run_dir, maps, context.get("item"))
     if item is not None and context.get("item") is not None:
-        namespace[item] = _load(item_path(run_dir, context["app"], context["item"]))
+        namespace[item] = _load(Store(run_dir).element(context["app"], context["item"]))
     for name in inputs:
         _bind_globals(namespace.get(name), namespace)
         if name[1:].isdigit() and name in namespace and isinstance(namespace.get("Out"), dict):
@@ -133,8 +116,9 @@ def _restore_generator(name: str, producer: str, run_dir: str, maps: dict[str, i
     """Set a global random generator to the state ``producer`` left it in (the
     last item's, for a ``map:`` producer); in a map item, mixed with the item."""
     stem = generator_file(name)
-    paths = ([value_path(run_dir, producer, stem, i) for i in range(maps[producer])]
-             if producer in maps else [value_path(run_dir, producer, stem)])
+    store = Store(run_dir)
+    paths = ([store.value(producer, stem, i) for i in range(maps[producer])]
+             if producer in maps else [store.value(producer, stem)])
     shipped = [p for p in paths if p.exists()]
     if shipped:
         set_generator_state(name, _load(shipped[-1]), item)
@@ -144,7 +128,7 @@ def _ship_generator(name: str, consumers: list[str]) -> None:
     value = generator_state(name)
     if value is not None:
         run_dir, app, item = _context["run_dir"], _context["app"], _context.get("item")
-        _ship(value, value_path(run_dir, app, generator_file(name), item), name, app, consumers)
+        _ship(value, Store(run_dir).value(app, generator_file(name), item), name, app, consumers)
 
 
 def _bind_globals(value: Any, namespace: dict[str, Any]) -> None:
@@ -205,11 +189,11 @@ def split(namespace: dict[str, Any], iterable: str, item: str) -> None:
     if isinstance(value, (str, bytes, dict)):
         raise TypeError(f"{where}: {iterable} is a {type(value).__name__}; map over a list of "
                         f"items instead (e.g. list({iterable}))")
-    labels = []
+    labels, store = [], Store(run_dir)
     for index, element in enumerate(value):
-        _ship(element, item_path(run_dir, app, index), f"{iterable}[{index}]", app, [app])
+        _ship(element, store.element(app, index), f"{iterable}[{index}]", app, [app])
         labels.append(_label(element))
-    path = split_count_path(run_dir, app)
+    path = store.split_count(app)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"count": len(labels), "labels": labels}))
 
@@ -253,7 +237,8 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
         _ship_bundle(bundle, bundle_path(run_dir, app, item), app, consumers)
     if metrics:
         values = {m: _jsonable(namespace[m]) for m in metrics if m in namespace}
-        path = Path(run_dir) / "metrics.json"
+        path = Store(run_dir).metrics(app)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values, indent=1, sort_keys=True))
 
 
@@ -283,7 +268,7 @@ def _check_mutations(namespace: dict[str, Any], run_dir: str, app: str, item: in
     for name, (producer, value) in sharing.companions(changed, bundles, namespace).items():
         entries.append(name if received.get(name, (None,))[0] == producer else f"{name}@{producer}")
         values[name] = value
-    digest.write_report(digest.report_path(run_dir, app, item), sorted(set(entries)))
+    digest.write_report(Store(run_dir).mutation_report(app, item), sorted(set(entries)))
     return values
 
 
@@ -344,8 +329,11 @@ def _store(path: Path, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     for i, buffer in enumerate(buffers):
-        with open(path.with_suffix(f".buf{i}"), "wb") as f:
+        # Each file is written beside and renamed: a cache entry may hold a hard link to the old one.
+        part, written = path.with_suffix(f".buf{i}"), path.with_suffix(f".buf{i}.tmp")
+        with open(written, "wb") as f:
             f.write(buffer.raw())
+        os.replace(written, part)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         f.write(len(buffers).to_bytes(4, "little"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import datetime
+import difflib
 import functools
 import glob
 import keyword
@@ -33,7 +34,7 @@ from typing import Any
 from .errors import GraphError, TagError, UsageError
 from .graph import Pipeline
 
-__all__ = ["MAX_FILE_BYTES", "MAX_NESTING", "MAX_VALUES", "Checked", "before_run", "check_inputs",
+__all__ = ["MAX_FILE_BYTES", "MAX_NESTING", "MAX_VALUES", "Checked", "before_run", "check_inputs", "check_refresh",
            "check_map_parameters", "check_parameters", "default_output", "output_paths",
            "read_parameters_file"]
 
@@ -239,6 +240,18 @@ def _expanded_size(root: Any) -> int:
 
 
 # ----------------------------------------------------------------- outputs
+
+
+def check_refresh(pipeline: Pipeline, apps: tuple[str, ...] | list[str]) -> frozenset[str]:
+    """``--refresh APP``: each must name an app; returns them with every app that depends on them."""
+    forced: set[str] = set()
+    for app in apps:
+        if app not in pipeline.apps:
+            close = difflib.get_close_matches(app, list(pipeline.apps), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; the apps are: {', '.join(pipeline.order)}"
+            raise UsageError(f"--refresh {app}: no app is named {app!r}{hint}")
+        forced |= {app, *pipeline.downstream(app)}
+    return frozenset(forced)
 
 
 def default_output(path: str | Path) -> Path:

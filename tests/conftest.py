@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from nbformat import v4
 
 import nbpipe
 from nbpipe.api import ENGINES
+from nbpipe.compare import normalise_outputs as _normalise_outputs
 
 
 def _children_get_the_default_stop_signals() -> None:
@@ -194,62 +194,14 @@ def matplotlib_ready() -> None:
 
 # --------------------------------------------------------------------- normalising
 
-_MASKS = [
-    (re.compile(r"^CPU times: .*$", re.M), "CPU times: <masked>"),
-    (re.compile(r"^Wall time: .*$", re.M), "Wall time: <masked>"),
-    (re.compile(r"^.* per loop \(mean ± std\. dev\. of .*\)$", re.M), "<timeit>"),
-    (re.compile(r"0x[0-9a-fA-F]{6,16}\b"), "0x<address>"),
-    # The pseudo-file a cell is compiled to, which warnings name: ipykernel's
-    # $TMPDIR/ipykernel_<pid>/<hash>.py, or plain IPython's <ipython-input-<n>-<hash>>.
-    (re.compile(r"(?:[^\s\"']*/)?ipykernel_\d+/\d+\.py"), "<cell-file>"),
-    (re.compile(r"<ipython-input-\d+-[0-9a-f]+>"), "<cell-file>"),
-]
-
 #: Whether image bytes are compared too; matplotlib's PNG output was checked to
 #: be byte-for-byte deterministic for the same figure in a fresh kernel.
 COMPARE_IMAGE_BYTES = True
 
 
-def normalise_text(text: Any) -> str:
-    if isinstance(text, list):
-        text = "".join(text)
-    text = str(text)
-    for pattern, replacement in _MASKS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
 def normalise_outputs(outputs: list[Any], *, image_bytes: bool = COMPARE_IMAGE_BYTES) -> list[dict[str, Any]]:
-    """The part of a cell's outputs that the fidelity guarantee keeps equal."""
-    out: list[dict[str, Any]] = []
-    for o in outputs:
-        kind = o["output_type"]
-        if kind == "stream":
-            text = "".join(o["text"]) if isinstance(o["text"], list) else o["text"]
-            if out and out[-1]["output_type"] == "stream" and out[-1]["name"] == o["name"]:
-                out[-1]["text"] += text
-            else:
-                out.append({"output_type": "stream", "name": o["name"], "text": text})
-        elif kind in ("display_data", "execute_result"):
-            data = {}
-            for mime, value in o.get("data", {}).items():
-                if isinstance(value, list):
-                    value = "".join(value)
-                if mime.startswith("image/") and not mime.endswith("svg+xml"):
-                    data[mime] = value if image_bytes else "<image>"
-                elif isinstance(value, str):
-                    data[mime] = normalise_text(value)
-                else:  # JSON mime bundles
-                    data[mime] = json.loads(normalise_text(json.dumps(value, sort_keys=True)))
-            out.append({"output_type": kind, "data": data})
-        elif kind == "error":
-            out.append({"output_type": "error", "ename": o["ename"], "evalue": normalise_text(o["evalue"])})
-        else:  # pragma: no cover - nbformat knows no other output type
-            raise AssertionError(f"unknown output type {kind!r}")
-    for o in out:
-        if o["output_type"] == "stream":
-            o["text"] = normalise_text(o["text"])
-    return out
+    """The part of a cell's outputs that the fidelity guarantee keeps equal (:mod:`nbpipe.compare`)."""
+    return _normalise_outputs(outputs, image_bytes=image_bytes)
 
 
 def _show(outputs: list[dict[str, Any]]) -> str:

@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .. import stop
+from ..store import Store
 from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
 
@@ -157,7 +158,7 @@ def result_path(spec: TaskSpec) -> Path:
 
 def _files(spec: TaskSpec) -> _Files:
     which = "split" if spec.split else spec.item if spec.item is not None else "app"
-    return _Files(Path(spec.run_dir) / "tasks" / f"{spec.app}.{which}.{spec.attempt}")
+    return _Files(Store(spec.run_dir).attempt(spec.app, str(which), spec.attempt, ""))
 
 
 class _Files:

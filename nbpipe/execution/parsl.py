@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import stop
 from ..errors import SiteError, WorkerError
+from ..store import Store
 from .base import TaskResult, TaskSpec
 from .remote import await_results, probe, run_remote, settle, worker_fix
 
@@ -65,7 +66,7 @@ def load_config(site: Any, run_dir: Path | None = None) -> LoadedConfig:
     # never closes; ParslExecutor attaches one for the run and removes it after.
     config.initialize_logging = False
     if run_dir is not None:
-        config.run_dir = str(run_dir / "parsl")
+        config.run_dir = str(Store(run_dir).parsl_logs)
     for executor in config.executors:
         command = getattr(executor, "interchange_launch_cmd", None)
         if command and list(command[:2]) != [sys.executable, "-c"]:
@@ -153,8 +154,9 @@ class ParslExecutor:
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self._log = None
         if run_dir is not None:
-            (run_dir / "parsl").mkdir(parents=True, exist_ok=True)
-            self._log = logging.FileHandler(run_dir / "parsl" / "parsl.log")
+            logs = Store(run_dir).parsl_logs
+            logs.mkdir(parents=True, exist_ok=True)
+            self._log = logging.FileHandler(logs / "parsl.log")
             self._log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
             self._log.setLevel(logging.DEBUG)
             logging.getLogger("parsl").addHandler(self._log)

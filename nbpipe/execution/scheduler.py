@@ -45,6 +45,7 @@ def schedule(
     make_spec: SpecFactory,
     on_event: Event | None = None,
     map_size: MapSize | None = None,
+    memo: Any = None,
 ) -> dict[str, AppResult]:
     """Run every app of ``pipeline`` on ``executor``; return the result of each.
 
@@ -74,6 +75,14 @@ def schedule(
             record = result.items[item]
             record.attempts += 1
             attempt = record.attempts
+        if memo is not None and attempt == 1:
+            preds = tuple(p for p in pipeline.order if graph.has_edge(p, app))
+            hit = memo.check(app, item=item, split=split, preds=preds)
+            if hit is not None:
+                done: Future[TaskResult] = Future()
+                done.set_result(hit)
+                running[done] = (app, item, split)
+                return
         spec = make_spec(app, attempt, item=item, split=split, maps=dict(maps),
                          sources=flow.sources(app, split), watch=flow.watch(app, split))
         running[executor.submit(spec)] = (app, item, split)
@@ -100,6 +109,8 @@ def schedule(
     def finish(app: str, status: AppStatus) -> None:
         result = results[app]
         result.status = status
+        if memo is not None:
+            memo.finish(app, result)
         emit("done", app, result)
         if status.ok:
             for succ in sorted(graph.successors(app), key=pipeline.order.index):
@@ -171,7 +182,7 @@ def schedule(
         record.start_time = record.start_time or task.start_time
         record.end_time, record.host, record.output = task.end_time, task.host, task.output
         record.job_id = task.job_id
-        record.status, record.error = task.status, task.error
+        record.status, record.error, record.cache = task.status, task.error, task.cache
         if task.status.ok and task.mutations:
             record.status = AppStatus.FAILED
             record.error = {"ename": "MutationError", "evalue": str(flow.map_error(app, task.mutations))}
@@ -179,6 +190,8 @@ def schedule(
             record.status = AppStatus.RUNNING  # not final: the app waits for the retry
             submit(app, item=item)
             return
+        if memo is not None:
+            memo.store(app, item=item, split=False, task=task)
         emit("item", app, result)
         if any(not r.status.final for r in result.items):
             return
@@ -196,7 +209,8 @@ def schedule(
             timed_out = all(r.status is AppStatus.TIMED_OUT for r in bad)
             finish(app, AppStatus.TIMED_OUT if timed_out else AppStatus.FAILED)
         else:
-            finish(app, AppStatus.COMPLETED)
+            hits = all(r.status is AppStatus.CACHED for r in result.items)
+            finish(app, AppStatus.CACHED if hits else AppStatus.COMPLETED)
 
     try:
         for app in pipeline.order:
@@ -221,10 +235,12 @@ def schedule(
                     on_item(app, item, task)
                     continue
                 result.end_time, result.host, result.job_id = task.end_time, task.host, task.job_id
-                result.output, result.error = task.output, task.error
+                result.output, result.error, result.cache = task.output, task.error, task.cache
                 if _retry(task, again.attempts(app), pipeline.apps[app].spec.retries):
                     submit(app, split=split)
                     continue
+                if memo is not None:
+                    memo.store(app, item=None, split=split, task=task)
                 if split and task.status.ok:
                     result.output = None
                     on_split(app, task)

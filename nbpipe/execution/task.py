@@ -28,15 +28,16 @@ def run_task(spec: TaskSpec) -> TaskResult:
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
-    from ..digest import read_report, report_path
+    from ..digest import read_report
     from ..runtime import CONTEXT_NAME
+    from ..store import Store
 
     start = time.time()
     status, error = AppStatus.COMPLETED, None
     before = _output_stats(spec)
     context = {"run_dir": spec.run_dir, "app": spec.app, "item": spec.item, "maps": spec.maps,
                "sources": spec.sources, "watch": spec.watch}
-    report = report_path(spec.run_dir, spec.app, spec.item)
+    report = Store(spec.run_dir).mutation_report(spec.app, spec.item)
     report.unlink(missing_ok=True)
     parameters = {**spec.parameters, CONTEXT_NAME: context}
     engine = {}

@@ -40,11 +40,11 @@ RUNTIMES = ("podman", "docker", "apptainer", "singularity", "charliecloud", "shi
 
 #: Keys each engine accepts, with the type each value must have.
 _KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "local": {"engine": str, "workers": int, "run_dir": str, "containers": dict},
+    "local": {"engine": str, "workers": int, "run_dir": str, "cache_dir": str, "containers": dict},
     "parsl": {"engine": str, "config": str, "provider": str, "provider_options": dict,
-              "executor_options": dict, "label": str, "executors": dict, "run_dir": str,
+              "executor_options": dict, "label": str, "executors": dict, "run_dir": str, "cache_dir": str,
               "start_timeout": (int, float), "containers": dict},
-    "dask": {"engine": str, "address": str, "workers": int, "run_dir": str,
+    "dask": {"engine": str, "address": str, "workers": int, "run_dir": str, "cache_dir": str,
              "start_timeout": (int, float), "containers": dict},
 }
 _EXECUTOR_KEYS: dict[str, type | tuple[type, ...]] = {
