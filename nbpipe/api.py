@@ -176,7 +176,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     policy = Policy(policy.read, policy.write, check_refresh(pipeline, refresh), policy.verify)
     cwd = path.resolve().parent
     engine = _engine_for(pipeline, engine, debug)
-    store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), cache_dir_for(path, chosen, cache_dir))
+    store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), cache_dir_for(path.resolve().parent, chosen, cache_dir))
     memo = CacheMemo(pipeline, store, Keys(pipeline, compiled, parameters, cwd), policy,
                      {"id": _run_id(started), "notebook": str(path.resolve())})
     executor = _LazyExecutor(lambda: _start_executor(chosen, pipeline, store.run_dir, cwd, workers=workers,
@@ -212,17 +212,17 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     return run, memo
 
 
-def cache_dir_for(notebook: str | Path, site: Site | None = None, given: str | Path | None = None) -> Path:
-    """Where the cache lives: ``given`` (``--cache-dir``), else ``NBPIPE_CACHE_DIR``, else the
-    site's ``cache_dir``, else ``.nbpipe-cache`` beside the notebook."""
+def cache_dir_for(directory: Path, site: Site | None = None, given: str | Path | None = None) -> Path:
+    """Where the cache of a notebook in ``directory`` lives: ``given`` (``--cache-dir``), else
+    ``NBPIPE_CACHE_DIR``, else the site's ``cache_dir``, else ``.nbpipe-cache`` in ``directory``."""
     if given is not None:
         return Path(given).expanduser()
     if os.environ.get("NBPIPE_CACHE_DIR"):
         return Path(os.environ["NBPIPE_CACHE_DIR"]).expanduser()
     if site is not None and site.options.get("cache_dir"):
-        base = site.base_dir or Path(notebook).resolve().parent
+        base = site.base_dir or directory
         return base / os.path.expanduser(str(site.options["cache_dir"]))
-    return Path(notebook).resolve().parent / CACHE_DIR_NAME
+    return directory / CACHE_DIR_NAME
 
 
 class _LazyExecutor:

@@ -25,7 +25,7 @@ from .errors import NbpipeError, UsageError
 
 __all__ = ["entry", "main"]
 
-COMMANDS = ("execute", "check", "graph", "compile", "render", "sites")
+COMMANDS = ("execute", "check", "graph", "compile", "render", "verify", "cache", "sites")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,17 +97,33 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("execute", help="run the notebook's apps and write the merged notebook")
     _run_options(p)
-    p.add_argument("--workers", type=int, help="how many apps run at once (default: cores)")
-    p.add_argument("--no-cache", action="store_true", help="re-run every app (nothing is cached yet)")
+    _engine_options(p)
+    p.add_argument("--no-cache", action="store_true", help="run every app and store nothing in the cache")
+    p.add_argument("--refresh", action="append", default=[], metavar="APP",
+                   help="run APP and every app that depends on it, whatever the cache holds (repeatable)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.add_argument("--engine", choices=("ipython", "kernel"), default="ipython",
-                   help="ipython: cells run in a forked, preloaded process (fast, the default); "
-                        "kernel: a fresh Jupyter kernel per app (full isolation, any language)")
-    p.add_argument("--debug", action="store_true",
-                   help="run apps one by one in this process; show tracebacks")
-    p.add_argument("--keep-run-dir", action="store_true",
-                   help="keep the run directory (task notebooks, shipped values, logs)")
     p.set_defaults(func=_execute)
+
+    p = sub.add_parser("verify", help="re-run every app ignoring the cache; list the apps whose "
+                                      "outputs differ from the cached ones")
+    _run_options(p)
+    _engine_options(p)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("cache", help="list, clear or prune the cache of app results")
+    cache = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (("list", "list the cached results (of NOTEBOOK's runs, if given)"),
+                         ("clear", "remove the cached results (of NOTEBOOK's runs, if given)"),
+                         ("prune", "remove results unused for a while, or beyond a size")):
+        q = cache.add_parser(action, help=text)
+        if action != "prune":
+            q.add_argument("notebook", type=Path, nargs="?")
+        q.add_argument("--cache-dir", type=Path, metavar="DIR", help="the cache (default: "
+                       "$NBPIPE_CACHE_DIR, else .nbpipe-cache beside NOTEBOOK or here)")
+        if action == "prune":
+            q.add_argument("--older-than", metavar="AGE", help="unused for longer than AGE (30d, 12h)")
+            q.add_argument("--max-size", metavar="SIZE", help="keep the most recently used up to SIZE (5GB)")
+        q.set_defaults(func=_cache, notebook=None)
 
     p = sub.add_parser("check", help="validate tags, dataflow, parameters and output paths; "
                                      "print apps and edges")
@@ -149,6 +165,20 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    metavar="PARAMS.yaml", help="parameters from a YAML file")
     p.add_argument("--html", nargs="?", const=True, default=None, metavar="OUT.html",
                    help="also write an HTML report (default: beside the merged notebook)")
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    """What execute and verify share: how the apps run and where the cache is."""
+    p.add_argument("--workers", type=int, help="how many apps run at once (default: cores)")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR", help="the cache of app results (default: "
+                   "$NBPIPE_CACHE_DIR, else the site's cache_dir, else .nbpipe-cache beside the notebook)")
+    p.add_argument("--engine", choices=("ipython", "kernel"), default="ipython",
+                   help="ipython: cells run in a forked, preloaded process (fast, the default); "
+                        "kernel: a fresh Jupyter kernel per app (full isolation, any language)")
+    p.add_argument("--debug", action="store_true",
+                   help="run apps one by one in this process; show tracebacks")
+    p.add_argument("--keep-run-dir", action="store_true",
+                   help="keep the run directory (task notebooks, shipped values, logs)")
 
 
 def parse_value(value: str) -> Any:
@@ -234,35 +264,106 @@ def _first_line(text: str) -> str:
     return lines[0][:300] if lines else ""
 
 
-def _execute(args: argparse.Namespace) -> int:
-    from .api import execute, load_pipeline
-
+def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Announce the run and return :func:`nbpipe.execute`'s arguments (execute and verify)."""
+    from .api import load_pipeline
     from .sites import get_site
 
     parameters = _parameters(args)
     pipeline = load_pipeline(args.notebook)
-    total = len(pipeline.apps)
     _print_warnings(pipeline)
     site = get_site(args.site, notebook=args.notebook, sites_file=args.sites)
     if site.engine != "local":
         # Workers of a batch site may wait in a queue: say what is happening meanwhile.
-        print(f"nbpipe: starting site {site.name!r} ({site.describe}); waiting for a first "
-              f"worker, up to {site.start_timeout:g} s",
+        print(f"nbpipe: starting site {site.name!r} ({site.describe}) when an app needs it; "
+              f"waiting for a first worker, up to {site.start_timeout:g} s",
               file=sys.stderr, flush=True)
-    run = execute(args.notebook, output=args.output, site=args.site, parameters=parameters,
-                  workers=args.workers, html=args.html, engine=args.engine, sites_file=args.sites,
-                  debug=args.debug,
-                  keep_run_dir=args.keep_run_dir, on_event=_Progress(total))
-    print(f"nbpipe: wrote {run.output}" + (f" and {run.html}" if run.html else "")
-          + f" in {run.duration:.1f}s", file=sys.stderr)
-    if run.run_dir:
-        print(f"nbpipe: run directory kept in {run.run_dir}", file=sys.stderr)
+    return dict(output=args.output, site=args.site, parameters=parameters, workers=args.workers,
+                html=args.html, engine=args.engine, sites_file=args.sites, debug=args.debug,
+                keep_run_dir=args.keep_run_dir, on_event=_Progress(len(pipeline.apps)),
+                cache_dir=args.cache_dir)
+
+
+def _execute(args: argparse.Namespace) -> int:
+    from .api import execute
+
+    run = execute(args.notebook, cache=not args.no_cache, refresh=args.refresh, **_run_arguments(args))
+    _report_run(run)
     if args.json:
         print(json.dumps(run.summary(), indent=1))
+    return _run_status(run)
+
+
+def _report_run(run: Any) -> None:
+    cached = sum(1 for r in run.apps.values() if r.status.value == "cached")
+    print(f"nbpipe: wrote {run.output}" + (f" and {run.html}" if run.html else "")
+          + f" in {run.duration:.1f}s" + (f" ({cached} of {len(run.apps)} apps from the cache)" if cached else ""),
+          file=sys.stderr)
+    if run.run_dir:
+        print(f"nbpipe: run directory kept in {run.run_dir}", file=sys.stderr)
+
+
+def _run_status(run: Any) -> int:
     if not run.ok:
         bad = [f"{n} {r.status.value}" for n, r in run.apps.items() if not r.status.ok]
         print(f"nbpipe: not every app completed: {', '.join(bad)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .api import verify
+
+    with tempfile.TemporaryDirectory(prefix="nbpipe-verify-") as scratch:
+        arguments = _run_arguments(args)
+        if arguments["output"] is None:  # the fresh run's merged notebook is not kept unless asked for
+            arguments["output"] = Path(scratch) / args.notebook.with_suffix(".verify.ipynb").name
+        checked = verify(args.notebook, **arguments)
+    for difference in checked.differences:
+        which = f"app {difference.app}" + (f" item {difference.item}" if difference.item is not None else "")
+        came = difference.cached_from.get("created") or "an earlier run"
+        print(f"differs   {which}: cells {', '.join(difference.cells)} (cached from {came})")
+    for what in checked.unverified:
+        print(f"not cached {what}: nothing to compare with")
+    if checked.differences:
+        print(f"nbpipe: {len(checked.differences)} app(s) gave outputs that differ from the cache: "
+              "an unseeded random generator, the clock, or an undeclared file", file=sys.stderr)
+        return 1
+    status = _run_status(checked.run)
+    if status == 0:
+        print(f"nbpipe: every cached app reproduced its outputs ({len(checked.unverified)} not cached)",
+              file=sys.stderr)
+    return status
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from . import cachedir
+    from .api import cache_dir_for
+
+    notebook = args.notebook
+    where = cache_dir_for(notebook.resolve().parent if notebook else Path.cwd(), None, args.cache_dir)
+    if args.action == "list":
+        found = cachedir.entries(where, notebook)
+        for entry in found:
+            meta = entry.meta
+            which = str(meta.get("app")) + (f"[{meta['item']}]" if meta.get("item") is not None else
+                                             ".split" if meta.get("split") else "")
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0)))
+            name = Path(str(meta.get("notebook"))).name
+            print(f"{entry.key.split(':')[-1][:12]}  {name:<24} {which:<24} "
+                  f"{cachedir.show_size(entry.size):>9}  stored {created}  ran {meta.get('duration', 0):.1f}s")
+        total = sum(e.size for e in found)
+        print(f"{len(found)} entries, {cachedir.show_size(total)} in {where}", file=sys.stderr)
+        return 0
+    if args.action == "clear":
+        removed = cachedir.clear(where, notebook)
+    else:
+        removed = cachedir.prune(where, older_than=cachedir.parse_age(args.older_than) if args.older_than else None,
+                                 max_size=cachedir.parse_size(args.max_size) if args.max_size else None)
+    print(f"nbpipe: removed {removed.entries} entries ({cachedir.show_size(removed.bytes)}) from {where}",
+          file=sys.stderr)
     return 0
 
 
