@@ -77,6 +77,7 @@ def _papermill(path: Path) -> float:
 
 def _nbpipe(path: Path, **kwargs: object) -> tuple[float, nbpipe.RunResult]:
     start = time.perf_counter()
+    kwargs.setdefault("cache", False)  # each part measures running, not the cache (bench/cache.py does)
     run = nbpipe.execute(path, output=path.with_suffix(".merged.ipynb"), **kwargs)  # type: ignore[arg-type]
     assert run.ok, {n: r.error for n, r in run.apps.items() if not r.status.ok}
     return time.perf_counter() - start, run

@@ -3,7 +3,7 @@ run it on a site, and merge the results into one executed narrative notebook."""
 
 from __future__ import annotations
 
-from .api import RunResult, execute, load_pipeline
+from .api import RunResult, VerifyResult, execute, load_pipeline, verify
 from .errors import (
     CycleError,
     GraphError,
@@ -38,7 +38,9 @@ __all__ = [
     "TagError",
     "UnsupportedTagError",
     "UsageError",
+    "VerifyResult",
     "WorkerError",
     "execute",
     "load_pipeline",
+    "verify",
 ]

@@ -110,15 +110,16 @@ def execute(
     debug: bool = False,
     keep_run_dir: bool = False,
     on_event: Callable[[str, str, AppResult], None] | None = None,
-    cache: bool = True,
+    cache: bool | None = None,
     refresh: tuple[str, ...] | list[str] = (),
     cache_dir: str | Path | None = None,
 ) -> RunResult:
     """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook.
 
     Apps whose key is in the cache are restored, not run (``cache=False``:
-    run everything and store nothing; ``refresh``: these apps and what depends
-    on them run whatever the cache holds). Returns a :class:`RunResult`
+    run everything and store nothing; None: the cache is used unless the
+    environment has ``NBPIPE_CACHE=off``; ``refresh``: these apps and what
+    depends on them run whatever the cache holds). Returns a :class:`RunResult`
     whether or not every app completed (check ``.ok``). Raises
     :class:`~nbpipe.errors.NbpipeError` subclasses for bad input, before
     anything runs. On KeyboardInterrupt the partial merged notebook is written,
@@ -128,8 +129,14 @@ def execute(
     run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
                       engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
                       on_event=on_event, cache_dir=cache_dir, refresh=refresh,
-                      policy=Policy(read=cache, write=cache))
+                      policy=Policy(read=_use_cache(cache), write=_use_cache(cache)))
     return run
+
+
+def _use_cache(cache: bool | None) -> bool:
+    if cache is None:
+        return os.environ.get("NBPIPE_CACHE", "on").strip().lower() not in ("off", "0", "no", "false")
+    return cache
 
 
 @dataclass

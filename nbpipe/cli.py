@@ -287,7 +287,7 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def _execute(args: argparse.Namespace) -> int:
     from .api import execute
 
-    run = execute(args.notebook, cache=not args.no_cache, refresh=args.refresh, **_run_arguments(args))
+    run = execute(args.notebook, cache=False if args.no_cache else None, refresh=args.refresh, **_run_arguments(args))
     _report_run(run)
     if args.json:
         print(json.dumps(run.summary(), indent=1))

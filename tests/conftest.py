@@ -161,6 +161,16 @@ ENGINE_PARAMS = [engine if engine == ENGINES[0] else pytest.param(engine, marks=
                  for engine in ENGINES]
 
 
+@pytest.fixture(autouse=True)
+def _cache_off_unless_asked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that runs a notebook twice tests the engine both times, not the cache:
+    the cache is off (``NBPIPE_CACHE=off``, subprocesses too) unless the test is marked ``cache``."""
+    if request.node.get_closest_marker("cache") is None:
+        monkeypatch.setenv("NBPIPE_CACHE", "off")
+    else:
+        monkeypatch.delenv("NBPIPE_CACHE", raising=False)
+
+
 @pytest.fixture(params=ENGINE_PARAMS)
 def engine(request: pytest.FixtureRequest) -> str:
     """Every execution engine nbpipe offers; the suites must pass unchanged on each."""
