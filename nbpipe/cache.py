@@ -124,8 +124,11 @@ class Keys:
 
 
 def _notebook_code(nb: Any) -> list[Any]:
-    """The code a task notebook runs, with the execution count each cell runs with."""
-    return [(cell.source, cell.get("metadata", {}).get("nbpipe", {}).get("count"))
+    """The code a task notebook runs, with the execution count each cell runs with; without
+    the sources of the earlier cells the numbering step fills ``In`` with, so an edit above
+    does not re-run every app below it (an app showing ``In[n]`` is not re-run for it)."""
+    history = repr(nb.metadata.get("nbpipe_task", {}).get("history"))
+    return [(cell.source.replace(history, "<history>"), cell.get("metadata", {}).get("nbpipe", {}).get("count"))
             for cell in nb.cells if cell.cell_type == "code"]
 
 
@@ -133,16 +136,23 @@ def _versions(modules: tuple[str, ...], cwd: Path) -> dict[str, str]:
     """Distribution -> version for the packages ``modules`` come from; for a module of
     the notebook's directory, its files' digest."""
     found: dict[str, str] = {}
-    owners = _distributions()
-    for top in sorted({m.split(".")[0] for m in modules}):
+    for top in sorted({m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)):
         package = sorted((cwd / top).rglob("*.py")) if (cwd / top).is_dir() else []
         local = [p for p in (cwd / f"{top}.py", *package) if p.is_file()]
         if local:
             found[f"./{top}"] = _sha(*(_digest_or_reason(str(p)) for p in local))
             continue
-        for dist in owners.get(top, ()):
+        for dist in _owners(top):
             found[dist] = _version(dist)
     return found
+
+
+def _owners(top: str) -> list[str]:
+    """The distributions that install module ``top``: the one of the same name when there is
+    one (a quick lookup), else from every distribution's file list (slow, so only then)."""
+    if _version(top) != "?":
+        return [top]
+    return _distributions().get(top, [])
 
 
 @functools.lru_cache(maxsize=1)

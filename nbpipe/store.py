@@ -258,10 +258,8 @@ def _write_manifest(where: Path, key: str, meta: dict[str, Any], files: dict[str
     body = {"format": _FORMAT, "key": key, "meta": meta, "files": files}
     body["checksum"] = _checksum(body)
     data = json.dumps(body, indent=1, sort_keys=True)
-    with open(where / "manifest.json", "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    # No fsync: an entry torn by a crash fails its checksums and is never trusted.
+    (where / "manifest.json").write_text(data, encoding="utf-8")
 
 
 def _checksum(body: dict[str, Any]) -> str:
