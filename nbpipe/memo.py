@@ -157,7 +157,7 @@ class CacheMemo:
             "host": task.host, "duration": round(task.end_time - task.start_time, 6),
             "attempt": task.attempt, "job_id": task.job_id,
         }
-        self.files.put(key, files, meta)
+        self.files.put(key, files, meta, replace=app in self.policy.refresh)
 
     # -- restoring -----------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class Store:
     def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._warned = False  # a cache that cannot be written says so once per run
 
     # -- the run directory -------------------------------------------------
 
@@ -133,33 +134,42 @@ class Store:
         digest = key.split(":", 1)[-1]
         return self._cache() / "entries" / digest[:2] / digest
 
-    def put(self, key: str, files: dict[str, Path], meta: dict[str, Any]) -> bool:
+    def put(self, key: str, files: dict[str, Path], meta: dict[str, Any], replace: bool = False) -> bool:
         """Store ``files`` (name in the entry -> file now) under ``key``, whole or not at all.
 
         Returns False when the entry already exists (another run stored the same
-        result first) or the cache cannot be written; a cache is an optimisation,
-        so a failure to write it only warns.
+        result first; ``replace``: a refreshed app's result replaces it) or the
+        cache cannot be written; a cache is an optimisation, so a failure to
+        write it only warns, once.
         """
         final = self.entry_dir(key)
-        if final.exists():
+        if final.exists() and not replace:
             return False
         try:
             building = Path(tempfile.mkdtemp(prefix="entry-", dir=self._prepare()))
         except OSError as exc:
-            _warn(f"cannot write the cache in {self._cache()}: {exc.strerror}")
+            self._warn_once(f"cannot write the cache in {self._cache()}: {exc.strerror}; "
+                            "results are not being stored")
             return False
         try:
             listed = {name: _place(source, building / name, name) for name, source in sorted(files.items())}
             _write_manifest(building, key, meta, listed)
             final.parent.mkdir(parents=True, exist_ok=True)
+            if replace and final.exists():
+                self._discard(final)
             os.rename(building, final)
             return True
         except OSError as exc:
             if not final.exists():
-                _warn(f"cannot write the cache entry {final}: {exc.strerror or exc}")
+                self._warn_once(f"cannot write the cache entry {final}: {exc.strerror or exc}")
             return False
         finally:
             shutil.rmtree(building, ignore_errors=True)
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            _warn(message)
 
     def get(self, key: str, what: str = "") -> Entry | None:
         """The entry under ``key`` if it is whole and every checksum matches; a corrupt

@@ -22,7 +22,8 @@ from nbbuild import notebook as plain_notebook
 from conftest import assert_same_outputs, assert_well_formed, code, notebook, run_both
 import nbpipe
 from nbpipe import cli
-from nbpipe.cache import cache_keys
+from nbpipe.cache import Keys
+from nbpipe.compile import compile_pipeline
 from nbpipe.graph import build_pipeline
 from nbpipe.names import analyse_cell
 from nbpipe.parse import parse_notebook
@@ -269,7 +270,8 @@ def test_changed_carried_state_changes_the_cache_key_of_later_apps_only() -> Non
             cell("print(os.environ.get('NBPIPE_X'))", "app:after"),
         )
         assert not pipeline.edges(), "only the carried state links the apps"
-        return cache_keys(pipeline, {}, {})
+        keys = Keys(pipeline, compile_pipeline(pipeline), {}, Path.cwd())
+        return {app: keys.app(app, []) for app in pipeline.order}
 
     one, two = keys(1), keys(2)
     assert one["before"] == two["before"]
