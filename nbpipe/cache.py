@@ -25,6 +25,7 @@ import functools
 import glob
 import hashlib
 import json
+import os
 import platform
 import sys
 from importlib import metadata
@@ -119,7 +120,7 @@ class Keys:
         for pattern in self.pipeline.apps[app].spec.inputs:
             for path in sorted(glob.glob(str(self.cwd / pattern))):
                 if Path(path).is_file():
-                    found[str(Path(path).relative_to(self.cwd))] = _digest_or_reason(path)
+                    found[os.path.relpath(path, self.cwd)] = _digest_or_reason(path)
         return found
 
 

@@ -96,3 +96,24 @@ def test_a_signal_stops_a_slurm_run_and_cancels_its_job(tmp_path: Path, slurm: N
     assert _queue(), "the apps should run in a Slurm job"
     assert_stopped(run, family, run.stop(sig, timeout=120), code)
     assert _wait_for_empty_queue() == []
+
+
+@pytest.mark.cache
+def test_a_cache_filled_on_slurm_serves_a_laptop_run_and_back(tmp_path: Path, slurm: None) -> None:
+    """Keys do not depend on the site: what batch jobs stored, the local site restores,
+    and an edit made on the laptop runs on the cluster for the app it reaches only."""
+    nb = copy_example("quickstart.ipynb", tmp_path)
+    (tmp_path / "nbpipe.toml").write_text(SLURM.format(timeout=120))
+    remote = nbpipe.execute(nb, output=tmp_path / "slurm.ipynb", site="cluster")
+    assert remote.ok and all(r.status.value == "completed" for r in remote.apps.values())
+    local = nbpipe.execute(nb, output=tmp_path / "local.ipynb")
+    assert {r.status.value for r in local.apps.values()} == {"cached"}
+    assert_same_outputs(remote, local)
+    jobs = {c.metadata["nbpipe"].get("job_id") for c in local.notebook.cells if c.cell_type == "code"}
+    assert jobs - {None}, "a restored app keeps the batch job it ran in"
+    again = nbpipe.execute(nb, output=tmp_path / "again.ipynb", site="cluster", keep_run_dir=True)
+    assert {r.status.value for r in again.apps.values()} == {"cached"}
+    assert {r.job_id for r in again.apps.values()} == {r.job_id for r in remote.apps.values()}
+    assert again.run_dir is not None and not (again.run_dir / "parsl").exists(), \
+        "a run the cache served whole starts no Parsl executor, so submits no batch job"
+    shutil.rmtree(again.run_dir)
