@@ -92,6 +92,8 @@ class TaskResult:
     #: received names whose value the app changed although the graph did not
     #: predict it (an unpredicted mutation); their new values were shipped
     mutations: list[str] = field(default_factory=list)
+    #: set by the memo on a hit (status ``cached``): the key and the run it came from
+    cache: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -115,6 +117,8 @@ class _Outcome:
     job_id: str | None = None
     output: str | None = None
     error: dict[str, Any] | None = None
+    #: from the memo's hit (status ``cached``): the key and the run it came from
+    cache: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -141,6 +145,8 @@ class ItemResult(_Outcome):
             data["job_id"] = self.job_id
         if self.error:
             data["error"] = self.error
+        if self.cache is not None:
+            data["cache"] = self.cache
         return data
 
 
