@@ -202,8 +202,9 @@ class Scheduler:
             record = self.results[task.app].items[task.item]  # type: ignore[index]
             record.status, record.error = AppStatus.FAILED, error
             return replace(ended, status=AppStatus.FAILED, error=error)
-        status = self._on_mutations(task.app, ended.mutations)
-        return replace(ended, status=status, error=self.results[task.app].error)
+        if self._on_mutations(task.app, ended.mutations):
+            return ended  # completed, or cached: a hit replays the change
+        return replace(ended, status=AppStatus.FAILED, error=self.results[task.app].error)
 
     def _split_ended(self, app: str, ended: TaskResult) -> None:
         """The split stored the elements: one task per item."""
@@ -360,8 +361,9 @@ class Scheduler:
 
     # ------------------------------------------------------------ unpredicted mutations
 
-    def _on_mutations(self, app: str, names: list[str]) -> AppStatus:
-        """``app`` changed received ``names`` unpredicted: re-wire and re-run their readers."""
+    def _on_mutations(self, app: str, names: list[str]) -> bool:
+        """``app`` changed received ``names`` unpredicted: re-wire and re-run their readers.
+        False when that cannot give serial execution's result (``app`` fails)."""
         try:
             rewires = self.flow.resolve(app, names)
         except MutationError as exc:
@@ -369,10 +371,10 @@ class Scheduler:
             for reader in exc.readers:
                 if self.results[reader].status is AppStatus.PENDING:
                     self._settle(reader, AppStatus.SKIPPED, "skip", reason=str(exc))
-            return AppStatus.FAILED
+            return False
         for rewire in rewires:
             self._rerun(rewire)
-        return AppStatus.COMPLETED
+        return True
 
     def _rerun(self, rewire: Rewire) -> None:
         result = self.results[rewire.reader]
