@@ -209,7 +209,8 @@ def test_store_is_told_each_final_task_once_and_a_skipped_app_is_never_checked(r
     assert [k[0][0] for k in memo.kept] == ["flaky"]
 
 
-def test_a_failed_item_is_stored_failed_and_runs_again_while_the_others_hit(runner: Any, tmp_path: Path) -> None:
+def test_a_failed_item_is_stored_failed_and_runs_again_while_the_others_hit(runner: Any,
+                                                                             tmp_path: Path) -> None:
     flag = tmp_path / "fixed"
     run = runner(code("ks = [1, 2, 3]", "app:load"),
                  code("import pathlib\n"
@@ -230,7 +231,8 @@ def test_a_failed_item_is_stored_failed_and_runs_again_while_the_others_hit(runn
 
 def test_a_replayed_mutation_rewires_its_reader_again_and_nothing_runs(runner: Any) -> None:
     run = runner(code("rows = [[1], [2]]", "app:make"),
-                 code("import time\ntime.sleep(1.5)\nalias = rows\nfor r in alias:\n    r.append(0)", "app:mutate"),
+                 code("import time\ntime.sleep(1.5)\nalias = rows\nfor r in alias:\n    r.append(0)",
+                      "app:mutate"),
                  code("total = sum(len(r) for r in rows)", "app:read"),
                  code("print('below', total)", "app:below"))
     memo = DictMemo()
