@@ -290,7 +290,7 @@ class Scheduler:
         result.status = AppStatus.RUNNING
         if task.item is not None:
             result.items[task.item].status = AppStatus.RUNNING  # type: ignore[index]
-        self.hits.append((task, hit))
+        self.hits.append((task, replace(hit, status=AppStatus.CACHED)))
         if task.item is None:
             self.emit("start" if task.split else "cached", task.app, result)
         return True
