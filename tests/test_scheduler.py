@@ -9,6 +9,8 @@ so the values a hit stands for are there for the apps that run.
 from __future__ import annotations
 
 import json
+import os
+import time
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -264,3 +266,23 @@ def test_progress_says_cached_for_apps_and_counts_cached_items(runner: Any,
     assert "(1/2) cached    load\n" in err
     assert "items     inc: 3/3 finished (2 cached)" in err
     assert "(2/2) completed inc in " in err
+
+
+def test_an_interrupt_tells_the_memo_each_app_s_final_state_and_stores_nothing_unfinished(runner: Any) -> None:
+    run = runner(code("import time\ntime.sleep(60)\nslow = 1", "app:slow"),
+                 code("print(slow)", "app:after"),
+                 code(f"import os, signal, time\ntime.sleep(0.5)\nos.kill({os.getpid()}, signal.SIGINT)",
+                      "app:stopper"))
+    memo = DictMemo()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run(memo)
+    assert time.monotonic() - started < 30  # the sleeping app was stopped, not waited for
+    results = caught.value.results  # type: ignore[attr-defined]
+    assert (results["slow"].status, results["after"].status) == (AppStatus.FAILED, AppStatus.SKIPPED)
+    assert results["slow"].error["ename"] == "KeyboardInterrupt"
+    finished = dict(memo.finishes)  # each app's last final state
+    assert set(finished) == set(results) and finished["slow"] is AppStatus.FAILED
+    assert finished["after"] is AppStatus.SKIPPED
+    assert "slow" not in [t[0] for t, _, _ in memo.stores]
+    assert [c[0] for c in memo.checks if c[0] == "after"] == []
