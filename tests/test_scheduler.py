@@ -286,3 +286,17 @@ def test_an_interrupt_tells_the_memo_each_app_s_final_state_and_stores_nothing_u
     assert finished["after"] is AppStatus.SKIPPED
     assert "slow" not in [t[0] for t, _, _ in memo.stores]
     assert [c[0] for c in memo.checks if c[0] == "after"] == []
+
+
+def test_a_hit_replays_a_sys_exit_and_the_apps_below_it_stay_skipped(runner: Any) -> None:
+    run = runner(code("x = 1", "app:first"),
+                 code("import sys\nsys.exit()", "app:stop"),
+                 code("print('unreached')", "app:later"))
+    memo = DictMemo()
+    first = run(memo)
+    assert (first["stop"].status, first["later"].stopped_by) == (AppStatus.COMPLETED, "stop")
+    again = run(memo)
+    # later ran beside stop: kept if it ended before stop reported its exit, so it may hit or run
+    assert [t for t in run.submitted if t[0] != "later"] == []
+    assert _statuses(again) == {"first": "cached", "stop": "cached", "later": "skipped"}
+    assert again["later"].stopped_by == "stop" and run_ok(again)

@@ -65,7 +65,7 @@ class Memo(Protocol):
 
     def store(self, app: str, *, item: int | None, split: bool, task: TaskResult) -> None:
         """Told once per task whose result is final for that task (after retries; not for stale attempts,
-        not for tasks dropped below a SystemExit, not for hits). ``task.status`` is the scheduler's
+        not for hits, not for tasks that end after a SystemExit above them was reported). ``task.status`` is the scheduler's
         verdict (an item that changed a received value is failed). The memo decides what it keeps
         (completed only)."""
 
