@@ -27,7 +27,7 @@ from nbpipe.execution.local import LocalExecutor
 from nbpipe.execution.scheduler import Memo, schedule
 from nbpipe.runtime import split_count_path
 
-Task = tuple[str, int | None, bool]  # (app, item, split)
+TaskKey = tuple[str, int | None, bool]  # (app, item, split)
 
 
 @dataclass
@@ -40,7 +40,7 @@ class DictMemo:
 
     kept: dict[Any, TaskResult] = field(default_factory=dict)
     checks: list[tuple[str, int | None, bool, tuple[str, ...]]] = field(default_factory=list)
-    stores: list[tuple[Task, AppStatus, int]] = field(default_factory=list)
+    stores: list[tuple[TaskKey, AppStatus, int]] = field(default_factory=list)
     finishes: list[tuple[str, AppStatus]] = field(default_factory=list)
     keys: dict[str, Any] = field(default_factory=dict)  # app -> its key, when last asked
 
@@ -78,7 +78,7 @@ class Runner:
 
     path: Path
     run_dir: Path
-    submitted: list[Task] = field(default_factory=list)
+    submitted: list[TaskKey] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
 
     def __call__(self, memo: Memo | None, parameters: dict[str, Any] | None = None,
