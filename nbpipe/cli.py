@@ -230,12 +230,15 @@ class _Progress:
             line = f"retrying  {app} (attempt {result.attempts})"
         elif kind == "split":
             line = f"mapping   {app} over {len(result.items)} item(s)"
+        elif kind == "cached":
+            return  # the "done" line that follows says cached
         elif kind == "item":
             finished = sum(1 for item in result.items if item.status.final)
             total = len(result.items)
             if finished != total and finished % max(1, total // 10):
                 return  # about ten progress lines per map app
-            line = f"items     {app}: {finished}/{total} finished"
+            cached = sum(1 for item in result.items if item.status.value == "cached")
+            line = f"items     {app}: {finished}/{total} finished" + (f" ({cached} cached)" if cached else "")
         elif kind == "rerun":
             change = result.reruns[-1]
             if app in self.finished:
@@ -252,7 +255,8 @@ class _Progress:
             self.done += app not in self.finished  # an app that ran again counts once
             self.finished.add(app)
             status = result.status.value.replace("_", " ")
-            took = f" in {result.duration:.1f}s" if result.duration is not None else ""
+            ran = result.duration is not None and result.status.value != "cached"
+            took = f" in {result.duration:.1f}s" if ran else ""
             line = f"{status:<9} {app}{took}"
             if result.error:
                 line += f": {result.error.get('ename')}: {_first_line(result.error.get('evalue', ''))}"

@@ -92,7 +92,7 @@ class TaskResult:
     #: received names whose value the app changed although the graph did not
     #: predict it (an unpredicted mutation); their new values were shipped
     mutations: list[str] = field(default_factory=list)
-    #: set on a cache hit: the key and the run the result came from
+    #: set by the memo on a hit (status ``cached``): the key and the run it came from
     cache: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +117,7 @@ class _Outcome:
     job_id: str | None = None
     output: str | None = None
     error: dict[str, Any] | None = None
-    #: a cache hit's key and the run it came from
+    #: from the memo's hit (status ``cached``): the key and the run it came from
     cache: dict[str, Any] | None = None
 
     @property
@@ -145,7 +145,7 @@ class ItemResult(_Outcome):
             data["job_id"] = self.job_id
         if self.error:
             data["error"] = self.error
-        if self.cache:
+        if self.cache is not None:
             data["cache"] = self.cache
         return data
 

@@ -6,13 +6,25 @@ marks the apps downstream of a failure ``skipped`` with the reason, and lets
 independent apps run to completion. When an app reports a value it changed
 unpredicted, the apps that must read the change are re-wired to it
 (:class:`~nbpipe.mutations.Dataflow`) and re-run if they already ran.
+
+It is a small state machine. Each :class:`Task` (a plain app, a ``map:``
+app's split step, or one of its items) ends with a :class:`TaskResult`, from
+the executor or from the :class:`Memo`, and :meth:`Scheduler.transition`, the
+one place that decides what follows, takes it from there: retry, submit the
+items of a split, finish the app, start its successors or skip what lies
+below. Every final state of an app is set by :meth:`Scheduler._settle`, which
+tells the memo and emits the event, so progress, metadata and cache agree.
+Before a task's first attempt is submitted the memo is asked whether its
+result already exists (Parsl's ``Memoizer.check_memo`` is the model).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import networkx as nx
@@ -22,11 +34,13 @@ from ..graph import Pipeline
 from ..mutations import Dataflow, Rewire
 from .base import AppResult, AppStatus, Executor, ItemResult, TaskResult, TaskSpec
 
-__all__ = ["Event", "MapSize", "SpecFactory", "schedule"]
+__all__ = ["Event", "MapSize", "Memo", "Scheduler", "SpecFactory", "Task", "schedule"]
 
-#: ``on_event(kind, app, result)``: kind is "start", "retry", "split" (a map app
-#: knows its items), "item" (one item finished), "done", "skip" or "rerun" (the
-#: app reads a value another app changed unpredicted: ``result.reruns[-1]``).
+#: ``on_event(kind, app, result)``: kind is "start", "cached" (in place of
+#: "start": a plain app's result came from the memo; "done" follows with status
+#: ``cached``), "retry", "split" (a map app knows its items), "item" (one item
+#: finished, from the memo too), "done", "skip" or "rerun" (the app reads a value
+#: another app changed unpredicted: ``result.reruns[-1]``).
 Event = Callable[[str, str, AppResult], None]
 
 
@@ -39,279 +53,367 @@ class SpecFactory(Protocol):
 MapSize = Callable[[str], list[str]]
 
 
+class Memo(Protocol):
+    """Results of tasks that need not run again: the cache, seen from the scheduler."""
+
+    def check(self, app: str, *, item: int | None, split: bool, preds: tuple[str, ...]) -> TaskResult | None:
+        """Asked right before a task would be submitted (the app is ready; for items, after the split).
+        ``preds``: the app's predecessors in the scheduler's graph (re-wired edges included), in pipeline order.
+        A TaskResult (status CACHED) means: do not submit, the task ended with this result. Its
+        ``start_time`` and ``end_time`` are the lookup's; ``error`` and ``mutations`` are replayed
+        (a stored ``SystemExit`` stops the run there, stored mutations re-wire their readers again)."""
+
+    def store(self, app: str, *, item: int | None, split: bool, task: TaskResult) -> None:
+        """Told once per task whose result is final for that task (after retries; not for stale attempts,
+        not for hits, not for tasks that end after a SystemExit above them was reported). ``task.status`` is the scheduler's
+        verdict (an item that changed a received value is failed). The memo decides what it keeps
+        (completed only)."""
+
+    def finish(self, app: str, result: AppResult) -> None:
+        """Told once when an app reaches a final state (any status, including skipped and cached).
+        May be told again for the same app if it is reset and re-run after a mutation re-wire."""
+
+
+@dataclass(eq=False)
+class Task:
+    """One task of the run: a plain app, a ``map:`` app's split step, or one of its items."""
+
+    app: str
+    item: int | None = None
+    split: bool = False
+    #: attempts since the app last started, counted against ``retries:``
+    attempts: int = 0
+    #: the app was reset while this attempt ran (a re-wire): its result is discarded
+    stale: bool = False
+
+
 def schedule(
     pipeline: Pipeline,
     executor: Executor,
     make_spec: SpecFactory,
     on_event: Event | None = None,
     map_size: MapSize | None = None,
-    memo: Any = None,
+    memo: Memo | None = None,
 ) -> dict[str, AppResult]:
     """Run every app of ``pipeline`` on ``executor``; return the result of each.
 
     A ``map:`` app runs as a split task, which stores the elements of its
     iterable, then one task per element; it completes when every item has.
+    With a ``memo``, a task the memo already has is not submitted: it ends
+    ``cached`` with the memo's result (None: every task runs).
 
     On KeyboardInterrupt the executor is stopped, running apps are marked
     failed and pending ones skipped; the results are attached to the
     exception as ``exc.results`` and it is re-raised.
     """
-    flow = Dataflow(pipeline)
-    graph = flow.graph  # gains an edge for each reader re-wired to a changed value
-    results = {name: AppResult(name) for name in pipeline.order}
-    maps: dict[str, int] = {}  # map app -> number of items, once split
-    again = _Reruns(results, maps)
-    running: dict[Future[TaskResult], tuple[str, int | None, bool]] = {}
-    emit = on_event or (lambda kind, app, result: None)
-    unreached: set[str] = set()  # apps below a SystemExit: serial execution never gets there
+    return Scheduler(pipeline, executor, make_spec, on_event, map_size, memo).run()
 
-    def submit(app: str, item: int | None = None, split: bool = False) -> None:
-        result = results[app]
+
+class Scheduler:
+    """The state of one run: each app's result, the tasks under way, the re-wired graph."""
+
+    def __init__(self, pipeline: Pipeline, executor: Executor, make_spec: SpecFactory,
+                 on_event: Event | None = None, map_size: MapSize | None = None,
+                 memo: Memo | None = None) -> None:
+        self.pipeline, self.executor, self.make_spec, self.memo = pipeline, executor, make_spec, memo
+        self.emit: Event = on_event or (lambda kind, app, result: None)
+        self.map_size: MapSize = map_size or (lambda app: [])
+        self.flow = Dataflow(pipeline)
+        self.graph = self.flow.graph  # gains an edge for each reader re-wired to a changed value
+        self.results = {name: AppResult(name) for name in pipeline.order}
+        self.maps: dict[str, int] = {}  # map app -> number of items, once split
+        self.running: dict[Future[TaskResult], Task] = {}
+        self.hits: deque[tuple[Task, TaskResult]] = deque()  # tasks the memo ended, not yet taken
+        self.unreached: set[str] = set()  # apps below a SystemExit: serial execution never gets there
+
+    def run(self) -> dict[str, AppResult]:
+        try:
+            for app in self.pipeline.order:
+                if self._ready(app):
+                    self._start(app)
+            while self.running or self.hits:
+                for task, ended in self._ended():
+                    self.transition(task, ended)
+            self._skip_unreached()
+        except KeyboardInterrupt as exc:
+            self.executor.shutdown(cancel=True)
+            self._interrupted()
+            exc.results = self.results  # type: ignore[attr-defined]
+            raise
+        return self.results
+
+    def _ended(self) -> Iterator[tuple[Task, TaskResult]]:
+        """The tasks that ended next: the memo's hits, else the attempts that resolved, in pipeline order."""
+        if self.hits:
+            while self.hits:
+                yield self.hits.popleft()
+            return
+        done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
+        for future in sorted(done, key=lambda f: self.pipeline.order.index(self.running[f].app)):
+            yield self.running.pop(future), future.result()
+
+    # ------------------------------------------------------------ the transition
+
+    def transition(self, task: Task, ended: TaskResult) -> None:
+        """``task`` ended with ``ended`` (an attempt's result or the memo's): decide what follows."""
+        app = task.app
+        if app in self.unreached:
+            return  # below a SystemExit: serial execution never got there
+        if task.stale:
+            self._discard(app)
+            return
+        if _exits(ended):
+            self._stop_after(app, ended)
+        self._record(task, ended)
+        if _retry(ended, task.attempts, self.pipeline.apps[app].spec.retries):
+            self._submit(task)
+            return
+        final = self._verdict(task, ended)
+        if self.memo is not None and ended.status is not AppStatus.CACHED:
+            self.memo.store(app, item=task.item, split=task.split, task=final)
+        if task.item is not None:
+            self._item_ended(app, final)
+        elif task.split and final.status.ok:
+            self._split_ended(app, final)
+        else:
+            self._finish(app, final.status)
+
+    def _record(self, task: Task, ended: TaskResult) -> None:
+        """Keep what the attempt gave in the app's (or the item's) result."""
+        result = self.results[task.app]
+        if result.start_time is None or task.item is None and result.attempts == 1:
+            result.start_time = ended.start_time  # when it ran, not when it was queued
+        if task.item is None:
+            result.end_time, result.host, result.job_id = ended.end_time, ended.host, ended.job_id
+            result.output, result.error, result.cache = ended.output, ended.error, ended.cache
+            return
+        record = result.items[task.item]  # type: ignore[index]
+        record.start_time = record.start_time or ended.start_time
+        record.end_time, record.host, record.output = ended.end_time, ended.host, ended.output
+        record.job_id, record.cache = ended.job_id, ended.cache
+        record.status, record.error = ended.status, ended.error
+
+    def _verdict(self, task: Task, ended: TaskResult) -> TaskResult:
+        """The task's final result: a completed one that changed received values is judged here."""
+        if not (ended.status.ok and ended.mutations) or task.split:
+            return ended
+        if task.item is not None:
+            error = {"ename": "MutationError", "evalue": str(self.flow.map_error(task.app, ended.mutations))}
+            record = self.results[task.app].items[task.item]  # type: ignore[index]
+            record.status, record.error = AppStatus.FAILED, error
+            return replace(ended, status=AppStatus.FAILED, error=error)
+        if self._on_mutations(task.app, ended.mutations):
+            return ended  # completed, or cached: a hit replays the change
+        return replace(ended, status=AppStatus.FAILED, error=self.results[task.app].error)
+
+    def _split_ended(self, app: str, ended: TaskResult) -> None:
+        """The split stored the elements: one task per item."""
+        result = self.results[app]
+        labels = self.map_size(app)
+        self.maps[app] = len(labels)
+        result.output = None
+        result.items = [ItemResult(i, label) for i, label in enumerate(labels)]
+        self.emit("split", app, result)
+        if not labels:
+            result.end_time = ended.end_time
+            self._finish(app, AppStatus.CACHED if ended.status is AppStatus.CACHED else AppStatus.COMPLETED)
+        for i in range(len(labels)):
+            self._submit(Task(app, item=i))
+
+    def _item_ended(self, app: str, ended: TaskResult) -> None:
+        """One item is final: once every item is, so is the app (cached if every item was a hit)."""
+        result = self.results[app]
+        items: list[ItemResult] = result.items  # type: ignore[assignment]
+        self.emit("item", app, result)
+        if any(not r.status.final for r in items):
+            return
+        result.end_time = max(r.end_time or 0.0 for r in items)
+        result.host, result.job_id = ended.host, ended.job_id
+        bad = [r for r in items if not r.status.ok]
+        if bad:
+            result.error = self._item_error(app, bad[0], len(items))
+            timed_out = all(r.status is AppStatus.TIMED_OUT for r in bad)
+            self._finish(app, AppStatus.TIMED_OUT if timed_out else AppStatus.FAILED)
+        elif all(r.status is AppStatus.CACHED for r in items):
+            self._finish(app, AppStatus.CACHED)
+        else:
+            self._finish(app, AppStatus.COMPLETED)
+
+    def _item_error(self, app: str, first: ItemResult, count: int) -> dict[str, Any]:
+        error = dict(first.error or {})
+        item_name = self.pipeline.apps[app].spec.map.item  # type: ignore[union-attr]
+        error["evalue"] = (f"item {first.index} ({item_name} = {first.label}) of {count}: "
+                           f"{error.get('evalue', '')}")
+        error["item"] = first.index
+        return error
+
+    # ------------------------------------------------------------ submitting
+
+    def _ready(self, app: str) -> bool:
+        return app not in self.unreached and self.results[app].status is AppStatus.PENDING and all(
+            self.results[p].status.ok for p in self.graph.predecessors(app))
+
+    def _start(self, app: str) -> None:
+        self._submit(Task(app, split=self.pipeline.apps[app].spec.map is not None))
+
+    def _submit(self, task: Task) -> None:
+        """Start an attempt at ``task``, unless it is a first one the memo already has."""
+        if task.attempts == 0 and self._hit(task):
+            return
+        app, result = task.app, self.results[task.app]
         result.status = AppStatus.RUNNING
-        if item is None:
+        task.attempts += 1
+        if task.item is None:
             result.attempts += 1
             attempt = result.attempts
         else:
-            record = result.items[item]
-            record.attempts += 1
+            record = result.items[task.item]  # type: ignore[index]
+            record.status, record.attempts = AppStatus.RUNNING, record.attempts + 1
             attempt = record.attempts
-        if memo is not None and attempt == 1:
-            preds = tuple(p for p in pipeline.order if graph.has_edge(p, app))
-            hit = memo.check(app, item=item, split=split, preds=preds)
-            if hit is not None:
-                done: Future[TaskResult] = Future()
-                done.set_result(hit)
-                running[done] = (app, item, split)
-                return
-        spec = make_spec(app, attempt, item=item, split=split, maps=dict(maps),
-                         sources=flow.sources(app, split), watch=flow.watch(app, split))
-        running[executor.submit(spec)] = (app, item, split)
-        first = (again.attempts(app) if item is None else attempt) == 1
-        if item is None and not split or split and first:
-            emit("start" if first else "retry", app, result)
+        split = task.split
+        spec = self.make_spec(app, attempt, item=task.item, split=split, maps=dict(self.maps),
+                              sources=self.flow.sources(app, split), watch=self.flow.watch(app, split))
+        self.running[self.executor.submit(spec)] = task
+        first = task.attempts == 1
+        if task.item is None and not task.split or task.split and first:
+            self.emit("start" if first else "retry", app, result)
 
-    def start(app: str) -> None:
-        submit(app, split=pipeline.apps[app].spec.map is not None)
+    def _hit(self, task: Task) -> bool:
+        """Ask the memo for ``task``; a hit ends it without running (taken by the main loop)."""
+        if self.memo is None:
+            return False
+        preds = tuple(sorted(self.graph.predecessors(task.app), key=self.pipeline.order.index))
+        hit = self.memo.check(task.app, item=task.item, split=task.split, preds=preds)
+        if hit is None:
+            return False
+        result = self.results[task.app]
+        result.status = AppStatus.RUNNING
+        if task.item is not None:
+            result.items[task.item].status = AppStatus.RUNNING  # type: ignore[index]
+        self.hits.append((task, replace(hit, status=AppStatus.CACHED)))
+        if task.item is None:
+            self.emit("start" if task.split else "cached", task.app, result)
+        return True
 
-    def ready(app: str) -> bool:
-        return app not in unreached and results[app].status is AppStatus.PENDING and all(
-            results[p].status.ok for p in graph.predecessors(app))
+    # ------------------------------------------------------------ final states
 
-    def skip_downstream(failed: str) -> None:
-        below = nx.descendants(graph, failed)
-        for app in pipeline.order:
-            if app in below and results[app].status is AppStatus.PENDING:
-                chain = _chain(graph, failed, app)
-                results[app].status = AppStatus.SKIPPED
-                results[app].reason = f"{_failed(failed, results)} ({chain})"
-                emit("skip", app, results[app])
-
-    def finish(app: str, status: AppStatus) -> None:
-        result = results[app]
+    def _settle(self, app: str, status: AppStatus, event: str | None, **fields: Any) -> None:
+        """Every final state of an app is set here: the memo is told, then the event emitted."""
+        result = self.results[app]
         result.status = status
-        if memo is not None:
-            memo.finish(app, result)
-        emit("done", app, result)
-        if status.ok:
-            for succ in sorted(graph.successors(app), key=pipeline.order.index):
-                if ready(succ):
-                    start(succ)
-        else:
-            skip_downstream(app)
+        for name, value in fields.items():
+            setattr(result, name, value)
+        if self.memo is not None:
+            self.memo.finish(app, result)
+        if event:
+            self.emit(event, app, result)
 
-    def stop_after(app: str, task: TaskResult) -> None:
+    def _finish(self, app: str, status: AppStatus) -> None:
+        self._settle(app, status, "done")
+        if not status.ok:
+            self._skip_downstream(app)
+            return
+        for succ in sorted(self.graph.successors(app), key=self.pipeline.order.index):
+            if self._ready(succ):
+                self._start(succ)
+
+    def _skip_downstream(self, failed: str) -> None:
+        below = nx.descendants(self.graph, failed)
+        for app in self.pipeline.order:
+            if app in below and self.results[app].status is AppStatus.PENDING:
+                reason = f"{_failed(failed, self.results)} ({_chain(self.graph, failed, app)})"
+                self._settle(app, AppStatus.SKIPPED, "skip", reason=reason)
+
+    def _stop_after(self, app: str, ended: TaskResult) -> None:
         """A cell of ``app`` raised SystemExit: serial execution stops there, so every
         app whose first cell comes later is skipped, running or not, its result dropped."""
-        error = task.error or {}
+        error = ended.error or {}
         at = error.get("cell")
-        at = pipeline.apps[app].spec.cells[-1] if at is None else at
-        reason = _exit_reason(pipeline, app, at, error)
-        for later in pipeline.order:
-            if later != app and later not in unreached and pipeline.apps[later].spec.cells[0] > at:
-                unreached.add(later)
-                result = results[later]
-                result.status, result.reason, result.stopped_by = AppStatus.SKIPPED, reason, app
-                result.output = result.error = result.items = None
-                emit("skip", later, result)
+        at = self.pipeline.apps[app].spec.cells[-1] if at is None else at
+        reason = _exit_reason(self.pipeline, app, at, error)
+        for later in self.pipeline.order:
+            if later != app and later not in self.unreached and self.pipeline.apps[later].spec.cells[0] > at:
+                self.unreached.add(later)
+                self._settle(later, AppStatus.SKIPPED, "skip", reason=reason, stopped_by=app,
+                             output=None, error=None, items=None)
 
-    def on_mutations(app: str, names: list[str]) -> AppStatus:
-        """``app`` changed received ``names`` unpredicted: re-wire and re-run their readers."""
-        try:
-            rewires = flow.resolve(app, names)
-        except MutationError as exc:
-            results[app].error = {"ename": "MutationError", "evalue": str(exc)}
-            for reader in exc.readers:
-                if results[reader].status is AppStatus.PENDING:
-                    results[reader].status, results[reader].reason = AppStatus.SKIPPED, str(exc)
-                    emit("skip", reader, results[reader])
-            return AppStatus.FAILED
-        for rewire in rewires:
-            rerun(rewire)
-        return AppStatus.COMPLETED
+    def _skip_unreached(self) -> None:
+        """Skip the apps still pending when nothing runs: reset to run again after
+        a change, they depend on an app that had failed."""
+        for app, result in self.results.items():
+            if result.status is AppStatus.PENDING:
+                failed = next((p for p in self.graph.predecessors(app) if not self.results[p].status.ok),
+                              None)
+                reason = _failed(failed, self.results) if failed else "not reached"
+                self._settle(app, AppStatus.SKIPPED, "skip", reason=reason)
 
-    def rerun(rewire: Rewire) -> None:
-        again.record(rewire)
-        emit("rerun", rewire.reader, results[rewire.reader])
-        below = nx.descendants(graph, rewire.reader)
-        again.invalidate([rewire.reader, *(a for a in pipeline.order if a in below)])
-
-    def discard(app: str) -> None:
-        """A stale attempt of ``app`` ended: run it again once it may."""
-        if any(a == app for a, _, _ in running.values()):
-            return
-        again.stale.discard(app)
-        again.reset(app)
-        if ready(app):
-            start(app)
-
-    def on_split(app: str, task: TaskResult) -> None:
-        result = results[app]
-        labels = map_size(app) if map_size else []
-        maps[app] = len(labels)
-        result.items = [ItemResult(i, label) for i, label in enumerate(labels)]
-        emit("split", app, result)
-        if not labels:
-            result.end_time = task.end_time
-            finish(app, AppStatus.COMPLETED)
-        for i in range(len(labels)):
-            submit(app, item=i)
-
-    def on_item(app: str, item: int, task: TaskResult) -> None:
-        result = results[app]
-        record = result.items[item]
-        record.start_time = record.start_time or task.start_time
-        record.end_time, record.host, record.output = task.end_time, task.host, task.output
-        record.job_id = task.job_id
-        record.status, record.error, record.cache = task.status, task.error, task.cache
-        if task.status.ok and task.mutations:
-            record.status = AppStatus.FAILED
-            record.error = {"ename": "MutationError", "evalue": str(flow.map_error(app, task.mutations))}
-        elif _retry(task, record.attempts, pipeline.apps[app].spec.retries):
-            record.status = AppStatus.RUNNING  # not final: the app waits for the retry
-            submit(app, item=item)
-            return
-        if memo is not None:
-            memo.store(app, item=item, split=False, task=task)
-        emit("item", app, result)
-        if any(not r.status.final for r in result.items):
-            return
-        result.end_time = max(r.end_time or 0.0 for r in result.items)
-        result.host, result.job_id = task.host, task.job_id
-        bad = [r for r in result.items if not r.status.ok]
-        if bad:
-            first = bad[0]
-            error = dict(first.error or {})
-            item_name = pipeline.apps[app].spec.map.item  # type: ignore[union-attr]
-            error["evalue"] = (f"item {first.index} ({item_name} = {first.label}) of {len(result.items)}: "
-                               f"{error.get('evalue', '')}")
-            error["item"] = first.index
-            result.error = error
-            timed_out = all(r.status is AppStatus.TIMED_OUT for r in bad)
-            finish(app, AppStatus.TIMED_OUT if timed_out else AppStatus.FAILED)
-        else:
-            hits = all(r.status is AppStatus.CACHED for r in result.items)
-            finish(app, AppStatus.CACHED if hits else AppStatus.COMPLETED)
-
-    try:
-        for app in pipeline.order:
-            if ready(app):
-                start(app)
-        while running:
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: pipeline.order.index(running[f][0])):
-                app, item, split = running.pop(future)
-                task = future.result()
-                if app in unreached:
-                    continue
-                if app in again.stale:
-                    discard(app)
-                    continue
-                if _exits(task):
-                    stop_after(app, task)
-                result = results[app]
-                if result.start_time is None or item is None and result.attempts == 1:
-                    result.start_time = task.start_time  # when it ran, not when it was queued
-                if item is not None:
-                    on_item(app, item, task)
-                    continue
-                result.end_time, result.host, result.job_id = task.end_time, task.host, task.job_id
-                result.output, result.error, result.cache = task.output, task.error, task.cache
-                if _retry(task, again.attempts(app), pipeline.apps[app].spec.retries):
-                    submit(app, split=split)
-                    continue
-                if memo is not None:
-                    memo.store(app, item=None, split=split, task=task)
-                if split and task.status.ok:
-                    result.output = None
-                    on_split(app, task)
-                    continue
-                result.end_time = task.end_time
-                status = task.status
-                if status.ok and task.mutations:
-                    status = on_mutations(app, task.mutations)
-                finish(app, status)
-        _skip_unreached(graph, results, emit)
-    except KeyboardInterrupt as exc:
-        executor.shutdown(cancel=True)
-        for app, result in results.items():
+    def _interrupted(self) -> None:
+        """Ctrl-C: running apps failed, pending ones skipped (no events: the run is over)."""
+        for app, result in self.results.items():
             if result.status is AppStatus.RUNNING:
-                result.status, result.end_time = AppStatus.FAILED, time.time()
-                result.error = {"ename": "KeyboardInterrupt", "evalue": "the run was interrupted"}
                 for record in result.items or []:
                     if not record.status.final:
                         record.status = AppStatus.FAILED
+                self._settle(app, AppStatus.FAILED, None, end_time=time.time(),
+                             error={"ename": "KeyboardInterrupt", "evalue": "the run was interrupted"})
             elif result.status is AppStatus.PENDING:
-                result.status, result.reason = AppStatus.SKIPPED, "the run was interrupted"
-        exc.results = results  # type: ignore[attr-defined]
-        raise
-    return results
+                self._settle(app, AppStatus.SKIPPED, None, reason="the run was interrupted")
 
+    # ------------------------------------------------------------ unpredicted mutations
 
-class _Reruns:
-    """Apps that run again because they read a value another app changed
-    unpredicted. A running attempt turns stale (its result is discarded when
-    it ends); a finished app goes back to pending, and counts its attempts
-    (for ``retries:``) from there."""
+    def _on_mutations(self, app: str, names: list[str]) -> bool:
+        """``app`` changed received ``names`` unpredicted: re-wire and re-run their readers.
+        False when that cannot give serial execution's result (``app`` fails)."""
+        try:
+            rewires = self.flow.resolve(app, names)
+        except MutationError as exc:
+            self.results[app].error = {"ename": "MutationError", "evalue": str(exc)}
+            for reader in exc.readers:
+                if self.results[reader].status is AppStatus.PENDING:
+                    self._settle(reader, AppStatus.SKIPPED, "skip", reason=str(exc))
+            return False
+        for rewire in rewires:
+            self._rerun(rewire)
+        return True
 
-    def __init__(self, results: dict[str, AppResult], maps: dict[str, int]) -> None:
-        self.results, self.maps = results, maps
-        self.stale: set[str] = set()
-        self._base: dict[str, int] = {}
-
-    def attempts(self, app: str) -> int:
-        return self.results[app].attempts - self._base.get(app, 0)
-
-    def record(self, rewire: Rewire) -> None:
+    def _rerun(self, rewire: Rewire) -> None:
         result = self.results[rewire.reader]
         change = {"app": rewire.mutator, "variable": rewire.variable,
                   "reran": result.status is not AppStatus.PENDING}
         result.reruns = [*(result.reruns or []), change]
+        self.emit("rerun", rewire.reader, result)
+        below = nx.descendants(self.graph, rewire.reader)
+        for app in [rewire.reader, *(a for a in self.pipeline.order if a in below)]:
+            self._invalidate(app)
 
-    def invalidate(self, apps: list[str]) -> None:
-        for app in apps:
-            if self.results[app].status is AppStatus.RUNNING:
-                self.stale.add(app)
-            elif self.results[app].status is not AppStatus.PENDING:
-                self.reset(app)
+    def _invalidate(self, app: str) -> None:
+        """``app`` runs again: a running attempt turns stale (discarded when it ends),
+        a finished app goes back to pending."""
+        active = self._active(app)
+        for task in active:
+            task.stale = True
+        if not active and self.results[app].status is not AppStatus.PENDING:
+            self._reset(app)
 
-    def reset(self, app: str) -> None:
+    def _discard(self, app: str) -> None:
+        """A stale attempt of ``app`` ended: run it again once it may."""
+        if self._active(app):
+            return
+        self._reset(app)
+        if self._ready(app):
+            self._start(app)
+
+    def _active(self, app: str) -> list[Task]:
+        """The tasks of ``app`` under way: submitted, or ended by the memo and not yet taken."""
+        return [t for t in [*self.running.values(), *(t for t, _ in self.hits)] if t.app == app]
+
+    def _reset(self, app: str) -> None:
         result = self.results[app]
         result.status, result.error, result.reason, result.output = AppStatus.PENDING, None, None, None
+        result.cache = None
         if result.items is not None:
             result.items = None
             self.maps.pop(app, None)
-        self._base[app] = result.attempts
-
-
-def _skip_unreached(graph: Any, results: dict[str, AppResult], emit: Event) -> None:
-    """Skip the apps still pending when nothing runs: reset to run again after
-    a change, they depend on an app that had failed."""
-    for app, result in results.items():
-        if result.status is AppStatus.PENDING:
-            failed = next((p for p in graph.predecessors(app) if not results[p].status.ok), None)
-            result.status = AppStatus.SKIPPED
-            result.reason = _failed(failed, results) if failed else "not reached"
-            emit("skip", app, result)
 
 
 def _exits(task: TaskResult) -> bool:
