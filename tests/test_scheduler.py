@@ -25,7 +25,7 @@ from nbpipe.cli import _Progress
 from nbpipe.execution.base import AppResult, AppStatus, TaskResult, TaskSpec, run_ok
 from nbpipe.execution.local import LocalExecutor
 from nbpipe.execution.scheduler import Memo, schedule
-from nbpipe.runtime import split_count_path
+from nbpipe.store import Store
 
 TaskKey = tuple[str, int | None, bool]  # (app, item, split)
 
@@ -84,7 +84,7 @@ class Runner:
     def __call__(self, memo: Memo | None, parameters: dict[str, Any] | None = None,
                  on_event: Any = None) -> dict[str, AppResult]:
         pipeline = load_pipeline(self.path)
-        make = _spec_maker(pipeline, self.run_dir, self.path.parent, parameters or {}, "ipython")
+        make = _spec_maker(pipeline, Store(self.run_dir), self.path.parent, parameters or {}, "ipython")
         self.submitted, self.events = [], []
 
         def make_spec(app: str, attempt: int, **kwargs: Any) -> TaskSpec:
@@ -97,7 +97,7 @@ class Runner:
                 on_event(kind, app, result)
 
         def map_size(app: str) -> list[str]:
-            return list(json.loads(split_count_path(self.run_dir, app).read_text())["labels"])
+            return list(json.loads(Store(self.run_dir).split_count(app).read_text())["labels"])
 
         executor = LocalExecutor(2, engine="ipython")
         try:
@@ -112,7 +112,8 @@ def runner(tmp_path: Path) -> Iterator[Any]:
 
     def make(*cells: Any) -> Runner:
         path = write(tmp_path / "nb.ipynb", *cells)
-        run_dir = _make_run_dir(load_pipeline(path), tmp_path / "runs")
+        store, _ = _make_run_dir(load_pipeline(path), tmp_path / "runs", tmp_path / "cache")
+        run_dir = store.run_dir
         made.append(run_dir)
         return Runner(path, run_dir)
 
