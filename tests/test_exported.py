@@ -25,6 +25,8 @@ def test_public_names_are_exactly_these() -> None:
         "OutputError",
         "RunError",
         "RunResult",
+        "VerifyResult",
+        "verify",
         "ShipError",
         "SiteError",
         "StateError",
