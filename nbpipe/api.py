@@ -147,6 +147,8 @@ class VerifyResult:
     differences: list[Difference]
     #: apps (items) that completed with nothing in the cache to compare with
     unverified: list[str]
+    #: apps (items) compared with their cached result
+    compared: list[str]
 
     @property
     def ok(self) -> bool:
@@ -160,7 +162,7 @@ def verify(path: str | Path, **options: Any) -> VerifyResult:
     options.pop("cache", None)
     options.pop("refresh", None)
     run, memo = _execute(path, policy=Policy(read=False, write=False, verify=True), **options)
-    return VerifyResult(run, memo.differences, memo.unverified)
+    return VerifyResult(run, memo.differences, memo.unverified, memo.compared)
 
 
 @stop.handling

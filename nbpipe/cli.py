@@ -336,9 +336,11 @@ def _verify(args: argparse.Namespace) -> int:
               "an unseeded random generator, the clock, or an undeclared file", file=sys.stderr)
         return 1
     status = _run_status(checked.run)
-    if status == 0:
-        print(f"nbpipe: every cached app reproduced its outputs ({len(checked.unverified)} not cached)",
-              file=sys.stderr)
+    if status == 0 and not checked.compared:
+        print("nbpipe: nothing in the cache to compare with: run `nbpipe execute` first", file=sys.stderr)
+    elif status == 0:
+        print(f"nbpipe: {len(checked.compared)} cached result(s) reproduced"
+              + (f"; {len(checked.unverified)} had nothing cached" if checked.unverified else ""), file=sys.stderr)
     return status
 
 

@@ -67,6 +67,7 @@ class CacheMemo:
         self.item_keys: dict[str, dict[int, str]] = {}
         self.differences: list[Difference] = []
         self.unverified: list[str] = []  # completed apps with nothing cached to compare with
+        self.compared: list[str] = []  # completed apps (items) compared with their entry
         self._pending: dict[tuple[str, int | None, bool], str] = {}
 
     # -- the scheduler's Memo protocol -----------------------------------------
@@ -206,6 +207,7 @@ class CacheMemo:
         if entry is None or "executed.ipynb" not in entry.files or not task.output:
             self.unverified.append(_what(app, item, split))
             return
+        self.compared.append(_what(app, item, split))
         cached, fresh = (_source_cells(entry.file("executed.ipynb")), _source_cells(Path(task.output)))
         differ = outputs_differ([c for _, c in cached], [c for _, c in fresh])
         if differ:
