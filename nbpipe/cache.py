@@ -78,7 +78,7 @@ class Keys:
     def item(self, app: str, upstream: list[str], element: str) -> str:
         """The key of one item of a map app: ``upstream`` without the app that made
         the iterable (:meth:`item_upstream`), and the digest of the element."""
-        return _sha("item", self.static(app, iterable=False), sorted(upstream), self.inputs(app), element)
+        return _sha("item", self.static(app), sorted(upstream), self.inputs(app), element)
 
     def item_upstream(self, app: str, preds: tuple[str, ...]) -> list[str]:
         """The apps an item depends on other than through the element it runs: the
@@ -93,18 +93,17 @@ class Keys:
         only_iterable = edge.get("kinds") == {"data"} and edge.get("names") == {iterable}
         return [p for p in preds if not (p == producer and only_iterable)]
 
-    def static(self, app: str, split: bool = False, iterable: bool = True) -> str:
-        """What is known before the run, hashed once; without the iterable's value for items."""
-        slot = (app, split, iterable)
+    def static(self, app: str, split: bool = False) -> str:
+        """What is known before the run, hashed once. A map over a parameter its cells do not
+        read leaves the parameter out (the element stands for it); one its cells read stays in."""
+        slot = (app, split)
         if slot not in self._static:
-            self._static[slot] = self._static_key(app, split, iterable)
+            self._static[slot] = self._static_key(app, split)
         return self._static[slot]
 
-    def _static_key(self, app: str, split: bool, iterable: bool) -> str:
+    def _static_key(self, app: str, split: bool) -> str:
         node = self.pipeline.apps[app]
         used = sorted(node.parameters_read)
-        if not iterable and node.spec.map and node.reads.get(node.spec.map.iterable) is None:
-            used = [p for p in used if p != node.spec.map.iterable]  # the element stands for it
         options = self.pipeline.to_json_options(app)
         return _sha(
             __version__, sys.version, self.pipeline.parsed.kernel_name, app,

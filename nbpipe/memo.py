@@ -95,11 +95,11 @@ class CacheMemo:
         self.downstream.pop(app, None)
         if not result.status.ok or app not in self.own:
             return
-        if result.items is not None:
+        if not self.pipeline.apps[app].spec.cache:
+            self.downstream[app] = self._produced(app)  # cache:off (its items too): what it made this time
+        elif result.items is not None:
             keys = self.item_keys.get(app, {})
             self.downstream[app] = _sha("map", [keys.get(i.index) for i in result.items])
-        elif not self.pipeline.apps[app].spec.cache:
-            self.downstream[app] = self._produced(app)  # cache:off: what it made this time
         else:
             self.downstream[app] = self.own[app]
 

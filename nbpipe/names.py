@@ -470,8 +470,8 @@ def _magic_names(call: ast.Call, ctx: Context) -> tuple[set[str], set[str]]:
                 defines |= {w for w in line.split() if w.isidentifier()}
             return set(names.reads), defines
         if name in _SCRIPT_MAGICS:  # %%bash --out NAME stores the script's stdout in NAME
-            return set(), set(_SCRIPT_OUTPUTS.findall(line))
-        return set(), set()
+            return _interpolated(line), set(_SCRIPT_OUTPUTS.findall(line))
+        return _interpolated(line), set()  # IPython expands a cell magic's line, not its body
     return set(), set()
 
 

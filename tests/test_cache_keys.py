@@ -1,0 +1,69 @@
+"""Stale hits: a second run must not restore an app whose outputs would differ if it ran.
+
+Each test runs a notebook twice with the cache on, changing one thing between the
+runs that the app's outputs depend on, and checks the app ran again (or shows what
+it would show if it had).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import nbpipe
+from nbbuild import code, text_of, write
+
+pytestmark = pytest.mark.cache
+
+
+def _cell_text(run: nbpipe.RunResult, cell_id: str) -> str:
+    found = [c for c in run.notebook.cells if c.get("id") == cell_id]
+    assert len(found) == 1
+    return text_of(found[0])
+
+
+def _tagged(source: str, cell_id: str, *tags: str):  # type: ignore[no-untyped-def]
+    cell = code(source, *tags)
+    cell["id"] = cell_id
+    return cell
+
+
+def test_map_items_that_read_the_parameter_they_map_over_run_again_when_it_grows(tmp_path: Path) -> None:
+    """Items keyed by their element alone are stale when they also read the whole iterable."""
+    nb = write(tmp_path / "nb.ipynb",
+               _tagged("xs = [1, 2]", "params", "parameters"),
+               _tagged("print(x, 'of', len(xs))", "items", "app:m", "map:x=xs"))
+    first = nbpipe.execute(nb, parameters={"xs": [1, 2]})
+    assert first.ok and "1 of 2" in _cell_text(first, "items")
+    second = nbpipe.execute(nb, parameters={"xs": [1, 2, 3]})
+    assert second.ok
+    text = _cell_text(second, "items")
+    assert "1 of 3" in text and "1 of 2" not in text, text
+
+
+def test_a_parameter_read_by_a_cell_magic_line_enters_the_key(tmp_path: Path) -> None:
+    """IPython expands ``$n`` in a cell magic's line (``%%bash -s "$n"``)."""
+    nb = write(tmp_path / "nb.ipynb",
+               _tagged("n = 1", "params", "parameters"),
+               _tagged('%%bash -s "$n"\necho "n is $1"', "shell", "app:a"))
+    first = nbpipe.execute(nb, parameters={"n": 1})
+    assert first.ok and "n is 1" in _cell_text(first, "shell")
+    second = nbpipe.execute(nb, parameters={"n": 7})
+    assert second.ok and second.apps["a"].status.value == "completed"
+    assert "n is 7" in _cell_text(second, "shell")
+
+
+def test_readers_of_a_cache_off_map_app_run_again_when_its_items_make_new_values(tmp_path: Path) -> None:
+    """A ``cache:off`` map app runs every time; what it hands down must be what its items made."""
+    (tmp_path / "scale.txt").write_text("10")
+    nb = write(tmp_path / "nb.ipynb",
+               _tagged("xs = [1, 2]", "params", "parameters"),
+               _tagged("y = x * int(open('scale.txt').read())", "items", "app:m", "map:x=xs", "cache:off"),
+               _tagged("print('total', sum(y))", "total", "app:total"))
+    first = nbpipe.execute(nb)
+    assert first.ok and "total 30" in _cell_text(first, "total")
+    (tmp_path / "scale.txt").write_text("100")
+    second = nbpipe.execute(nb)
+    assert second.ok and second.apps["m"].status.value == "completed"
+    assert "total 300" in _cell_text(second, "total")
