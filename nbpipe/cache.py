@@ -21,6 +21,7 @@ iterable grows. Nothing about the site enters a key.
 
 from __future__ import annotations
 
+import ast
 import functools
 import glob
 import hashlib
@@ -32,7 +33,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import syntax
 from .graph import Pipeline
+from .state import carried_reads
 from .store import file_sha256
 from .version import __version__
 
@@ -103,7 +106,8 @@ class Keys:
 
     def _static_key(self, app: str, split: bool) -> str:
         node = self.pipeline.apps[app]
-        used = sorted(node.parameters_read)
+        replayed = carried_reads(self.pipeline, app) & self.pipeline.parameter_names
+        used = sorted(node.parameters_read | replayed)
         options = self.pipeline.to_json_options(app)
         return _sha(
             __version__, sys.version, self.pipeline.parsed.kernel_name, app,
@@ -115,12 +119,19 @@ class Keys:
 
     def inputs(self, app: str) -> dict[str, str]:
         """Path -> digest of the files its ``inputs:`` match now (an app above may have written them)."""
-        found: dict[str, str] = {}
-        for pattern in self.pipeline.apps[app].spec.inputs:
-            for path in sorted(glob.glob(str(self.cwd / pattern))):
-                if Path(path).is_file():
-                    found[os.path.relpath(path, self.cwd)] = _digest_or_reason(path)
-        return found
+        return {os.path.relpath(path, self.cwd): _digest_or_reason(path)
+                for pattern in self.pipeline.apps[app].spec.inputs for path in matched_files(self.cwd, pattern)}
+
+
+def matched_files(cwd: str | Path, pattern: str) -> list[str]:
+    """The files an ``inputs:`` pattern names: those it matches, and those under the directories it matches."""
+    out: list[str] = []
+    for path in sorted(glob.glob(str(Path(cwd) / pattern))):
+        if Path(path).is_dir():
+            out += sorted(str(p) for p in Path(path).rglob("*") if p.is_file())
+        elif Path(path).is_file():
+            out.append(path)
+    return out
 
 
 def _notebook_code(nb: Any) -> list[Any]:
@@ -134,17 +145,31 @@ def _notebook_code(nb: Any) -> list[Any]:
 
 def _versions(modules: tuple[str, ...], cwd: Path) -> dict[str, str]:
     """Distribution -> version for the packages ``modules`` come from; for a module of
-    the notebook's directory, its files' digest."""
+    the notebook's directory, its files' digest, and the same for what its files import."""
     found: dict[str, str] = {}
-    for top in sorted({m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)):
+    todo = sorted({m.split(".")[0] for m in modules} - set(sys.stdlib_module_names))
+    while todo:
+        top = todo.pop()
+        if f"./{top}" in found or top in found:
+            continue
         package = sorted((cwd / top).rglob("*.py")) if (cwd / top).is_dir() else []
         local = [p for p in (cwd / f"{top}.py", *package) if p.is_file()]
         if local:
             found[f"./{top}"] = _sha(*(_digest_or_reason(str(p)) for p in local))
+            todo += sorted({m.split(".")[0] for p in local for m in _imports_of(p)}
+                           - set(sys.stdlib_module_names) - {top})
             continue
         for dist in _owners(top):
             found[dist] = _version(dist)
     return found
+
+
+def _imports_of(path: Path) -> tuple[str, ...]:
+    """The modules a module file of the notebook's directory imports (none if it does not parse)."""
+    try:
+        return syntax.imported_modules(ast.parse(path.read_bytes()))
+    except (OSError, SyntaxError, ValueError, RecursionError):
+        return ()
 
 
 def _owners(top: str) -> list[str]:
@@ -175,11 +200,10 @@ def input_digests(pipeline: Pipeline, cwd: str | Path) -> dict[str, dict[str, st
     for name, node in pipeline.apps.items():
         files = out[name] = {}
         for pattern in node.spec.inputs:
-            for path in sorted(glob.glob(str(Path(cwd) / pattern))):
-                if Path(path).is_file():
-                    if path not in digests:
-                        digests[path] = _digest_or_reason(path)
-                    files[path] = digests[path]
+            for path in matched_files(cwd, pattern):
+                if path not in digests:
+                    digests[path] = _digest_or_reason(path)
+                files[path] = digests[path]
     return out
 
 

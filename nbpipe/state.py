@@ -34,7 +34,7 @@ from typing import Any
 
 from . import syntax
 
-__all__ = ["NUMPY_RANDOM_STATE", "RANDOM_STATE", "Carried", "carried_statements", "generator_file",
+__all__ = ["NUMPY_RANDOM_STATE", "RANDOM_STATE", "Carried", "carried_reads", "carried_statements", "generator_file",
            "generator_names", "generator_state", "generator_uses", "is_generator", "prelude_for", "replay",
            "set_generator_state", "warnings_for"]
 
@@ -424,13 +424,23 @@ def prelude_for(pipeline: Any, app: str) -> str | None:
     Earlier means above the app's first cell. A statement that reads a name an
     app defines is left out (:func:`warnings_for` says so).
     """
-    first = pipeline.apps[app].spec.cells[0]
-    statements = [c for c in _replayable(pipeline)[0] if c.cell < first]
+    statements = _carried_into(pipeline, app)
     if not statements:
         return None
     rows = "".join(f"    ({c.cell}, {c.app!r}, {c.imports!r}, {c.statement!r}),\n" for c in statements)
     return ("# interpreter state that earlier cells set, replayed as serial execution carries it\n"
             f"__import__('nbpipe.state').state.replay(globals(), [\n{rows}])")
+
+
+def carried_reads(pipeline: Any, app: str) -> frozenset[str]:
+    """The names read by the statements :func:`prelude_for` replays in ``app`` (parameters
+    among them enter its cache key)."""
+    return frozenset().union(*(c.reads for c in _carried_into(pipeline, app)))
+
+
+def _carried_into(pipeline: Any, app: str) -> list[Carried]:
+    first = pipeline.apps[app].spec.cells[0]
+    return [c for c in _replayable(pipeline)[0] if c.cell < first]
 
 
 def warnings_for(pipeline: Any) -> list[str]:

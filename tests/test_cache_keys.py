@@ -67,3 +67,42 @@ def test_readers_of_a_cache_off_map_app_run_again_when_its_items_make_new_values
     second = nbpipe.execute(nb)
     assert second.ok and second.apps["m"].status.value == "completed"
     assert "total 300" in _cell_text(second, "total")
+
+
+def test_a_parameter_read_by_carried_state_enters_the_key_of_the_apps_that_replay_it(tmp_path: Path) -> None:
+    """``os.environ[...] = str(n)`` in one app is replayed at the start of the apps below it."""
+    nb = write(tmp_path / "nb.ipynb",
+               _tagged("n = 1", "params", "parameters"),
+               _tagged("import os\nos.environ['SCALE'] = str(n)", "env", "app:env"),
+               _tagged("import os\nprint('scale', os.environ['SCALE'])", "show", "app:show"))
+    first = nbpipe.execute(nb, parameters={"n": 1})
+    assert first.ok and "scale 1" in _cell_text(first, "show")
+    second = nbpipe.execute(nb, parameters={"n": 5})
+    assert second.ok and second.apps["show"].status.value == "completed"
+    assert "scale 5" in _cell_text(second, "show")
+
+
+def test_a_module_of_the_notebook_directory_that_an_imported_one_imports_enters_the_key(tmp_path: Path) -> None:
+    (tmp_path / "consts.py").write_text("K = 1\n")
+    (tmp_path / "helpers.py").write_text("from consts import K\n\n\ndef k():\n    return K\n")
+    nb = write(tmp_path / "nb.ipynb", _tagged("import helpers\nprint('k', helpers.k())", "use", "app:use"))
+    assert "k 1" in _cell_text(nbpipe.execute(nb), "use")
+    (tmp_path / "consts.py").write_text("K = 2\n")
+    second = nbpipe.execute(nb)
+    assert second.ok and second.apps["use"].status.value == "completed"
+    assert "k 2" in _cell_text(second, "use")
+
+
+def test_the_files_under_a_directory_in_inputs_enter_the_key(tmp_path: Path) -> None:
+    (tmp_path / "data" / "run1").mkdir(parents=True)
+    (tmp_path / "data" / "run1" / "v.txt").write_text("1")
+    nb = write(tmp_path / "nb.ipynb",
+               _tagged("print('v', open('data/run1/v.txt').read())", "read", "app:read", "inputs:data"))
+    first = nbpipe.execute(nb)
+    assert first.ok and "v 1" in _cell_text(first, "read")
+    (tmp_path / "data" / "run1" / "v.txt").write_text("2")
+    second = nbpipe.execute(nb)
+    assert second.ok and second.apps["read"].status.value == "completed"
+    assert "v 2" in _cell_text(second, "read")
+    third = nbpipe.execute(nb)
+    assert third.apps["read"].status.value == "cached", "an unchanged directory is a hit"
