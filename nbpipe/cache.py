@@ -35,6 +35,7 @@ from typing import Any
 
 from . import syntax
 from .graph import Pipeline
+from .names import transformed_source
 from .state import carried_reads
 from .store import file_sha256
 from .version import __version__
@@ -114,7 +115,7 @@ class Keys:
             _notebook_code(self.compiled[f"{app}.split" if split else app]),
             {p: self.parameters[p] for p in used if p in self.parameters},
             {k: options[k] for k in _KEYED_OPTIONS if k in options},
-            _versions(node.modules, self.cwd),
+            _versions(node.modules + _code_modules(self.compiled[app]), self.cwd),
         )
 
     def inputs(self, app: str) -> dict[str, str]:
@@ -143,6 +144,22 @@ def _notebook_code(nb: Any) -> list[Any]:
             for cell in nb.cells if cell.cell_type == "code"]
 
 
+def _code_modules(nb: Any) -> tuple[str, ...]:
+    """The modules a task notebook's code may load, in function bodies too (:func:`.syntax.loaded_modules`)."""
+    out: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            out += _modules_in(transformed_source(cell.source))
+    return tuple(dict.fromkeys(out))
+
+
+def _modules_in(source: str | bytes) -> tuple[str, ...]:
+    try:
+        return syntax.loaded_modules(ast.parse(source))
+    except (SyntaxError, ValueError, RecursionError):
+        return ()
+
+
 def _versions(modules: tuple[str, ...], cwd: Path) -> dict[str, str]:
     """Distribution -> version for the packages ``modules`` come from; for a module of
     the notebook's directory, its files' digest, and the same for what its files import."""
@@ -165,10 +182,10 @@ def _versions(modules: tuple[str, ...], cwd: Path) -> dict[str, str]:
 
 
 def _imports_of(path: Path) -> tuple[str, ...]:
-    """The modules a module file of the notebook's directory imports (none if it does not parse)."""
+    """The modules a module file of the notebook's directory may load (none if unreadable)."""
     try:
-        return syntax.imported_modules(ast.parse(path.read_bytes()))
-    except (OSError, SyntaxError, ValueError, RecursionError):
+        return _modules_in(path.read_bytes())
+    except OSError:
         return ()
 
 

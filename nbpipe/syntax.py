@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = ["deep_trees", "defaultdicts", "executed", "expand_pylab", "from_module", "imported_modules",
-           "imports", "is_get_ipython", "star_imports", "targets", "written_files"]
+           "imports", "is_get_ipython", "loaded_modules", "star_imports", "targets", "written_files"]
 
 #: Python compiles an expression nested a few thousand levels deep (a 330-term sum
 #: is 330 deep), and ``ast.unparse`` and the analysis walk it with a few frames a
@@ -130,6 +130,32 @@ def imported_modules(tree: ast.Module) -> tuple[str, ...]:
             out.append(node.module)
             out += [f"{node.module}.{a.name}" for a in node.names if a.name != "*"]
     return tuple(dict.fromkeys(out))
+
+
+def loaded_modules(tree: ast.Module) -> tuple[str, ...]:
+    """Modules ``tree`` may load anywhere (function bodies too): its imports, and the literal
+    names given to ``importlib.import_module``, ``__import__`` and ``%load_ext``."""
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out += [node.module, *(f"{node.module}.{a.name}" for a in node.names if a.name != "*")]
+        elif isinstance(node, ast.Call):
+            out += _loaded_by_call(node)
+    return tuple(dict.fromkeys(out))
+
+
+def _loaded_by_call(call: ast.Call) -> list[str]:
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    texts = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None for a in call.args]
+    if name in ("import_module", "__import__") and texts and texts[0]:
+        return [texts[0]]
+    if (name == "run_line_magic" and isinstance(func, ast.Attribute) and is_get_ipython(func.value)
+            and len(texts) == 2 and texts[0] == "load_ext" and texts[1]):
+        return texts[1].split()
+    return []
 
 
 def star_imports(tree: ast.Module) -> tuple[str, ...]:

@@ -106,3 +106,23 @@ def test_the_files_under_a_directory_in_inputs_enter_the_key(tmp_path: Path) -> 
     assert "v 2" in _cell_text(second, "read")
     third = nbpipe.execute(nb)
     assert third.apps["read"].status.value == "cached", "an unchanged directory is a hit"
+
+
+@pytest.mark.parametrize("setup, use", [
+    ("def k():\n    import helpers\n    return helpers.K", "print('k', k())"),
+    ("import importlib", "print('k', importlib.import_module('helpers').K)"),
+    ("", "print('k', __import__('helpers').K)"),
+    ("%load_ext helpers", "print('k', K)"),
+], ids=["import-in-a-function", "import_module", "__import__", "load_ext"])
+def test_a_module_of_the_notebook_directory_loaded_other_than_by_a_top_level_import_enters_the_key(
+        tmp_path: Path, setup: str, use: str) -> None:
+    module = "K = {k}\n\n\ndef load_ipython_extension(ip):\n    ip.push({{'K': K}})\n"
+    (tmp_path / "helpers.py").write_text(module.format(k=1))
+    cells = [_tagged(setup, "setup", "setup")] if setup else []
+    nb = write(tmp_path / "nb.ipynb", *cells, _tagged(use, "use", "app:use"))
+    first = nbpipe.execute(nb)
+    assert first.ok and "k 1" in _cell_text(first, "use")
+    (tmp_path / "helpers.py").write_text(module.format(k=2))
+    second = nbpipe.execute(nb)
+    assert second.ok and second.apps["use"].status.value == "completed"
+    assert "k 2" in _cell_text(second, "use")
