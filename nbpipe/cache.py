@@ -125,9 +125,10 @@ class Keys:
 
 
 def matched_files(cwd: str | Path, pattern: str) -> list[str]:
-    """The files an ``inputs:`` pattern names: those it matches, and those under the directories it matches."""
+    """The files an ``inputs:`` pattern names: those it matches (``**``: at any depth), and those
+    under the directories it matches."""
     out: list[str] = []
-    for path in sorted(glob.glob(str(Path(cwd) / pattern))):
+    for path in sorted(glob.glob(str(Path(cwd) / pattern), recursive=True)):
         if Path(path).is_dir():
             out += sorted(str(p) for p in Path(path).rglob("*") if p.is_file())
         elif Path(path).is_file():

@@ -126,3 +126,17 @@ def test_a_module_of_the_notebook_directory_loaded_other_than_by_a_top_level_imp
     second = nbpipe.execute(nb)
     assert second.ok and second.apps["use"].status.value == "completed"
     assert "k 2" in _cell_text(second, "use")
+
+
+def test_an_inputs_pattern_with_double_star_hashes_the_files_it_matches_at_any_depth(tmp_path: Path) -> None:
+    for folder in ("data/a", "data/a/b"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "v.txt").write_text("1")
+    nb = write(tmp_path / "nb.ipynb",
+               _tagged("print('v', open('data/a/b/v.txt').read())", "read", "app:read", "inputs:data/**/*.txt"))
+    first = nbpipe.execute(nb)
+    assert first.ok and "v 1" in _cell_text(first, "read")
+    (tmp_path / "data" / "a" / "b" / "v.txt").write_text("2")
+    second = nbpipe.execute(nb)
+    assert second.ok and second.apps["read"].status.value == "completed"
+    assert "v 2" in _cell_text(second, "read")
