@@ -5,18 +5,19 @@ An app's key hashes what determines its outputs:
 - its compiled task notebook: its cells, the parameters and setup cells, the
   settings earlier cells carry in (:mod:`.state`), the names it ships and the
   metrics it records;
-- the values given for the parameters it reads (only those);
+- the values given for the parameters it reads (only those; the carried state
+  it replays counts);
 - the options that change what it computes (``map:``, ``inputs:``,
   ``outputs:``, ``container:``), not where or how often it runs;
-- the contents of its declared ``inputs:`` and of the notebook directory's
-  modules it imports;
+- the contents of its declared ``inputs:`` (the files under a directory) and of
+  the notebook directory's modules its code may load, and what those load;
 - the Python version and the versions of the packages it imports;
 - the keys of the apps it depends on (a Merkle chain), computed when it
   becomes ready.
 
 A ``map:`` item's key puts the element it runs in place of the app that made
 the iterable, so items whose element did not change keep their key when the
-iterable grows. Nothing about the site enters a key.
+iterable grows (a map over a parameter its cells read keeps the parameter). Nothing about the site enters a key.
 """
 
 from __future__ import annotations
