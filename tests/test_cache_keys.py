@@ -140,3 +140,61 @@ def test_an_inputs_pattern_with_double_star_hashes_the_files_it_matches_at_any_d
     second = nbpipe.execute(nb)
     assert second.ok and second.apps["read"].status.value == "completed"
     assert "v 2" in _cell_text(second, "read")
+
+
+# -- changes the key already saw: guards ------------------------------------------
+
+
+def test_an_edited_parameters_cell_default_re_runs_its_readers(tmp_path: Path) -> None:
+    def notebook(n: int) -> Path:
+        return write(tmp_path / "nb.ipynb", _tagged(f"n = {n}", "params", "parameters"),
+                     _tagged("print('n', n)", "show", "app:show"))
+    assert "n 1" in _cell_text(nbpipe.execute(notebook(1)), "show")
+    assert "n 2" in _cell_text(nbpipe.execute(notebook(2)), "show")
+
+
+def test_a_seed_parameter_reaches_the_app_that_draws_from_the_generator(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb", _tagged("s = 1", "params", "parameters"),
+               _tagged("import random\nrandom.seed(s)", "seed", "app:seed"),
+               _tagged("import random\nprint('r', random.random())", "draw", "app:draw"))
+    first = _cell_text(nbpipe.execute(nb, parameters={"s": 1}), "draw")
+    second = nbpipe.execute(nb, parameters={"s": 2})
+    assert second.apps["draw"].status.value == "completed" and _cell_text(second, "draw") != first
+
+
+def test_map_items_reading_another_name_of_the_iterable_s_producer_run_again_when_it_changes(
+        tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb", _tagged("k = 1", "params", "parameters"),
+               _tagged("xs = [1, 2]\nscale = k * 10", "make", "app:make"),
+               _tagged("print('v', x * scale)", "items", "app:m", "map:x=xs"))
+    assert "v 10" in _cell_text(nbpipe.execute(nb, parameters={"k": 1}), "items")
+    assert "v 30" in _cell_text(nbpipe.execute(nb, parameters={"k": 3}), "items")
+
+
+def test_readers_of_a_cache_off_app_run_again_when_it_ships_a_new_value(tmp_path: Path) -> None:
+    (tmp_path / "v.txt").write_text("1")
+    nb = write(tmp_path / "nb.ipynb", _tagged("v = open('v.txt').read()", "load", "app:load", "cache:off"),
+               _tagged("print('v', v)", "show", "app:show"))
+    assert "v 1" in _cell_text(nbpipe.execute(nb), "show")
+    (tmp_path / "v.txt").write_text("2")
+    assert "v 2" in _cell_text(nbpipe.execute(nb), "show")
+
+
+def test_a_file_edge_carries_a_change_and_an_old_result_restores_the_old_file(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb", _tagged("n = 1", "params", "parameters"),
+               _tagged("open('o.txt', 'w').write(str(n))", "make", "app:make", "outputs:o.txt"),
+               _tagged("print('o', open('o.txt').read())", "read", "app:read", "inputs:o.txt"))
+    assert "o 1" in _cell_text(nbpipe.execute(nb, parameters={"n": 1}), "read")
+    assert "o 2" in _cell_text(nbpipe.execute(nb, parameters={"n": 2}), "read")
+    again = nbpipe.execute(nb, parameters={"n": 1})
+    assert {r.status.value for r in again.apps.values()} == {"cached"}
+    assert "o 1" in _cell_text(again, "read") and (tmp_path / "o.txt").read_text() == "1"
+
+
+def test_a_new_app_reading_a_name_a_cached_app_did_not_ship_gets_it(tmp_path: Path) -> None:
+    make = _tagged("x = 1\ny = 2", "make", "app:make")
+    nb = write(tmp_path / "nb.ipynb", make, _tagged("print('x', x)", "x", "app:x"))
+    assert nbpipe.execute(nb).ok
+    write(nb, make, _tagged("print('x', x)", "x", "app:x"), _tagged("print('y', y)", "y", "app:y"))
+    second = nbpipe.execute(nb)
+    assert second.ok and "y 2" in _cell_text(second, "y")
