@@ -114,7 +114,7 @@ class Keys:
         return _sha(
             __version__, sys.version, self.pipeline.parsed.kernel_name, app,
             _notebook_code(self.compiled[f"{app}.split" if split else app]),
-            {p: self.parameters[p] for p in used if p in self.parameters},
+            {p: json.dumps(self.parameters[p], default=repr) for p in used if p in self.parameters},  # key order shows
             {k: options[k] for k in _KEYED_OPTIONS if k in options},
             _versions(node.modules + _code_modules(self.compiled[app]), self.cwd),
         )

@@ -198,3 +198,13 @@ def test_a_new_app_reading_a_name_a_cached_app_did_not_ship_gets_it(tmp_path: Pa
     write(nb, make, _tagged("print('x', x)", "x", "app:x"), _tagged("print('y', y)", "y", "app:y"))
     second = nbpipe.execute(nb)
     assert second.ok and "y 2" in _cell_text(second, "y")
+
+
+def test_a_mapping_parameter_given_in_another_key_order_re_runs_its_readers(tmp_path: Path) -> None:
+    """Python shows a dict in insertion order, so ``{"b": 2, "a": 1}`` prints unlike ``{"a": 1, "b": 2}``."""
+    nb = write(tmp_path / "nb.ipynb", _tagged("cfg = {}", "params", "parameters"),
+               _tagged("print('cfg', list(cfg))", "show", "app:show"))
+    first = nbpipe.execute(nb, parameters={"cfg": {"a": 1, "b": 2}})
+    assert "cfg ['a', 'b']" in _cell_text(first, "show")
+    second = nbpipe.execute(nb, parameters={"cfg": {"b": 2, "a": 1}})
+    assert "cfg ['b', 'a']" in _cell_text(second, "show")
