@@ -208,3 +208,17 @@ def test_a_mapping_parameter_given_in_another_key_order_re_runs_its_readers(tmp_
     assert "cfg ['a', 'b']" in _cell_text(first, "show")
     second = nbpipe.execute(nb, parameters={"cfg": {"b": 2, "a": 1}})
     assert "cfg ['b', 'a']" in _cell_text(second, "show")
+
+
+def test_a_reader_re_wired_to_an_app_that_changes_its_value_unpredicted_follows_that_app(
+        tmp_path: Path) -> None:
+    def notebook(k: int) -> Path:
+        return write(tmp_path / "nb.ipynb", _tagged("def grow(v, k):\n    v.extend(range(k))", "setup", "setup"),
+                     _tagged("x = [0]", "make", "app:make"),
+                     _tagged(f"grow(x, {k})", "grow", "app:grow"),
+                     _tagged("print('len', len(x))", "show", "app:show"))
+    first = nbpipe.execute(notebook(1))
+    assert first.apps["show"].reruns and "len 2" in _cell_text(first, "show")
+    assert "len 4" in _cell_text(nbpipe.execute(notebook(3)), "show")
+    again = nbpipe.execute(notebook(3))
+    assert again.apps["show"].status.value == "cached" and "len 4" in _cell_text(again, "show")
