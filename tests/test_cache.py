@@ -162,3 +162,132 @@ def test_an_app_reading_the_input_history_re_runs_when_an_earlier_cell_changes(t
     write(src, code("a = 11", "app:first"), code("b = 2", "app:second"), code("print(In[1])", "app:history"))
     again = nbpipe.execute(src)
     assert ran(again) == {"first", "history"}, statuses(again)
+
+
+# ------------------------------------------------------------------ 3. shipped values of cached apps
+
+
+def test_an_app_below_cached_apps_reads_their_values(tmp_path: Path) -> None:
+    check = ("print(type(x).__name__, x.shape, round(float(x.sum()), 6))\n"
+             "print(type(df).__name__, df.shape, round(float(df.y.mean()), 6))\n"
+             "print(round(model(1.0), 6))\n"
+             "print(type(fig).__name__, len(fig.axes), fig.axes[0].get_title())")
+    src = analysis(tmp_path / "nb.ipynb")
+    write(src, *read(src).cells, code("_ = (x, df, model, fig)\nprint('first')", "app:check"))
+    first = nbpipe.execute(src)
+    assert first.ok
+    cells = read(src).cells
+    cells[-1].source = check  # only the last app changes
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=read(src).metadata), src)
+    again = nbpipe.execute(src)
+    assert again.ok and ran(again) == {"check"}, statuses(again)
+    text = text_of(read(again.output).cells[-1])
+    fresh = nbpipe.execute(src, cache=False, output=tmp_path / "fresh.ipynb")
+    assert text == text_of(read(fresh.output).cells[-1])
+    assert text.splitlines()[0].startswith("ndarray (200,)") and "DataFrame (200, 2)" in text
+    assert text.splitlines()[3] == "Figure 1 scale 2.0"
+
+
+# ------------------------------------------------------------------ 4. declared files
+
+
+def test_declared_outputs_are_restored_in_place_and_inputs_are_hashed(tmp_path: Path) -> None:
+    (tmp_path / "calib.csv").write_text("a,b\n1,2\n3,4\n")
+    src = write(tmp_path / "nb.ipynb",
+                code("import pandas as pd", "setup"),
+                code("calib = pd.read_csv('calib.csv')\nprint(calib.sum().tolist())", "app:read", "inputs:calib.csv"),
+                code("calib.assign(c=calib.a * 10).to_csv('table.csv', index=False)\nprint('wrote')",
+                     "app:write", "outputs:table.csv"),
+                code("print(pd.read_csv('table.csv').c.tolist())", "app:show", "inputs:table.csv"))
+    first = nbpipe.execute(src)
+    assert first.ok, first.summary()
+    table = (tmp_path / "table.csv").read_bytes()
+    (tmp_path / "table.csv").unlink()
+    again = nbpipe.execute(src)
+    assert again.ok and ran(again) == set(), statuses(again)
+    assert (tmp_path / "table.csv").read_bytes() == table
+    (tmp_path / "calib.csv").write_text("a,b\n1,2\n5,6\n")
+    changed = nbpipe.execute(src)
+    assert changed.ok and ran(changed) == {"read", "write", "show"}, statuses(changed)
+    assert text_of(read(changed.output).cells[3]) == "[10, 50]\n"
+
+
+# ------------------------------------------------------------------ 5. map items one by one
+
+
+def mapped(path: Path) -> Path:
+    return write(path,
+                 code("n = 4", "parameters"),
+                 code("import numpy as np", "setup"),
+                 code("energies = [10.0 * (i + 1) for i in range(n)]", "app:grid"),
+                 code("spectrum = np.full(3, e) ** 0.5\nprint('item', e)", "app:scan", "map:e=energies"),
+                 code("print([round(float(s.sum()), 3) for s in spectrum])", "app:total"))
+
+
+def test_map_items_are_cached_one_by_one_when_the_iterable_grows(tmp_path: Path) -> None:
+    src = mapped(tmp_path / "nb.ipynb")
+    assert nbpipe.execute(src).ok
+    grown = nbpipe.execute(src, parameters={"n": 6})
+    assert grown.ok, grown.summary()
+    items = read(grown.output).metadata["nbpipe"]["apps"]["scan"]["items"]
+    assert [i["status"] for i in items] == ["cached"] * 4 + ["completed"] * 2, items
+    assert [r.status.value for r in grown.apps["scan"].items] == ["cached"] * 4 + ["completed"] * 2
+    expected = [round(3 * (10.0 * (i + 1)) ** 0.5, 3) for i in range(6)]
+    assert text_of(read(grown.output).cells[-1]) == f"{expected}\n"
+    again = nbpipe.execute(src, parameters={"n": 6})
+    assert [r.status.value for r in again.apps["scan"].items] == ["cached"] * 6
+    assert text_of(read(again.output).cells[-1]) == f"{expected}\n"
+
+
+# ------------------------------------------------------------------ 6. resume
+
+
+def test_after_a_failure_the_fixed_run_re_runs_only_what_did_not_complete(tmp_path: Path) -> None:
+    src = analysis(tmp_path / "nb.ipynb")
+    broken = nbpipe.execute(src, parameters={"broken": True})
+    assert not broken.ok and statuses(broken)["fit"] == "failed"
+    assert stored_apps(cache_of(src)) == {"load", "other"}
+    fixed = nbpipe.execute(src)
+    assert fixed.ok, fixed.summary()
+    assert ran(fixed) == {"fit", "plot", "metrics"}, statuses(fixed)
+    listed = nbpipe_cli("cache", "list", src, cwd=tmp_path)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 5, listed.stdout
+
+
+def test_timed_out_apps_are_not_stored(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("x = 1\nprint(x)", "app:quick"),
+                code("import time\ntime.sleep(30)", "app:slow", "timeout:1"))
+    run = nbpipe.execute(src)
+    assert statuses(run) == {"quick": "completed", "slow": "timed_out"}
+    assert stored_apps(cache_of(src)) == {"quick"}
+
+
+SLEEPER = ("import os, time\n"
+           "open({flag!r}, 'w').write(str(os.getpid()))\n"
+           "time.sleep(60)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_run_leaves_the_apps_that_completed_in_the_cache(tmp_path: Path, sig: int) -> None:
+    flag = tmp_path / "running"
+    src = write(tmp_path / "nb.ipynb",
+                code("import numpy as np\nxs = np.arange(5)\nprint(xs.sum())", "app:quick"),
+                code(SLEEPER.format(flag=str(flag)), "app:slow", "after:quick"),
+                code("print(xs.mean())", "app:after"))
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(src)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while not (flag.exists() and flag.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err
+    apps = stored_apps(cache_of(src))
+    assert "slow" not in apps and "quick" in apps, apps
+    # the slow app no longer sleeps; the quick one comes from the cache
+    write(src, code("import numpy as np\nxs = np.arange(5)\nprint(xs.sum())", "app:quick"),
+          code("print('slept')", "app:slow", "after:quick"), code("print(xs.mean())", "app:after"))
+    again = nbpipe.execute(src)
+    assert again.ok and statuses(again)["quick"] == "cached", statuses(again)
+    assert statuses(again)["slow"] == "completed"
