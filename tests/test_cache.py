@@ -291,3 +291,79 @@ def test_a_stopped_run_leaves_the_apps_that_completed_in_the_cache(tmp_path: Pat
     again = nbpipe.execute(src)
     assert again.ok and statuses(again)["quick"] == "cached", statuses(again)
     assert statuses(again)["slow"] == "completed"
+
+
+# ------------------------------------------------------------------ 7. --refresh, --no-cache, cache:off
+
+
+def test_refresh_re_runs_the_app_and_what_depends_on_it(tmp_path: Path) -> None:
+    src = analysis(tmp_path / "nb.ipynb")
+    assert nbpipe.execute(src).ok
+    again = nbpipe.execute(src, refresh=["fit"])
+    assert again.ok and ran(again) == {"fit", "plot", "metrics"}, statuses(again)
+    done = nbpipe_cli("execute", src, "--refresh", "fitt", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("nbpipe: error:") and "'fit'" in done.stderr, done.stderr
+
+
+def test_no_cache_runs_everything_and_stores_nothing(tmp_path: Path) -> None:
+    src = analysis(tmp_path / "nb.ipynb")
+    done = nbpipe_cli("execute", src, "--no-cache", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not cache_of(src).exists() or stored(cache_of(src)) == []
+    assert nbpipe.execute(src).ok
+    before = sorted(p.name for p in (cache_of(src) / "entries").glob("*/*"))
+    run = nbpipe.execute(src, cache=False)
+    assert ran(run) == set(run.apps)
+    assert sorted(p.name for p in (cache_of(src) / "entries").glob("*/*")) == before
+
+
+def test_a_cache_off_app_always_runs_and_identical_values_keep_its_readers_cached(tmp_path: Path) -> None:
+    cells = (code("import numpy as np", "setup"),
+             code("data = np.arange(10.0)\nprint('loaded', data.sum())", "app:load", "cache:off"),
+             code("mean = data.mean()\nprint(mean)", "app:stats"))
+    src = write(tmp_path / "nb.ipynb", *cells)
+    assert nbpipe.execute(src).ok
+    again = nbpipe.execute(src)
+    assert statuses(again) == {"load": "completed", "stats": "cached"}
+    assert "load" not in stored_apps(cache_of(src))
+
+
+# ------------------------------------------------------------------ 8. where the cache lives
+
+
+def test_the_cache_dir_comes_from_the_flag_the_environment_or_the_site(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("x = 2 ** 10\nprint(x)", "app:a"))
+    assert nbpipe_cli("execute", src, cwd=tmp_path).returncode == 0
+    assert stored_apps(tmp_path / CACHE_DIR_NAME) == {"a"}
+    env_dir, flag_dir, site_dir = tmp_path / "env", tmp_path / "flag", tmp_path / "shared" / "cache"
+    done = nbpipe_cli("execute", src, cwd=tmp_path, env={"NBPIPE_CACHE_DIR": str(env_dir)})
+    assert done.returncode == 0 and "from the cache" not in done.stderr and stored_apps(env_dir) == {"a"}
+    done = nbpipe_cli("execute", src, "--cache-dir", flag_dir, cwd=tmp_path,
+                      env={"NBPIPE_CACHE_DIR": str(env_dir)})
+    assert done.returncode == 0 and stored_apps(flag_dir) == {"a"}
+    (tmp_path / "nbpipe.toml").write_text('[sites.cluster]\nengine = "local"\ncache_dir = "shared/cache"\n')
+    done = nbpipe_cli("execute", src, "--site", "cluster", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert stored_apps(site_dir) == {"a"}
+    listed = nbpipe_cli("cache", "list", src, cwd=tmp_path, env={"NBPIPE_CACHE_DIR": str(env_dir)})
+    assert listed.returncode == 0 and " a " in listed.stdout and str(env_dir) in listed.stderr
+
+
+@pytest.mark.slow
+def test_a_parsl_run_hits_what_a_local_run_stored(tmp_path: Path) -> None:
+    pytest.importorskip("parsl")
+    from sitekit import PARSL_LOCAL
+
+    src = analysis(tmp_path / "nb.ipynb")
+    first = nbpipe.execute(src)
+    assert first.ok
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)
+    site = next(line for line in PARSL_LOCAL.splitlines() if line.startswith("[sites."))[7:-1]
+    src_nb = read(src)
+    cells = src_nb.cells
+    cells[6].source = PLOT.replace("'.'", "'o'")  # the plot changes: it runs on Parsl, the rest is cached
+    nbformat.write(src_nb, src)
+    again = nbpipe.execute(src, site=site)
+    assert again.ok, again.summary()
+    assert ran(again) == {"plot"}, statuses(again)
