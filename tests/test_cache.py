@@ -87,6 +87,11 @@ def stored_apps(cache: Path) -> set[str]:
     return {m["app"] for m in stored(cache)}
 
 
+def listed_apps(cache: Path) -> set[str]:
+    """The apps of the entries in ``cache``, without reading them (which counts as a use)."""
+    return {e.meta["app"] for e in Store(cache, cache).entries()}
+
+
 # ------------------------------------------------------------------ 1. a second run
 
 
@@ -367,3 +372,132 @@ def test_a_parsl_run_hits_what_a_local_run_stored(tmp_path: Path) -> None:
     again = nbpipe.execute(src, site=site)
     assert again.ok, again.summary()
     assert ran(again) == {"plot"}, statuses(again)
+
+
+# ------------------------------------------------------------------ 9. corrupt entries, concurrent runs
+
+
+def entry_of(cache: Path, app: str) -> Path:
+    found = [e.path for e in Store(cache, cache).entries() if e.meta.get("app") == app]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CORRUPTIONS = {
+    "bundle byte flipped": lambda e: flip_a_byte(next(p for p in (e / "values").rglob("*.pkl"))),
+    "executed notebook truncated": lambda e: truncate(e / "executed.ipynb"),
+    "manifest deleted": lambda e: (e / "manifest.json").unlink(),
+    "manifest garbage": lambda e: (e / "manifest.json").write_text("{not json"),
+    "manifest edited": lambda e: (e / "manifest.json").write_text(
+        (e / "manifest.json").read_text().replace('"app": "fit"', '"app": "fot"')),
+}
+
+
+@pytest.mark.parametrize("corrupt", list(CORRUPTIONS), ids=list(CORRUPTIONS))
+def test_a_corrupt_entry_is_run_again_with_a_warning_and_replaced(tmp_path: Path, corrupt: str) -> None:
+    src = analysis(tmp_path / "nb.ipynb")
+    first = nbpipe_cli("execute", src, cwd=tmp_path)
+    assert first.returncode == 0
+    expected = code_outputs(read(tmp_path / "nb.merged.ipynb"))
+    CORRUPTIONS[corrupt](entry_of(cache_of(src), "fit"))
+    again = nbpipe_cli("execute", src, "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "'fit'" in warnings[0] and "corrupt" in warnings[0], again.stderr
+    apps = json.loads(again.stdout)["apps"]
+    assert apps["fit"]["status"] == "completed" and apps["load"]["status"] == "cached", apps
+    assert code_outputs(read(tmp_path / "nb.merged.ipynb")) == expected
+    assert stored_apps(cache_of(src)) == {"load", "fit", "other", "plot", "metrics"}
+    third = nbpipe_cli("execute", src, cwd=tmp_path)
+    assert "(5 of 5 apps from the cache)" in third.stderr and "warning" not in third.stderr
+
+
+def test_two_runs_sharing_a_cache_at_once_both_succeed(tmp_path: Path) -> None:
+    src = analysis(tmp_path / "nb.ipynb")
+    cache = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(src), "--cache-dir", str(cache),
+                               "-o", str(tmp_path / f"out{i}.ipynb")], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "warning" not in err, err
+    assert stored_apps(cache) == {"load", "fit", "other", "plot", "metrics"}
+    assert len(stored(cache)) == 5
+    assert list((cache / "tmp").iterdir()) == []
+    assert code_outputs(read(tmp_path / "out0.ipynb")) == code_outputs(read(tmp_path / "out1.ipynb"))
+
+
+# ------------------------------------------------------------------ 10. nbpipe verify
+
+
+def test_verify_names_the_apps_that_do_not_reproduce(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb",
+                code("import time\nimport numpy as np", "setup"),
+                code("rng = np.random.default_rng(1)\nprint(rng.normal(size=3))", "app:seeded"),
+                code("print(np.random.rand())", "app:unseeded"),
+                code("print(time.time())", "app:clock"),
+                code("print(2 + 2)", "app:plain"))
+    assert nbpipe_cli("execute", src, cwd=tmp_path).returncode == 0
+    entries = len(stored(cache_of(src)))
+    done = nbpipe_cli("verify", src, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    named = {line.split()[2].rstrip(":") for line in done.stdout.splitlines() if line.startswith("differs")}
+    assert named == {"unseeded", "clock"}, done.stdout
+    assert len(stored(cache_of(src))) == entries  # verify leaves the cache as it was
+    again = nbpipe_cli("execute", src, cwd=tmp_path)
+    assert "(4 of 4 apps from the cache)" in again.stderr
+
+
+def test_verify_of_a_seeded_analysis_exits_0(tmp_path: Path) -> None:
+    src = analysis(tmp_path / "nb.ipynb")
+    assert nbpipe_cli("execute", src, cwd=tmp_path).returncode == 0
+    done = nbpipe_cli("verify", src, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "differs" not in done.stdout
+
+
+# ------------------------------------------------------------------ 11. nbpipe cache list|clear|prune
+
+
+def test_cache_list_and_clear_are_per_notebook(tmp_path: Path) -> None:
+    one = write(tmp_path / "one.ipynb", code("a = 1\nprint(a)", "app:first"), code("print(a + 1)", "app:second"))
+    two = write(tmp_path / "two.ipynb", code("b = 'x'\nprint(b)", "app:third"))
+    assert nbpipe.execute(one).ok and nbpipe.execute(two).ok
+    listed = nbpipe_cli("cache", "list", one, cwd=tmp_path)
+    assert listed.returncode == 0
+    assert len(listed.stdout.splitlines()) == 2 and "third" not in listed.stdout, listed.stdout
+    everything = nbpipe_cli("cache", "list", cwd=tmp_path)
+    assert len(everything.stdout.splitlines()) == 3, everything.stdout
+    cleared = nbpipe_cli("cache", "clear", one, cwd=tmp_path)
+    assert cleared.returncode == 0 and "removed 2 entries" in cleared.stderr
+    assert stored_apps(tmp_path / CACHE_DIR_NAME) == {"third"}
+
+
+def test_cache_prune_by_age_and_by_size_least_recently_used_first(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", *(code(f"v{i} = 'x' * {i * 3000}\nprint(len(v{i}))", f"app:a{i}")
+                                         for i in range(1, 5)))
+    assert nbpipe.execute(src).ok
+    cache = cache_of(src)
+    now = time.time()
+    for i, app in enumerate(["a1", "a2", "a3", "a4"]):  # a1 used longest ago
+        os.utime(entry_of(cache, app) / "manifest.json", (now - 3600 * (4 - i), now - 3600 * (4 - i)))
+    pruned = nbpipe_cli("cache", "prune", "--older-than", "150m", cwd=tmp_path)
+    assert pruned.returncode == 0 and listed_apps(cache) == {"a3", "a4"}, pruned.stderr
+    sizes = {e.meta["app"]: e.size for e in Store(cache, cache).entries()}
+    limit = sizes["a4"] + sizes["a3"] // 2
+    pruned = nbpipe_cli("cache", "prune", "--max-size", str(limit), cwd=tmp_path)
+    assert pruned.returncode == 0 and listed_apps(cache) == {"a4"}, pruned.stderr
+    for bad in (["--older-than", "soon"], ["--max-size", "5 parsecs"], []):
+        done = nbpipe_cli("cache", "prune", *bad, cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr.startswith("nbpipe: error:"), (bad, done.stderr)
