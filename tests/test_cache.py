@@ -501,3 +501,97 @@ def test_cache_prune_by_age_and_by_size_least_recently_used_first(tmp_path: Path
     for bad in (["--older-than", "soon"], ["--max-size", "5 parsecs"], []):
         done = nbpipe_cli("cache", "prune", *bad, cwd=tmp_path)
         assert done.returncode == 2 and done.stderr.startswith("nbpipe: error:"), (bad, done.stderr)
+
+
+# ------------------------------------------------------------------ 12. hostile input
+
+
+def test_odd_names_and_parameter_values_still_cache(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("title = 'plain'", "parameters"),
+                code("banner = title.upper()\nprint(banner)", "app:Fit-2_x"),
+                code("print(len(banner), repr(banner))", "app:_under"))
+    odd = "it's \"π\" — ünïcode\\n\n\t{x}"
+    first = nbpipe.execute(src, parameters={"title": odd})
+    assert first.ok and ran(first) == {"Fit-2_x", "_under"}
+    again = nbpipe.execute(src, parameters={"title": odd})
+    assert again.ok and ran(again) == set(), statuses(again)
+    assert text_of(read(again.output).cells[-1]) == f"{len(odd)} {odd.upper()!r}\n"
+    other = nbpipe.execute(src, parameters={"title": odd + " "})
+    assert ran(other) == {"Fit-2_x", "_under"}
+
+
+def test_map_items_follow_the_new_order_of_a_reordered_iterable(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("order = 1", "parameters"),
+                code("energies = [10, 20, 30, 40][::order]", "app:grid"),
+                code("square = e * e\nprint('item', e)", "app:scan", "map:e=energies"),
+                code("print(square)", "app:total"))
+    assert nbpipe.execute(src).ok
+    flipped = nbpipe.execute(src, parameters={"order": -1})
+    assert flipped.ok
+    assert [r.status.value for r in flipped.apps["scan"].items] == ["cached"] * 4
+    assert text_of(read(flipped.output).cells[-1]) == "[1600, 900, 400, 100]\n"
+
+
+def test_after_a_failed_map_item_only_that_item_runs_again(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("import os", "setup"),
+                code("values = [1, 2, 3, 4]", "app:grid"),
+                code("if v == 3 and not os.path.exists('calibrated'):\n    raise ValueError(f'no calibration for {v}')\n"
+                     "twice = 2 * v", "app:scan", "map:v=values"),
+                code("print(twice)", "app:total"))
+    broken = nbpipe.execute(src)
+    assert not broken.ok
+    assert [r.status.value for r in broken.apps["scan"].items] == ["completed", "completed", "failed", "completed"]
+    (tmp_path / "calibrated").write_text("")
+    fixed = nbpipe.execute(src)
+    assert fixed.ok, fixed.summary()
+    items = [r.status.value for r in fixed.apps["scan"].items]
+    assert items == ["cached", "cached", "completed", "cached"], items
+    assert text_of(read(fixed.output).cells[-1]) == "[2, 4, 6, 8]\n"
+
+
+def test_a_cache_dir_that_is_a_file(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("x = 1\nprint(x)", "app:a"))
+    (tmp_path / "blocker").write_text("not a directory")
+    done = nbpipe_cli("execute", src, "--cache-dir", tmp_path / "blocker", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("nbpipe: error:") and "blocker" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_cache_that_cannot_be_written_warns_once(tmp_path: Path) -> None:
+    src = analysis(tmp_path / "nb.ipynb")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tmp").write_text("where entries are built, but a file")
+    done = nbpipe_cli("execute", src, "--cache-dir", cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "cannot write the cache" in warnings[0], done.stderr
+    assert not (cache / "entries").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_a_read_only_cache_dir_only_warns(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("x = 1\nprint(x)", "app:a"))
+    cache = tmp_path / "ro"
+    cache.mkdir()
+    cache.chmod(0o555)
+    try:
+        done = nbpipe_cli("execute", src, "--cache-dir", cache, cwd=tmp_path)
+    finally:
+        cache.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert "warning: cannot write the cache" in done.stderr
+    assert list(cache.iterdir()) == []
+
+
+def test_a_huge_output_caches_and_restores(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("line = 'x' * 99 + '\\n'\nprint(line * 200_000, end='')\nn = 1", "app:loud"),
+                code("print(n + 1)", "app:after"))
+    first = nbpipe.execute(src)
+    assert first.ok
+    size = len(text_of(read(first.output).cells[0]))
+    assert size == 20_000_000
+    again = nbpipe.execute(src)
+    assert ran(again) == set(), statuses(again)
+    assert len(text_of(read(again.output).cells[0])) == size
