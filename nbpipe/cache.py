@@ -21,6 +21,7 @@ iterable grows. Nothing about the site enters a key.
 
 from __future__ import annotations
 
+import ast
 import functools
 import glob
 import hashlib
@@ -108,11 +109,15 @@ class Keys:
         options = self.pipeline.to_json_options(app)
         return _sha(
             __version__, sys.version, self.pipeline.parsed.kernel_name, app,
-            _notebook_code(self.compiled[f"{app}.split" if split else app]),
+            _notebook_code(self.compiled[f"{app}.split" if split else app], self._parameter_cells(),
+                           node.parameters_read),
             {p: self.parameters[p] for p in used if p in self.parameters},
             {k: options[k] for k in _KEYED_OPTIONS if k in options},
             _versions(node.modules, self.cwd),
         )
+
+    def _parameter_cells(self) -> frozenset[int]:
+        return frozenset(c.index for c in self.pipeline.parsed.cells_of("parameters"))
 
     def inputs(self, app: str) -> dict[str, str]:
         """Path -> digest of the files its ``inputs:`` match now (an app above may have written them)."""
@@ -124,13 +129,52 @@ class Keys:
         return found
 
 
-def _notebook_code(nb: Any) -> list[Any]:
-    """The code a task notebook runs, with the execution count each cell runs with; without
-    the sources of the earlier cells the numbering step fills ``In`` with, so an edit above
-    does not re-run every app below it (an app showing ``In[n]`` is not re-run for it)."""
+def _notebook_code(nb: Any, parameter_cells: frozenset[int] = frozenset(),
+                   reads: frozenset[str] = frozenset()) -> list[Any]:
+    """The code a task notebook runs, with the execution count each cell runs with.
+
+    Of the parameters cells, only the statements that give the parameters the
+    app ``reads`` (and what those use): a default the app does not read does
+    not re-run it. Without the sources of the earlier cells the numbering step
+    fills ``In`` with, so an edit above does not re-run every app below it (an
+    app showing ``In[n]`` is not re-run for it)."""
     history = repr(nb.metadata.get("nbpipe_task", {}).get("history"))
-    return [(cell.source.replace(history, "<history>"), cell.get("metadata", {}).get("nbpipe", {}).get("count"))
-            for cell in nb.cells if cell.cell_type == "code"]
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        meta = cell.get("metadata", {}).get("nbpipe", {})
+        source = cell.source.replace(history, "<history>")
+        if meta.get("source", {}).get("index") in parameter_cells:
+            source = _statements_for(source, reads)
+        cells.append((source, meta.get("count")))
+    return cells
+
+
+def _statements_for(source: str, reads: frozenset[str]) -> str:
+    """The statements of a parameters cell that the names ``reads`` depend on: an
+    assignment to a name nothing needed reads is left out, anything else is kept."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return source  # magics: keep all of it
+    needed, kept = set(reads), []
+    for statement in reversed(body):
+        targets = _assigned(statement)
+        if targets is not None and not targets & needed:
+            continue
+        kept.append(ast.unparse(statement))
+        needed |= {n.id for n in ast.walk(statement) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return "\n".join(reversed(kept))
+
+
+def _assigned(statement: ast.stmt) -> set[str] | None:
+    """The names a plain ``NAME = value`` (``NAME: type = value``) assigns; None for anything else."""
+    if isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets):
+        return {t.id for t in statement.targets}  # type: ignore[attr-defined]
+    if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+        return {statement.target.id}
+    return None
 
 
 def _versions(modules: tuple[str, ...], cwd: Path) -> dict[str, str]:

@@ -595,3 +595,24 @@ def test_a_huge_output_caches_and_restores(tmp_path: Path) -> None:
     again = nbpipe.execute(src)
     assert ran(again) == set(), statuses(again)
     assert len(text_of(read(again.output).cells[0])) == size
+
+
+def test_editing_a_default_in_the_parameters_cell_re_runs_only_its_readers(tmp_path: Path) -> None:
+    src = analysis(tmp_path / "nb.ipynb")
+    assert nbpipe.execute(src).ok
+    nb = read(src)
+    nb.cells[1].source = PARAMETERS.replace("scale = 2.0", "scale = 3.0")
+    nbformat.write(nb, src)
+    again = nbpipe.execute(src)
+    assert again.ok and ran(again) == {"other", "plot"}, statuses(again)
+
+
+def test_a_default_computed_from_another_re_runs_the_reader_when_that_one_changes(tmp_path: Path) -> None:
+    def notebook(base: int) -> Path:
+        return write(tmp_path / "nb.ipynb", code(f"base = {base}  # GeV\nwidth = 3\nn = base * 2", "parameters"),
+                     code("print(n)", "app:uses_n"), code("print(width)", "app:uses_width"))
+
+    assert nbpipe.execute(notebook(10)).ok
+    again = nbpipe.execute(notebook(11))
+    assert ran(again) == {"uses_n"}, statuses(again)
+    assert text_of(read(again.output).cells[1]) == "22\n"
