@@ -616,3 +616,18 @@ def test_a_default_computed_from_another_re_runs_the_reader_when_that_one_change
     again = nbpipe.execute(notebook(11))
     assert ran(again) == {"uses_n"}, statuses(again)
     assert text_of(read(again.output).cells[1]) == "22\n"
+
+
+def test_an_entry_that_cannot_be_restored_warns_on_stderr_and_runs_again(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb",
+                code("import os\nos.makedirs('out', exist_ok=True)\nopen('out/r.txt', 'w').write('42')\nr = 42",
+                     "app:write", "outputs:out/r.txt"),
+                code("print(r)", "app:show"))
+    assert nbpipe_cli("execute", src, cwd=tmp_path).returncode == 0
+    shutil.rmtree(tmp_path / "out")
+    (tmp_path / "out").write_text("a file where the output's folder was")
+    done = nbpipe_cli("execute", src, "--json", cwd=tmp_path)
+    summary = json.loads(done.stdout)  # stdout holds the JSON summary only
+    assert summary["apps"]["write"]["status"] == "failed"  # ran again, and found the file in its way
+    warning = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "'write'" in warning[0] and "cannot restore" in warning[0], done.stderr
