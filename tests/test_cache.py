@@ -105,6 +105,7 @@ def test_a_second_run_restores_every_app_with_the_same_outputs(tmp_path: Path) -
     assert set(statuses(second).values()) == {"cached"}, statuses(second)
     nb = read(second.output)
     assert code_outputs(nb) == code_outputs(first_nb)
+    assert [c.get("execution_count") for c in nb.cells] == [c.get("execution_count") for c in first_nb.cells]
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     run_id = first_nb.metadata["nbpipe"]["run"]["id"]
     assert nb.metadata["nbpipe"]["run"]["id"] != run_id
@@ -631,3 +632,40 @@ def test_an_entry_that_cannot_be_restored_warns_on_stderr_and_runs_again(tmp_pat
     assert summary["apps"]["write"]["status"] == "failed"  # ran again, and found the file in its way
     warning = [line for line in done.stderr.splitlines() if "warning" in line]
     assert len(warning) == 1 and "'write'" in warning[0] and "cannot restore" in warning[0], done.stderr
+
+
+def test_editing_a_module_beside_the_notebook_re_runs_the_apps_that_import_it(tmp_path: Path) -> None:
+    (tmp_path / "physics.py").write_text("def mass(e, p):\n    return (e * e - p * p) ** 0.5\n")
+    src = write(tmp_path / "nb.ipynb",
+                code("from physics import mass\nm = mass(5.0, 3.0)\nprint(m)", "app:reco"),
+                code("import math\nprint(math.pi)", "app:other"))
+    assert nbpipe.execute(src).ok
+    (tmp_path / "physics.py").write_text("def mass(e, p):\n    return round((e * e - p * p) ** 0.5 * 2, 3)\n")
+    again = nbpipe.execute(src)
+    assert ran(again) == {"reco"}, statuses(again)
+    assert text_of(read(again.output).cells[0]) == "8.0\n"
+
+
+def test_verify_names_the_map_item_that_does_not_reproduce(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("import random", "setup"),
+                code("runs = ['a', 'b', 'c']", "app:grid"),
+                code("print(r, random.random() if r == 'b' else 0.5)", "app:sim", "map:r=runs"))
+    assert nbpipe_cli("execute", src, cwd=tmp_path).returncode == 0
+    done = nbpipe_cli("verify", src, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    differs = [line for line in done.stdout.splitlines() if line.startswith("differs")]
+    assert len(differs) == 1 and "app sim item 1:" in differs[0], done.stdout
+
+
+def test_a_reader_changing_a_large_array_in_place_leaves_the_cached_one_intact(tmp_path: Path) -> None:
+    def notebook(extra: str) -> Path:
+        return write(tmp_path / "nb.ipynb", code("import numpy as np", "setup"),
+                     code("arr = np.zeros(4_000_000)\nprint(arr.nbytes)", "app:make"),
+                     code(f"arr[:10] += 1\narr *= 2\nprint(arr[:3], arr.sum()){extra}", "app:change"))
+
+    assert nbpipe.execute(notebook("")).ok
+    for extra in ("  # again", "  # and again"):
+        run = nbpipe.execute(notebook(extra))
+        assert statuses(run) == {"make": "cached", "change": "completed"}, statuses(run)
+        assert text_of(read(run.output).cells[2]) == "[2. 2. 2.] 20.0\n"
+    assert stored_apps(cache_of(tmp_path / "nb.ipynb")) == {"make", "change"}
