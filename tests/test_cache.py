@@ -24,7 +24,7 @@ from nbbuild import by_id, code, md, nbpipe_cli, read, text_of, write
 import nbpipe
 from nbpipe.store import CACHE_DIR_NAME, Store
 
-pytestmark = pytest.mark.usefixtures("matplotlib_ready")
+pytestmark = [pytest.mark.cache, pytest.mark.usefixtures("matplotlib_ready")]
 
 PARAMETERS = "n = 4\nseed = 0\nbroken = False\nscale = 2.0"
 SETUP = "%matplotlib inline\nimport numpy as np\nimport pandas as pd\nimport matplotlib.pyplot as plt"
@@ -160,14 +160,6 @@ def test_a_parameter_re_runs_only_the_apps_that_read_it(tmp_path: Path) -> None:
     back = nbpipe.execute(src)  # the defaults again: all of it is still cached
     assert back.ok and ran(back) == set(), statuses(back)
 
-
-def test_an_app_reading_the_input_history_re_runs_when_an_earlier_cell_changes(tmp_path: Path) -> None:
-    src = write(tmp_path / "nb.ipynb", code("a = 1", "app:first"), code("b = 2", "app:second"),
-                code("print(In[1])", "app:history"))
-    assert nbpipe.execute(src).ok
-    write(src, code("a = 11", "app:first"), code("b = 2", "app:second"), code("print(In[1])", "app:history"))
-    again = nbpipe.execute(src)
-    assert ran(again) == {"first", "history"}, statuses(again)
 
 
 # ------------------------------------------------------------------ 3. shipped values of cached apps
