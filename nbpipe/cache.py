@@ -2,9 +2,10 @@
 
 An app's key hashes what determines its outputs:
 
-- its compiled task notebook: its cells, the parameters and setup cells, the
-  settings earlier cells carry in (:mod:`.state`), the names it ships and the
-  metrics it records;
+- its compiled task notebook: its cells, the setup cells, the statements of
+  the parameters cell that the parameters it reads depend on, the settings
+  earlier cells carry in (:mod:`.state`), the names it ships and the metrics
+  it records;
 - the values given for the parameters it reads (only those);
 - the options that change what it computes (``map:``, ``inputs:``,
   ``outputs:``, ``container:``), not where or how often it runs;
