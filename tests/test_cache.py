@@ -661,3 +661,16 @@ def test_a_reader_changing_a_large_array_in_place_leaves_the_cached_one_intact(t
         assert statuses(run) == {"make": "cached", "change": "completed"}, statuses(run)
         assert text_of(read(run.output).cells[2]) == "[2. 2. 2.] 20.0\n"
     assert stored_apps(cache_of(tmp_path / "nb.ipynb")) == {"make", "change"}
+
+
+def test_cache_commands_find_a_sites_cache_dir(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("x = 3\nprint(x)", "app:a"))
+    (tmp_path / "nbpipe.toml").write_text('[sites.cluster]\nengine = "local"\ncache_dir = "shared/cache"\n')
+    assert nbpipe_cli("execute", src, "--site", "cluster", cwd=tmp_path).returncode == 0
+    listed = nbpipe_cli("cache", "list", src, "--site", "cluster", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 1 and str(tmp_path / "shared" / "cache") in listed.stderr
+    cleared = nbpipe_cli("cache", "clear", src, "--site", "cluster", cwd=tmp_path)
+    assert cleared.returncode == 0 and "removed 1 entries" in cleared.stderr, cleared.stderr
+    pruned = nbpipe_cli("cache", "prune", "--max-size", "1GB", "--site", "clustr", cwd=tmp_path)
+    assert pruned.returncode == 2 and "did you mean 'cluster'" in pruned.stderr, pruned.stderr
