@@ -104,15 +104,16 @@ class Keys:
 
     def _static_key(self, app: str, split: bool, iterable: bool) -> str:
         node = self.pipeline.apps[app]
-        used = sorted(node.parameters_read)
-        if not iterable and node.spec.map and node.reads.get(node.spec.map.iterable) is None:
-            used = [p for p in used if p != node.spec.map.iterable]  # the element stands for it
+        used = set(node.parameters_read)
+        mapped = node.spec.map.iterable if node.spec.map else None
+        if iterable and mapped in self.pipeline.parameter_names:
+            used.add(mapped)  # read by the map: tag, not by a cell; an item's element stands for it
         options = self.pipeline.to_json_options(app)
         return _sha(
             __version__, sys.version, self.pipeline.parsed.kernel_name, app,
             _notebook_code(self.compiled[f"{app}.split" if split else app], self._parameter_cells(),
-                           node.parameters_read),
-            {p: self.parameters[p] for p in used if p in self.parameters},
+                           frozenset(used)),
+            {p: self.parameters[p] for p in sorted(used) if p in self.parameters},
             {k: options[k] for k in _KEYED_OPTIONS if k in options},
             _versions(node.modules, self.cwd),
         )

@@ -674,3 +674,42 @@ def test_cache_commands_find_a_sites_cache_dir(tmp_path: Path) -> None:
     assert cleared.returncode == 0 and "removed 1 entries" in cleared.stderr, cleared.stderr
     pruned = nbpipe_cli("cache", "prune", "--max-size", "1GB", "--site", "clustr", cwd=tmp_path)
     assert pruned.returncode == 2 and "did you mean 'cluster'" in pruned.stderr, pruned.stderr
+
+
+def test_map_over_a_parameter_list_caches_items_when_the_list_grows(tmp_path: Path) -> None:
+    src = write(tmp_path / "nb.ipynb", code("energies = [10, 20, 30]", "parameters"),
+                code("square = e * e\nprint('item', e)", "app:scan", "map:e=energies"),
+                code("print(sum(square))", "app:total"))
+    assert nbpipe.execute(src).ok
+    grown = nbpipe.execute(src, parameters={"energies": [10, 20, 30, 40]})
+    assert grown.ok, grown.summary()
+    assert [r.status.value for r in grown.apps["scan"].items] == ["cached"] * 3 + ["completed"]
+    assert text_of(read(grown.output).cells[-1]) == "3000\n"
+    nb = read(src)
+    nb.cells[0].source = "energies = [10, 20, 30, 40, 50]"  # a new default grows it too
+    nbformat.write(nb, src)
+    edited = nbpipe.execute(src)
+    assert [r.status.value for r in edited.apps["scan"].items] == ["cached"] * 4 + ["completed"]
+    assert text_of(read(edited.output).cells[-1]) == "5500\n"
+
+
+def test_a_notebook_in_a_directory_with_spaces_and_accents_caches(tmp_path: Path) -> None:
+    where = tmp_path / "Run 2024 — ü's \"data\""
+    src = analysis(where / "my analysis.ipynb")
+    assert nbpipe_cli("execute", src.name, cwd=where).returncode == 0
+    again = nbpipe_cli("execute", src.name, cwd=where)
+    assert "(5 of 5 apps from the cache)" in again.stderr, again.stderr
+    listed = nbpipe_cli("cache", "list", src.name, cwd=where)
+    assert len(listed.stdout.splitlines()) == 5, listed.stdout + listed.stderr
+
+
+def test_map_items_reading_the_whole_parameter_list_run_again_when_it_grows(tmp_path: Path) -> None:
+    def notebook(default: str) -> Path:
+        return write(tmp_path / "nb.ipynb", code(f"energies = {default}", "parameters"),
+                     code("share = e / sum(energies)", "app:scan", "map:e=energies"),
+                     code("print([round(s, 3) for s in share])", "app:total"))
+
+    assert nbpipe.execute(notebook("[10, 30]")).ok
+    grown = nbpipe.execute(notebook("[10, 30, 60]"))
+    assert [r.status.value for r in grown.apps["scan"].items] == ["completed"] * 3
+    assert text_of(read(grown.output).cells[-1]) == "[0.1, 0.3, 0.6]\n"
