@@ -713,3 +713,23 @@ def test_map_items_reading_the_whole_parameter_list_run_again_when_it_grows(tmp_
     grown = nbpipe.execute(notebook("[10, 30, 60]"))
     assert [r.status.value for r in grown.apps["scan"].items] == ["completed"] * 3
     assert text_of(read(grown.output).cells[-1]) == "[0.1, 0.3, 0.6]\n"
+
+
+def test_a_corrupt_map_item_or_split_entry_re_runs_only_that_part(tmp_path: Path) -> None:
+    src = mapped(tmp_path / "nb.ipynb")
+    first = nbpipe.execute(src)
+    assert first.ok
+    expected = text_of(read(first.output).cells[-1])
+    cache = cache_of(src)
+    entries = list(Store(cache, cache).entries())
+    item = next(e.path for e in entries if e.meta["app"] == "scan" and e.meta["item"] == 2)
+    flip_a_byte(next((item / "values").rglob("*.pkl")))
+    done = nbpipe_cli("execute", src, "--json", cwd=tmp_path)
+    apps = json.loads(done.stdout)["apps"]
+    assert [i["status"] for i in apps["scan"]["items"]] == ["cached", "cached", "completed", "cached"]
+    assert "app 'scan' item 2" in done.stderr and done.stderr.count("warning") == 1, done.stderr
+    split = next(e.path for e in Store(cache, cache).entries() if e.meta["app"] == "scan" and e.meta["split"])
+    truncate(next(p for p in split.rglob("*") if p.is_file() and p.name != "manifest.json"))
+    done = nbpipe_cli("execute", src, "--json", cwd=tmp_path)
+    assert done.returncode == 0 and "app 'scan' (split)" in done.stderr, done.stderr
+    assert text_of(read(tmp_path / "nb.merged.ipynb").cells[-1]) == expected
