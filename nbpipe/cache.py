@@ -9,8 +9,8 @@ An app's key hashes what determines its outputs:
 - the values given for the parameters it reads (only those);
 - the options that change what it computes (``map:``, ``inputs:``,
   ``outputs:``, ``container:``), not where or how often it runs;
-- the contents of its declared ``inputs:`` and of the notebook directory's
-  modules it imports;
+- the contents of its declared ``inputs:`` and of the modules it imports from
+  the notebook's directory or a folder the notebook adds to ``sys.path``;
 - the Python version and the versions of the packages it imports;
 - the keys of the apps it depends on (a Merkle chain), computed when it
   becomes ready.
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .graph import Pipeline
+from .names import transformed_source
 from .store import file_sha256
 from .version import __version__
 
@@ -69,6 +70,7 @@ class Keys:
                  cwd: Path) -> None:
         self.pipeline, self.compiled, self.parameters, self.cwd = pipeline, compiled, parameters, cwd
         self._static: dict[tuple[str, bool], str] = {}
+        self._folders = added_paths([c.source for c in pipeline.parsed.cells if c.cell_type == "code"], cwd)
 
     def app(self, app: str, upstream: list[str]) -> str:
         """The key of ``app``, given the keys of the apps it depends on."""
@@ -115,7 +117,7 @@ class Keys:
                            frozenset(used)),
             {p: self.parameters[p] for p in sorted(used) if p in self.parameters},
             {k: options[k] for k in _KEYED_OPTIONS if k in options},
-            _versions(node.modules, self.cwd),
+            _versions(node.modules, self.cwd, self._folders),
         )
 
     def _parameter_cells(self) -> frozenset[int]:
@@ -179,19 +181,42 @@ def _assigned(statement: ast.stmt) -> set[str] | None:
     return None
 
 
-def _versions(modules: tuple[str, ...], cwd: Path) -> dict[str, str]:
+def _versions(modules: tuple[str, ...], cwd: Path, folders: tuple[Path, ...] = ()) -> dict[str, str]:
     """Distribution -> version for the packages ``modules`` come from; for a module of
-    the notebook's directory, its files' digest."""
+    the notebook's directory (or of a folder the notebook adds to ``sys.path``), its
+    files' digest."""
     found: dict[str, str] = {}
     for top in sorted({m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)):
-        package = sorted((cwd / top).rglob("*.py")) if (cwd / top).is_dir() else []
-        local = [p for p in (cwd / f"{top}.py", *package) if p.is_file()]
-        if local:
-            found[f"./{top}"] = _sha(*(_digest_or_reason(str(p)) for p in local))
-            continue
-        for dist in _owners(top):
-            found[dist] = _version(dist)
+        for folder in (cwd, *folders):
+            package = sorted((folder / top).rglob("*.py")) if (folder / top).is_dir() else []
+            local = [p for p in (folder / f"{top}.py", *package) if p.is_file()]
+            if local:
+                found[f"{os.path.relpath(folder, cwd)}/{top}"] = _sha(*(_digest_or_reason(str(p)) for p in local))
+                break
+        else:
+            for dist in _owners(top):
+                found[dist] = _version(dist)
     return found
+
+
+def added_paths(sources: list[str], cwd: Path) -> tuple[Path, ...]:
+    """The folders ``sys.path.insert(i, "lib")`` / ``sys.path.append("../src")`` calls with a
+    literal path add, relative to ``cwd``: their modules are the notebook's own."""
+    found: list[Path] = []
+    for source in sources:
+        try:
+            tree = ast.parse(transformed_source(source))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("insert", "append") and ast.unparse(node.func.value) == "sys.path"
+                    and node.args and isinstance(node.args[-1], ast.Constant)
+                    and isinstance(node.args[-1].value, str)):
+                folder = (cwd / os.path.expanduser(node.args[-1].value)).resolve()
+                if folder not in found and folder != cwd.resolve():
+                    found.append(folder)
+    return tuple(found)
 
 
 def _owners(top: str) -> list[str]:

@@ -733,3 +733,19 @@ def test_a_corrupt_map_item_or_split_entry_re_runs_only_that_part(tmp_path: Path
     done = nbpipe_cli("execute", src, "--json", cwd=tmp_path)
     assert done.returncode == 0 and "app 'scan' (split)" in done.stderr, done.stderr
     assert text_of(read(tmp_path / "nb.merged.ipynb").cells[-1]) == expected
+
+
+def test_editing_a_module_in_a_folder_the_notebook_adds_to_sys_path_re_runs_its_importers(tmp_path: Path) -> None:
+    (tmp_path / "src" / "hep").mkdir(parents=True)
+    (tmp_path / "src" / "hep" / "__init__.py").write_text("")
+    (tmp_path / "src" / "hep" / "cuts.py").write_text("PT_MIN = 20\n")
+    (tmp_path / "work").mkdir()
+    src = write(tmp_path / "work" / "nb.ipynb",
+                code("%matplotlib inline\nimport sys\nsys.path.insert(0, '../src')", "setup"),
+                code("from hep.cuts import PT_MIN\nprint(PT_MIN)", "app:select"),
+                code("print('unrelated')", "app:other"))
+    assert nbpipe.execute(src).ok
+    (tmp_path / "src" / "hep" / "cuts.py").write_text("PT_MIN = 25\n")
+    again = nbpipe.execute(src)
+    assert ran(again) == {"select"}, statuses(again)
+    assert text_of(read(again.output).cells[1]) == "25\n"
