@@ -749,3 +749,29 @@ def test_editing_a_module_in_a_folder_the_notebook_adds_to_sys_path_re_runs_its_
     again = nbpipe.execute(src)
     assert ran(again) == {"select"}, statuses(again)
     assert text_of(read(again.output).cells[1]) == "25\n"
+
+
+def test_a_new_file_matching_an_inputs_glob_re_runs_the_reader(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a.csv").write_text("x\n1\n2\n")
+    src = write(tmp_path / "nb.ipynb", code("import glob\nimport pandas as pd", "setup"),
+                code("total = sum(pd.read_csv(f).x.sum() for f in sorted(glob.glob('runs/*.csv')))\nprint(total)",
+                     "app:sum", "inputs:runs/*.csv"),
+                code("print('other')", "app:other"))
+    assert nbpipe.execute(src).ok
+    (tmp_path / "runs" / "b.csv").write_text("x\n10\n")
+    again = nbpipe.execute(src)
+    assert ran(again) == {"sum"}, statuses(again)
+    assert text_of(read(again.output).cells[1]) == "13\n"
+
+
+def test_refresh_of_a_map_app_re_runs_every_item_and_replaces_the_entries(tmp_path: Path) -> None:
+    src = mapped(tmp_path / "nb.ipynb")
+    assert nbpipe.execute(src).ok
+    refreshed = nbpipe.execute(src, refresh=["scan"])
+    assert [r.status.value for r in refreshed.apps["scan"].items] == ["completed"] * 4
+    assert statuses(refreshed)["grid"] == "cached" and statuses(refreshed)["total"] == "completed"
+    run_id = read(refreshed.output).metadata["nbpipe"]["run"]["id"]
+    after = nbpipe.execute(src)
+    assert ran(after) == set(), statuses(after)
+    assert read(after.output).metadata["nbpipe"]["apps"]["total"]["cache"]["run"] == run_id
