@@ -19,7 +19,7 @@ from typing import Any
 import nbformat
 import pytest
 from conftest import normalise_outputs
-from nbbuild import by_id, code, md, nbpipe_cli, read, text_of, write
+from nbbuild import code, md, nbpipe_cli, read, text_of, write
 
 import nbpipe
 from nbpipe.store import CACHE_DIR_NAME, Store
@@ -528,7 +528,8 @@ def test_map_items_follow_the_new_order_of_a_reordered_iterable(tmp_path: Path) 
 def test_after_a_failed_map_item_only_that_item_runs_again(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("import os", "setup"),
                 code("values = [1, 2, 3, 4]", "app:grid"),
-                code("if v == 3 and not os.path.exists('calibrated'):\n    raise ValueError(f'no calibration for {v}')\n"
+                code("if v == 3 and not os.path.exists('calibrated'):\n"
+                     "    raise ValueError(f'no calibration for {v}')\n"
                      "twice = 2 * v", "app:scan", "map:v=values"),
                 code("print(twice)", "app:total"))
     broken = nbpipe.execute(src)
@@ -579,7 +580,8 @@ def test_a_read_only_cache_dir_only_warns(tmp_path: Path) -> None:
 
 
 def test_a_huge_output_caches_and_restores(tmp_path: Path) -> None:
-    src = write(tmp_path / "nb.ipynb", code("line = 'x' * 99 + '\\n'\nprint(line * 200_000, end='')\nn = 1", "app:loud"),
+    src = write(tmp_path / "nb.ipynb",
+                code("line = 'x' * 99 + '\\n'\nprint(line * 200_000, end='')\nn = 1", "app:loud"),
                 code("print(n + 1)", "app:after"))
     first = nbpipe.execute(src)
     assert first.ok
