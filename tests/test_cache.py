@@ -550,6 +550,9 @@ def test_a_cache_dir_that_is_a_file(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("nbpipe: error:") and "blocker" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    below = nbpipe_cli("execute", src, cwd=tmp_path, env={"NBPIPE_CACHE_DIR": str(tmp_path / "blocker" / "c")})
+    assert below.returncode == 2 and "blocker is a file" in below.stderr, below.stderr
+    assert nbpipe_cli("execute", src, "--no-cache", "--cache-dir", tmp_path / "blocker", cwd=tmp_path).returncode == 0
 
 
 def test_a_cache_that_cannot_be_written_warns_once(tmp_path: Path) -> None:
