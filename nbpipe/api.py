@@ -185,7 +185,10 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     policy = Policy(policy.read, policy.write, check_refresh(pipeline, refresh), policy.verify)
     cwd = path.resolve().parent
     engine = _engine_for(pipeline, engine, debug)
-    store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), cache_dir_for(path.resolve().parent, chosen, cache_dir))
+    where = cache_dir_for(path.resolve().parent, chosen, cache_dir)
+    if policy.read or policy.write or policy.verify:
+        _check_cache_dir(where)
+    store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), where)
     memo = CacheMemo(pipeline, store, Keys(pipeline, compiled, parameters, cwd), policy,
                      {"id": _run_id(started), "notebook": str(path.resolve())})
     executor = _LazyExecutor(lambda: _start_executor(chosen, pipeline, store.run_dir, cwd, workers=workers,
@@ -232,6 +235,17 @@ def cache_dir_for(directory: Path, site: Site | None = None, given: str | Path |
         base = site.base_dir or directory
         return base / os.path.expanduser(str(site.options["cache_dir"]))
     return directory / CACHE_DIR_NAME
+
+
+def _check_cache_dir(where: Path) -> None:
+    """A cache directory that cannot be a directory (it, or a folder above it, is a
+    file) is a mistake to say before the run; one that cannot be written only warns."""
+    for path in (where, *where.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(f"the cache directory {where} cannot be used: {path} is a file; "
+                                 "give --cache-dir (or NBPIPE_CACHE_DIR) a directory, or pass --no-cache")
+            return
 
 
 class _LazyExecutor:

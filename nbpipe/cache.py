@@ -2,15 +2,17 @@
 
 An app's key hashes what determines its outputs:
 
-- its compiled task notebook: its cells, the parameters and setup cells, the
-  settings earlier cells carry in (:mod:`.state`), the names it ships and the
-  metrics it records;
+- its compiled task notebook: its cells, the setup cells, the statements of
+  the parameters cell that the parameters it reads depend on, the settings
+  earlier cells carry in (:mod:`.state`), the names it ships and the metrics
+  it records;
 - the values given for the parameters it reads (only those; the carried state
   it replays counts);
 - the options that change what it computes (``map:``, ``inputs:``,
   ``outputs:``, ``container:``), not where or how often it runs;
 - the contents of its declared ``inputs:`` (the files under a directory) and of
-  the notebook directory's modules its code may load, and what those load;
+  the modules its code may load from the notebook's directory or a folder the
+  notebook adds to ``sys.path``, and what those load;
 - the Python version and the versions of the packages it imports;
 - the keys of the apps it depends on (a Merkle chain), computed when it
   becomes ready.
@@ -71,7 +73,8 @@ class Keys:
     def __init__(self, pipeline: Pipeline, compiled: dict[str, Any], parameters: dict[str, Any],
                  cwd: Path) -> None:
         self.pipeline, self.compiled, self.parameters, self.cwd = pipeline, compiled, parameters, cwd
-        self._static: dict[tuple[str, bool], str] = {}
+        self._static: dict[tuple[str, bool, bool], str] = {}
+        self._folders = added_paths([c.source for c in pipeline.parsed.cells if c.cell_type == "code"], cwd)
 
     def app(self, app: str, upstream: list[str]) -> str:
         """The key of ``app``, given the keys of the apps it depends on."""
@@ -83,7 +86,7 @@ class Keys:
     def item(self, app: str, upstream: list[str], element: str) -> str:
         """The key of one item of a map app: ``upstream`` without the app that made
         the iterable (:meth:`item_upstream`), and the digest of the element."""
-        return _sha("item", self.static(app), sorted(upstream), self.inputs(app), element)
+        return _sha("item", self.static(app, iterable=False), sorted(upstream), self.inputs(app), element)
 
     def item_upstream(self, app: str, preds: tuple[str, ...]) -> list[str]:
         """The apps an item depends on other than through the element it runs: the
@@ -98,26 +101,34 @@ class Keys:
         only_iterable = edge.get("kinds") == {"data"} and edge.get("names") == {iterable}
         return [p for p in preds if not (p == producer and only_iterable)]
 
-    def static(self, app: str, split: bool = False) -> str:
-        """What is known before the run, hashed once. A map over a parameter its cells do not
-        read leaves the parameter out (the element stands for it); one its cells read stays in."""
-        slot = (app, split)
+    def static(self, app: str, split: bool = False, iterable: bool = True) -> str:
+        """What is known before the run, hashed once. For items (``iterable`` False), a map
+        over a parameter its cells do not read leaves the parameter out (the element stands
+        for it); one its cells read stays in."""
+        slot = (app, split, iterable)
         if slot not in self._static:
-            self._static[slot] = self._static_key(app, split)
+            self._static[slot] = self._static_key(app, split, iterable)
         return self._static[slot]
 
-    def _static_key(self, app: str, split: bool) -> str:
+    def _static_key(self, app: str, split: bool, iterable: bool) -> str:
         node = self.pipeline.apps[app]
-        replayed = carried_reads(self.pipeline, app) & self.pipeline.parameter_names
-        used = sorted(node.parameters_read | replayed)
+        used = set(node.parameters_read) | (carried_reads(self.pipeline, app) & self.pipeline.parameter_names)
+        mapped = node.spec.map.iterable if node.spec.map else None
+        if iterable and mapped in self.pipeline.parameter_names:
+            used.add(mapped)  # read by the map: tag, not by a cell; an item's element stands for it
         options = self.pipeline.to_json_options(app)
         return _sha(
             __version__, sys.version, self.pipeline.parsed.kernel_name, app,
-            _notebook_code(self.compiled[f"{app}.split" if split else app]),
-            {p: json.dumps(self.parameters[p], default=repr) for p in used if p in self.parameters},  # key order shows
+            _notebook_code(self.compiled[f"{app}.split" if split else app], self._parameter_cells(),
+                           frozenset(used)),
+            {p: json.dumps(self.parameters[p], default=repr)  # a mapping's key order shows
+             for p in sorted(used) if p in self.parameters},
             {k: options[k] for k in _KEYED_OPTIONS if k in options},
-            _versions(node.modules + _code_modules(self.compiled[app]), self.cwd),
+            _versions(node.modules + _code_modules(self.compiled[app]), self.cwd, self._folders),
         )
+
+    def _parameter_cells(self) -> frozenset[int]:
+        return frozenset(c.index for c in self.pipeline.parsed.cells_of("parameters"))
 
     def inputs(self, app: str) -> dict[str, str]:
         """Path -> digest of the files its ``inputs:`` match now (an app above may have written them)."""
@@ -137,13 +148,26 @@ def matched_files(cwd: str | Path, pattern: str) -> list[str]:
     return out
 
 
-def _notebook_code(nb: Any) -> list[Any]:
-    """The code a task notebook runs, with the execution count each cell runs with; without
-    the sources of the earlier cells the numbering step fills ``In`` with, so an edit above
-    does not re-run every app below it (an app showing ``In[n]`` is not re-run for it)."""
+def _notebook_code(nb: Any, parameter_cells: frozenset[int] = frozenset(),
+                   reads: frozenset[str] = frozenset()) -> list[Any]:
+    """The code a task notebook runs, with the execution count each cell runs with.
+
+    Of the parameters cells, only the statements that give the parameters the
+    app ``reads`` (and what those use): a default the app does not read does
+    not re-run it. Without the sources of the earlier cells the numbering step
+    fills ``In`` with, so an edit above does not re-run every app below it (an
+    app showing ``In[n]`` is not re-run for it)."""
     history = repr(nb.metadata.get("nbpipe_task", {}).get("history"))
-    return [(cell.source.replace(history, "<history>"), cell.get("metadata", {}).get("nbpipe", {}).get("count"))
-            for cell in nb.cells if cell.cell_type == "code"]
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        meta = cell.get("metadata", {}).get("nbpipe", {})
+        source = cell.source.replace(history, "<history>")
+        if meta.get("source", {}).get("index") in parameter_cells:
+            source = _statements_for(source, reads)
+        cells.append((source, meta.get("count")))
+    return cells
 
 
 def _code_modules(nb: Any) -> tuple[str, ...]:
@@ -162,25 +186,63 @@ def _modules_in(source: str | bytes) -> tuple[str, ...]:
         return ()
 
 
-def _versions(modules: tuple[str, ...], cwd: Path) -> dict[str, str]:
+def _statements_for(source: str, reads: frozenset[str]) -> str:
+    """The statements of a parameters cell that the names ``reads`` depend on: an
+    assignment to a name nothing needed reads is left out, anything else is kept."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return source  # magics: keep all of it
+    needed, kept = set(reads), []
+    for statement in reversed(body):
+        targets = _assigned(statement)
+        if targets is not None and not targets & needed:
+            continue
+        kept.append(ast.unparse(statement))
+        needed |= {n.id for n in ast.walk(statement) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return "\n".join(reversed(kept))
+
+
+def _assigned(statement: ast.stmt) -> set[str] | None:
+    """The names a plain ``NAME = value`` (``NAME: type = value``) assigns; None for anything else."""
+    if isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets):
+        return {t.id for t in statement.targets}  # type: ignore[attr-defined]
+    if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+        return {statement.target.id}
+    return None
+
+
+def _versions(modules: tuple[str, ...], cwd: Path, folders: tuple[Path, ...] = ()) -> dict[str, str]:
     """Distribution -> version for the packages ``modules`` come from; for a module of
-    the notebook's directory, its files' digest, and the same for what its files import."""
+    the notebook's directory (or of a folder the notebook adds to ``sys.path``), its
+    files' digest, and the same for what its files load."""
     found: dict[str, str] = {}
+    done: set[str] = set()
     todo = sorted({m.split(".")[0] for m in modules} - set(sys.stdlib_module_names))
     while todo:
         top = todo.pop()
-        if f"./{top}" in found or top in found:
+        if top in done:
             continue
-        package = sorted((cwd / top).rglob("*.py")) if (cwd / top).is_dir() else []
-        local = [p for p in (cwd / f"{top}.py", *package) if p.is_file()]
+        done.add(top)
+        local = _local_files(top, cwd, folders)
         if local:
-            found[f"./{top}"] = _sha(*(_digest_or_reason(str(p)) for p in local))
-            todo += sorted({m.split(".")[0] for p in local for m in _imports_of(p)}
-                           - set(sys.stdlib_module_names) - {top})
+            folder, files = local
+            found[f"{os.path.relpath(folder, cwd)}/{top}"] = _sha(*(_digest_or_reason(str(p)) for p in files))
+            todo += sorted({m.split(".")[0] for p in files for m in _imports_of(p)} - set(sys.stdlib_module_names))
             continue
         for dist in _owners(top):
             found[dist] = _version(dist)
     return found
+
+
+def _local_files(top: str, cwd: Path, folders: tuple[Path, ...]) -> tuple[Path, list[Path]] | None:
+    """The folder module ``top`` is found in (the notebook's, then those it adds to ``sys.path``) and its files."""
+    for folder in (cwd, *folders):
+        package = sorted((folder / top).rglob("*.py")) if (folder / top).is_dir() else []
+        local = [p for p in (folder / f"{top}.py", *package) if p.is_file()]
+        if local:
+            return folder, local
+    return None
 
 
 def _imports_of(path: Path) -> tuple[str, ...]:
@@ -189,6 +251,26 @@ def _imports_of(path: Path) -> tuple[str, ...]:
         return _modules_in(path.read_bytes())
     except OSError:
         return ()
+
+
+def added_paths(sources: list[str], cwd: Path) -> tuple[Path, ...]:
+    """The folders ``sys.path.insert(i, "lib")`` / ``sys.path.append("../src")`` calls with a
+    literal path add, relative to ``cwd``: their modules are the notebook's own."""
+    found: list[Path] = []
+    for source in sources:
+        try:
+            tree = ast.parse(transformed_source(source))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("insert", "append") and ast.unparse(node.func.value) == "sys.path"
+                    and node.args and isinstance(node.args[-1], ast.Constant)
+                    and isinstance(node.args[-1].value, str)):
+                folder = (cwd / os.path.expanduser(node.args[-1].value)).resolve()
+                if folder not in found and folder != cwd.resolve():
+                    found.append(folder)
+    return tuple(found)
 
 
 def _owners(top: str) -> list[str]:

@@ -119,7 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         if action != "prune":
             q.add_argument("notebook", type=Path, nargs="?")
         q.add_argument("--cache-dir", type=Path, metavar="DIR", help="the cache (default: "
-                       "$NBPIPE_CACHE_DIR, else .nbpipe-cache beside NOTEBOOK or here)")
+                       "$NBPIPE_CACHE_DIR, else SITE's cache_dir, else .nbpipe-cache beside NOTEBOOK or here)")
+        q.add_argument("--site", help="use the cache_dir of this site's definition")
+        q.add_argument("--sites", type=Path, metavar="FILE", help="a sites file (default: nbpipe.toml "
+                       "beside NOTEBOOK or here)")
         if action == "prune":
             q.add_argument("--older-than", metavar="AGE", help="unused for longer than AGE (30d, 12h)")
             q.add_argument("--max-size", metavar="SIZE", help="keep the most recently used up to SIZE (5GB)")
@@ -348,8 +351,11 @@ def _cache(args: argparse.Namespace) -> int:
     from . import cachedir
     from .api import cache_dir_for
 
+    from .sites import get_site
+
     notebook = args.notebook
-    where = cache_dir_for(notebook.resolve().parent if notebook else Path.cwd(), None, args.cache_dir)
+    site = get_site(args.site, notebook=notebook, sites_file=args.sites) if args.site else None
+    where = cache_dir_for(notebook.resolve().parent if notebook else Path.cwd(), site, args.cache_dir)
     if args.action == "list":
         found = cachedir.entries(where, notebook)
         for entry in found:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,8 +168,9 @@ class CacheMemo:
         try:
             output = self._restore_files(entry, app, item, split)
         except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
             print(f"nbpipe: warning: cannot restore {_what(app, item, split)} from the cache "
-                  f"({exc.strerror or exc}); running it again", flush=True)
+                  f"({exc.strerror or exc}{where}); running it again", file=sys.stderr, flush=True)
             return None
         meta = entry.meta
         cache = {"key": entry.key, "run": meta.get("run"), "created": _iso(meta.get("created")),
