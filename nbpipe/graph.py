@@ -228,6 +228,7 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
         raise CycleError([(u, v, _why(graph, u, v)) for u, v in cycle])
 
     setup_cells = [c.index for c in parsed.cells_of("setup")]
+    parameter_cells = [c.index for c in parsed.cells_of("parameters")]
     order = tuple(nx.lexicographical_topological_sort(graph, key=lambda n: graph.nodes[n]["first_cell"]))
     apps = {}
     for name in sorted(specs, key=lambda n: specs[n].cells[0]):
@@ -237,18 +238,19 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
             metric_names = tuple(dict.fromkeys(
                 m for i in spec.cells for m in _metric_names(cells[i].source)))
         item_reads = {k: v for k, v in reads[name].items() if k != items_skip.get(name)}
-        used, modules = _key_facts([*setup_cells, *spec.cells], names, parameter_names)
+        used, modules = _key_facts([*setup_cells, *spec.cells], names, parameter_names, parameter_cells)
         apps[name] = AppNode(spec, reads[name], frozenset(defines[name]),
                              {k: tuple(v) for k, v in ships[name].items()}, metric_names,
                              item_reads if spec.map else None, used, modules)
     return Pipeline(parsed, graph, apps, order, parameter_names, setup_names, _warnings(parsed, names))
 
 
-def _key_facts(indices: list[int], names: Mapping[int, CellNames],
-               parameters: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
-    """The parameters ``indices``' cells read (their functions too, when called) and the
-    modules they import."""
-    read: set[str] = set()
+def _key_facts(indices: list[int], names: Mapping[int, CellNames], parameters: frozenset[str],
+               parameter_cells: list[int]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The parameters ``indices``' cells read (their functions too, when called; and the
+    functions of the parameters cells, which read the injected values) and the modules
+    they import."""
+    read: set[str] = {n for i in parameter_cells if i in names for _, found in names[i].callables for n in found}
     modules: dict[str, None] = {}
     for index in indices:
         found = names.get(index)

@@ -222,3 +222,16 @@ def test_a_reader_re_wired_to_an_app_that_changes_its_value_unpredicted_follows_
     assert "len 4" in _cell_text(nbpipe.execute(notebook(3)), "show")
     again = nbpipe.execute(notebook(3))
     assert again.apps["show"].status.value == "cached" and "len 4" in _cell_text(again, "show")
+
+
+def test_a_parameter_read_by_a_function_of_the_parameters_cell_enters_the_key_of_its_callers(
+        tmp_path: Path) -> None:
+    """papermill injects ``factor = 3`` after the parameters cell; ``scale`` reads it when called."""
+    nb = write(tmp_path / "nb.ipynb",
+               _tagged("factor = 2\n\n\ndef scale(x):\n    return x * factor", "params", "parameters"),
+               _tagged("print('scaled', scale(1))", "use", "app:use"))
+    first = nbpipe.execute(nb, parameters={"factor": 2})
+    assert first.ok and "scaled 2" in _cell_text(first, "use")
+    second = nbpipe.execute(nb, parameters={"factor": 3})
+    assert second.ok and second.apps["use"].status.value == "completed"
+    assert "scaled 3" in _cell_text(second, "use")
