@@ -396,7 +396,9 @@ CORRUPTIONS = {
 }
 
 
-@pytest.mark.parametrize("corrupt", list(CORRUPTIONS), ids=list(CORRUPTIONS))
+@pytest.mark.parametrize("corrupt", [
+    pytest.param(name, marks=() if name == "bundle byte flipped" else pytest.mark.slow, id=name)
+    for name in CORRUPTIONS])  # one in the default suite, every kind under -m slow
 def test_a_corrupt_entry_is_run_again_with_a_warning_and_replaced(tmp_path: Path, corrupt: str) -> None:
     src = analysis(tmp_path / "nb.ipynb")
     first = nbpipe_cli("execute", src, cwd=tmp_path)
@@ -499,6 +501,7 @@ def test_cache_prune_by_age_and_by_size_least_recently_used_first(tmp_path: Path
 # ------------------------------------------------------------------ 12. hostile input
 
 
+@pytest.mark.slow
 def test_odd_names_and_parameter_values_still_cache(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("title = 'plain'", "parameters"),
                 code("banner = title.upper()\nprint(banner)", "app:Fit-2_x"),
@@ -513,6 +516,7 @@ def test_odd_names_and_parameter_values_still_cache(tmp_path: Path) -> None:
     assert ran(other) == {"Fit-2_x", "_under"}
 
 
+@pytest.mark.slow
 def test_map_items_follow_the_new_order_of_a_reordered_iterable(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("order = 1", "parameters"),
                 code("energies = [10, 20, 30, 40][::order]", "app:grid"),
@@ -582,6 +586,7 @@ def test_a_read_only_cache_dir_only_warns(tmp_path: Path) -> None:
     assert list(cache.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_huge_output_caches_and_restores(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb",
                 code("line = 'x' * 99 + '\\n'\nprint(line * 200_000, end='')\nn = 1", "app:loud"),
@@ -605,6 +610,7 @@ def test_editing_a_default_in_the_parameters_cell_re_runs_only_its_readers(tmp_p
     assert again.ok and ran(again) == {"other", "plot"}, statuses(again)
 
 
+@pytest.mark.slow
 def test_a_default_computed_from_another_re_runs_the_reader_when_that_one_changes(tmp_path: Path) -> None:
     def notebook(base: int) -> Path:
         return write(tmp_path / "nb.ipynb", code(f"base = {base}  # GeV\nwidth = 3\nn = base * 2", "parameters"),
@@ -698,6 +704,7 @@ def test_map_over_a_parameter_list_caches_items_when_the_list_grows(tmp_path: Pa
     assert text_of(read(edited.output).cells[-1]) == "5500\n"
 
 
+@pytest.mark.slow
 def test_a_notebook_in_a_directory_with_spaces_and_accents_caches(tmp_path: Path) -> None:
     where = tmp_path / "Run 2024 — ü's \"data\""
     src = analysis(where / "my analysis.ipynb")
