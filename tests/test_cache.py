@@ -252,6 +252,7 @@ def test_after_a_failure_the_fixed_run_re_runs_only_what_did_not_complete(tmp_pa
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 5, listed.stdout
 
 
+@pytest.mark.slow
 def test_timed_out_apps_are_not_stored(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("x = 1\nprint(x)", "app:quick"),
                 code("import time\ntime.sleep(30)", "app:slow", "timeout:1"))
@@ -265,7 +266,8 @@ SLEEPER = ("import os, time\n"
            "time.sleep(60)")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])
 def test_a_stopped_run_leaves_the_apps_that_completed_in_the_cache(tmp_path: Path, sig: int) -> None:
     flag = tmp_path / "running"
     src = write(tmp_path / "nb.ipynb",
@@ -330,6 +332,7 @@ def test_a_cache_off_app_always_runs_and_identical_values_keep_its_readers_cache
 # ------------------------------------------------------------------ 8. where the cache lives
 
 
+@pytest.mark.slow
 def test_the_cache_dir_comes_from_the_flag_the_environment_or_the_site(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("x = 2 ** 10\nprint(x)", "app:a"))
     assert nbpipe_cli("execute", src, cwd=tmp_path).returncode == 0
@@ -454,6 +457,7 @@ def test_verify_names_the_apps_that_do_not_reproduce(tmp_path: Path) -> None:
     assert "(4 of 4 apps from the cache)" in again.stderr
 
 
+@pytest.mark.slow
 def test_verify_of_a_seeded_analysis_exits_0(tmp_path: Path) -> None:
     src = analysis(tmp_path / "nb.ipynb")
     assert nbpipe_cli("execute", src, cwd=tmp_path).returncode == 0
@@ -479,6 +483,7 @@ def test_cache_list_and_clear_are_per_notebook(tmp_path: Path) -> None:
     assert stored_apps(tmp_path / CACHE_DIR_NAME) == {"third"}
 
 
+@pytest.mark.slow
 def test_cache_prune_by_age_and_by_size_least_recently_used_first(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", *(code(f"v{i} = 'x' * {i * 3000}\nprint(len(v{i}))", f"app:a{i}")
                                          for i in range(1, 5)))
@@ -529,6 +534,7 @@ def test_map_items_follow_the_new_order_of_a_reordered_iterable(tmp_path: Path) 
     assert text_of(read(flipped.output).cells[-1]) == "[1600, 900, 400, 100]\n"
 
 
+@pytest.mark.slow
 def test_after_a_failed_map_item_only_that_item_runs_again(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("import os", "setup"),
                 code("values = [1, 2, 3, 4]", "app:grid"),
@@ -547,6 +553,7 @@ def test_after_a_failed_map_item_only_that_item_runs_again(tmp_path: Path) -> No
     assert text_of(read(fixed.output).cells[-1]) == "[2, 4, 6, 8]\n"
 
 
+@pytest.mark.slow
 def test_a_cache_dir_that_is_a_file(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("x = 1\nprint(x)", "app:a"))
     (tmp_path / "blocker").write_text("not a directory")
@@ -559,6 +566,7 @@ def test_a_cache_dir_that_is_a_file(tmp_path: Path) -> None:
     assert nbpipe_cli("execute", src, "--no-cache", "--cache-dir", tmp_path / "blocker", cwd=tmp_path).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_cache_that_cannot_be_written_warns_once(tmp_path: Path) -> None:
     src = analysis(tmp_path / "nb.ipynb")
     cache = tmp_path / "cache"
@@ -600,6 +608,7 @@ def test_a_huge_output_caches_and_restores(tmp_path: Path) -> None:
     assert len(text_of(read(again.output).cells[0])) == size
 
 
+@pytest.mark.slow
 def test_editing_a_default_in_the_parameters_cell_re_runs_only_its_readers(tmp_path: Path) -> None:
     src = analysis(tmp_path / "nb.ipynb")
     assert nbpipe.execute(src).ok
@@ -622,6 +631,7 @@ def test_a_default_computed_from_another_re_runs_the_reader_when_that_one_change
     assert text_of(read(again.output).cells[1]) == "22\n"
 
 
+@pytest.mark.slow
 def test_an_entry_that_cannot_be_restored_warns_on_stderr_and_runs_again(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb",
                 code("import os\nos.makedirs('out', exist_ok=True)\nopen('out/r.txt', 'w').write('42')\nr = 42",
@@ -649,6 +659,7 @@ def test_editing_a_module_beside_the_notebook_re_runs_the_apps_that_import_it(tm
     assert text_of(read(again.output).cells[0]) == "8.0\n"
 
 
+@pytest.mark.slow
 def test_verify_names_the_map_item_that_does_not_reproduce(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("import random", "setup"),
                 code("runs = ['a', 'b', 'c']", "app:grid"),
@@ -660,6 +671,7 @@ def test_verify_names_the_map_item_that_does_not_reproduce(tmp_path: Path) -> No
     assert len(differs) == 1 and "app sim item 1:" in differs[0], done.stdout
 
 
+@pytest.mark.slow
 def test_a_reader_changing_a_large_array_in_place_leaves_the_cached_one_intact(tmp_path: Path) -> None:
     def notebook(extra: str) -> Path:
         return write(tmp_path / "nb.ipynb", code("import numpy as np", "setup"),
@@ -674,6 +686,7 @@ def test_a_reader_changing_a_large_array_in_place_leaves_the_cached_one_intact(t
     assert stored_apps(cache_of(tmp_path / "nb.ipynb")) == {"make", "change"}
 
 
+@pytest.mark.slow
 def test_cache_commands_find_a_sites_cache_dir(tmp_path: Path) -> None:
     src = write(tmp_path / "nb.ipynb", code("x = 3\nprint(x)", "app:a"))
     (tmp_path / "nbpipe.toml").write_text('[sites.cluster]\nengine = "local"\ncache_dir = "shared/cache"\n')
@@ -715,6 +728,7 @@ def test_a_notebook_in_a_directory_with_spaces_and_accents_caches(tmp_path: Path
     assert len(listed.stdout.splitlines()) == 5, listed.stdout + listed.stderr
 
 
+@pytest.mark.slow
 def test_map_items_reading_the_whole_parameter_list_run_again_when_it_grows(tmp_path: Path) -> None:
     def notebook(default: str) -> Path:
         return write(tmp_path / "nb.ipynb", code(f"energies = {default}", "parameters"),
@@ -727,6 +741,7 @@ def test_map_items_reading_the_whole_parameter_list_run_again_when_it_grows(tmp_
     assert text_of(read(grown.output).cells[-1]) == "[0.1, 0.3, 0.6]\n"
 
 
+@pytest.mark.slow
 def test_a_corrupt_map_item_or_split_entry_re_runs_only_that_part(tmp_path: Path) -> None:
     src = mapped(tmp_path / "nb.ipynb")
     first = nbpipe.execute(src)
@@ -747,6 +762,7 @@ def test_a_corrupt_map_item_or_split_entry_re_runs_only_that_part(tmp_path: Path
     assert text_of(read(tmp_path / "nb.merged.ipynb").cells[-1]) == expected
 
 
+@pytest.mark.slow
 def test_editing_a_module_in_a_folder_the_notebook_adds_to_sys_path_re_runs_its_importers(tmp_path: Path) -> None:
     (tmp_path / "src" / "hep").mkdir(parents=True)
     (tmp_path / "src" / "hep" / "__init__.py").write_text("")
@@ -763,6 +779,7 @@ def test_editing_a_module_in_a_folder_the_notebook_adds_to_sys_path_re_runs_its_
     assert text_of(read(again.output).cells[1]) == "25\n"
 
 
+@pytest.mark.slow
 def test_a_new_file_matching_an_inputs_glob_re_runs_the_reader(tmp_path: Path) -> None:
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "a.csv").write_text("x\n1\n2\n")
@@ -777,6 +794,7 @@ def test_a_new_file_matching_an_inputs_glob_re_runs_the_reader(tmp_path: Path) -
     assert text_of(read(again.output).cells[1]) == "13\n"
 
 
+@pytest.mark.slow
 def test_refresh_of_a_map_app_re_runs_every_item_and_replaces_the_entries(tmp_path: Path) -> None:
     src = mapped(tmp_path / "nb.ipynb")
     assert nbpipe.execute(src).ok

@@ -110,9 +110,9 @@ def test_the_files_under_a_directory_in_inputs_enter_the_key(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("setup, use", [
     ("def k():\n    import helpers\n    return helpers.K", "print('k', k())"),
-    ("import importlib", "print('k', importlib.import_module('helpers').K)"),
-    ("", "print('k', __import__('helpers').K)"),
-    ("%load_ext helpers", "print('k', K)"),
+    pytest.param("import importlib", "print('k', importlib.import_module('helpers').K)", marks=pytest.mark.slow),
+    pytest.param("", "print('k', __import__('helpers').K)", marks=pytest.mark.slow),
+    pytest.param("%load_ext helpers", "print('k', K)", marks=pytest.mark.slow),
 ], ids=["import-in-a-function", "import_module", "__import__", "load_ext"])
 def test_a_module_of_the_notebook_directory_loaded_other_than_by_a_top_level_import_enters_the_key(
         tmp_path: Path, setup: str, use: str) -> None:
@@ -145,6 +145,7 @@ def test_an_inputs_pattern_with_double_star_hashes_the_files_it_matches_at_any_d
 # -- changes the key already saw: guards ------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_edited_parameters_cell_default_re_runs_its_readers(tmp_path: Path) -> None:
     def notebook(n: int) -> Path:
         return write(tmp_path / "nb.ipynb", _tagged(f"n = {n}", "params", "parameters"),
@@ -153,6 +154,7 @@ def test_an_edited_parameters_cell_default_re_runs_its_readers(tmp_path: Path) -
     assert "n 2" in _cell_text(nbpipe.execute(notebook(2)), "show")
 
 
+@pytest.mark.slow
 def test_a_seed_parameter_reaches_the_app_that_draws_from_the_generator(tmp_path: Path) -> None:
     nb = write(tmp_path / "nb.ipynb", _tagged("s = 1", "params", "parameters"),
                _tagged("import random\nrandom.seed(s)", "seed", "app:seed"),
@@ -162,6 +164,7 @@ def test_a_seed_parameter_reaches_the_app_that_draws_from_the_generator(tmp_path
     assert second.apps["draw"].status.value == "completed" and _cell_text(second, "draw") != first
 
 
+@pytest.mark.slow
 def test_map_items_reading_another_name_of_the_iterable_s_producer_run_again_when_it_changes(
         tmp_path: Path) -> None:
     nb = write(tmp_path / "nb.ipynb", _tagged("k = 1", "params", "parameters"),
@@ -171,6 +174,7 @@ def test_map_items_reading_another_name_of_the_iterable_s_producer_run_again_whe
     assert "v 30" in _cell_text(nbpipe.execute(nb, parameters={"k": 3}), "items")
 
 
+@pytest.mark.slow
 def test_readers_of_a_cache_off_app_run_again_when_it_ships_a_new_value(tmp_path: Path) -> None:
     (tmp_path / "v.txt").write_text("1")
     nb = write(tmp_path / "nb.ipynb", _tagged("v = open('v.txt').read()", "load", "app:load", "cache:off"),
@@ -180,6 +184,7 @@ def test_readers_of_a_cache_off_app_run_again_when_it_ships_a_new_value(tmp_path
     assert "v 2" in _cell_text(nbpipe.execute(nb), "show")
 
 
+@pytest.mark.slow
 def test_a_file_edge_carries_a_change_and_an_old_result_restores_the_old_file(tmp_path: Path) -> None:
     nb = write(tmp_path / "nb.ipynb", _tagged("n = 1", "params", "parameters"),
                _tagged("open('o.txt', 'w').write(str(n))", "make", "app:make", "outputs:o.txt"),
@@ -191,6 +196,7 @@ def test_a_file_edge_carries_a_change_and_an_old_result_restores_the_old_file(tm
     assert "o 1" in _cell_text(again, "read") and (tmp_path / "o.txt").read_text() == "1"
 
 
+@pytest.mark.slow
 def test_a_new_app_reading_a_name_a_cached_app_did_not_ship_gets_it(tmp_path: Path) -> None:
     make = _tagged("x = 1\ny = 2", "make", "app:make")
     nb = write(tmp_path / "nb.ipynb", make, _tagged("print('x', x)", "x", "app:x"))
@@ -200,6 +206,7 @@ def test_a_new_app_reading_a_name_a_cached_app_did_not_ship_gets_it(tmp_path: Pa
     assert second.ok and "y 2" in _cell_text(second, "y")
 
 
+@pytest.mark.slow
 def test_a_mapping_parameter_given_in_another_key_order_re_runs_its_readers(tmp_path: Path) -> None:
     """Python shows a dict in insertion order, so ``{"b": 2, "a": 1}`` prints unlike ``{"a": 1, "b": 2}``."""
     nb = write(tmp_path / "nb.ipynb", _tagged("cfg = {}", "params", "parameters"),
@@ -210,6 +217,7 @@ def test_a_mapping_parameter_given_in_another_key_order_re_runs_its_readers(tmp_
     assert "cfg ['b', 'a']" in _cell_text(second, "show")
 
 
+@pytest.mark.slow
 def test_a_reader_re_wired_to_an_app_that_changes_its_value_unpredicted_follows_that_app(
         tmp_path: Path) -> None:
     def notebook(k: int) -> Path:

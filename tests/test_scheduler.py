@@ -12,6 +12,7 @@ import json
 import os
 import time
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -269,7 +270,17 @@ def test_progress_says_cached_for_apps_and_counts_cached_items(runner: Any,
     assert "(2/2) completed inc in " in err
 
 
-def test_an_interrupt_tells_the_memo_each_app_s_final_state_and_stores_nothing_unfinished(runner: Any) -> None:
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here, also in a suite started in the background
+    (which inherits it ignored; conftest then installs a handler that does nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_tells_the_memo_each_app_s_final_state_and_stores_nothing_unfinished(
+        runner: Any, ctrl_c_raises: None) -> None:
     run = runner(code("import time\ntime.sleep(60)\nslow = 1", "app:slow"),
                  code("print(slow)", "app:after"),
                  code(f"import os, signal, time\ntime.sleep(0.5)\nos.kill({os.getpid()}, signal.SIGINT)",
