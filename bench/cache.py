@@ -17,13 +17,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 
 import nbpipe
+from run import measure  # bench/ is on the path when this script runs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_notebooks"
 
@@ -37,7 +37,8 @@ def _run(path: Path, **kwargs: object) -> tuple[float, nbpipe.RunResult]:
 
 def _command(path: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "nbpipe", "execute", str(path)], check=True, capture_output=True, env={**os.environ, "NBPIPE_CACHE": "on"})
+    subprocess.run([sys.executable, "-m", "nbpipe", "execute", str(path)], check=True, capture_output=True,
+                   env={**os.environ, "NBPIPE_CACHE": "on"})
     return time.perf_counter() - start
 
 
@@ -97,15 +98,7 @@ def grow(tmp: Path) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    rows: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for part in (hep, grow):
-            rows += part(Path(tmp))
-    width = max(len(r[0]) for r in rows)
-    print(f"nbpipe {nbpipe.__version__}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    return 0
+    return measure([hep, grow])
 
 
 if __name__ == "__main__":

@@ -304,17 +304,21 @@ PARTS = {"fanout": fanout, "overhead": overhead, "shipping": shipping, "compile"
          "map": mapping, "printing": printing, "sites": sites}
 
 
-def main(argv: list[str]) -> int:
-    chosen = argv or list(PARTS)
+def measure(parts: list[Any]) -> int:
+    """Run each part in one scratch directory and print their rows as one table."""
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in chosen:
-            rows += PARTS[name](Path(tmp))
+        for part in parts:
+            rows += part(Path(tmp))
     width = max(len(r[0]) for r in rows)
     print(f"nbpipe {nbpipe.__version__}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return measure([PARTS[name] for name in argv or list(PARTS)])
 
 
 if __name__ == "__main__":

@@ -433,30 +433,15 @@ def _read_executed(path: str | None) -> Any:
 
 
 def _notebook_imports(pipeline: Pipeline, cwd: Path) -> tuple[str, ...]:
-    """Modules the notebook imports anywhere: the worker preloads them once for every app.
+    """Modules the notebook may load anywhere (each app's, as the graph found them): the
+    worker preloads them once for every app.
 
     Modules of the notebook's own directory are left out: a cell may write
     them (``%%writefile``), and each app must import what is on disk then.
     """
-    import ast
-
-    from .names import transformed_source
-
-    modules: list[str] = []
-    for info in pipeline.parsed.cells:
-        if info.cell_type != "code" or info.role == "skip":
-            continue
-        try:
-            tree = ast.parse(transformed_source(info.source))
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                modules += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                modules.append(node.module)
+    modules = dict.fromkeys(m for name in pipeline.order for m in pipeline.apps[name].modules)
     local = {p.stem for p in cwd.glob("*.py")} | {p.name for p in cwd.iterdir() if (p / "__init__.py").exists()}
-    return tuple(m for m in dict.fromkeys(modules) if m.split(".")[0] not in local)
+    return tuple(m for m in modules if m.split(".")[0] not in local)
 
 
 def _read_metrics(store: Store, pipeline: Pipeline) -> dict[str, Any]:

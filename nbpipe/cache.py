@@ -124,7 +124,7 @@ class Keys:
             {p: json.dumps(self.parameters[p], default=repr)  # a mapping's key order shows
              for p in sorted(used) if p in self.parameters},
             {k: options[k] for k in _KEYED_OPTIONS if k in options},
-            _versions(node.modules + _code_modules(self.compiled[app]), self.cwd, self._folders),
+            _versions(node.modules, self.cwd, self._folders),
         )
 
     def _parameter_cells(self) -> frozenset[int]:
@@ -168,15 +168,6 @@ def _notebook_code(nb: Any, parameter_cells: frozenset[int] = frozenset(),
             source = _statements_for(source, reads)
         cells.append((source, meta.get("count")))
     return cells
-
-
-def _code_modules(nb: Any) -> tuple[str, ...]:
-    """The modules a task notebook's code may load, in function bodies too (:func:`.syntax.loaded_modules`)."""
-    out: list[str] = []
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            out += _modules_in(transformed_source(cell.source))
-    return tuple(dict.fromkeys(out))
 
 
 def _modules_in(source: str | bytes) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ class Removed:
 
 def entries(cache_dir: Path, notebook: Path | None = None) -> list[Entry]:
     """The entries in ``cache_dir`` (of ``notebook``'s runs only, if given), by notebook, app, item."""
-    found = list(Store(cache_dir, cache_dir).entries()) if cache_dir.is_dir() else []
+    found = list(Store.of_cache(cache_dir).entries()) if cache_dir.is_dir() else []
     if notebook is not None:
         wanted = str(notebook.resolve())
         found = [e for e in found if e.meta.get("notebook") == wanted]
@@ -52,7 +52,7 @@ def prune(cache_dir: Path, *, older_than: float | None = None, max_size: int | N
         raise UsageError("cache prune: say --older-than AGE (e.g. 30d) and/or --max-size SIZE (e.g. 5GB)")
     if not cache_dir.is_dir():
         return Removed(0, 0)
-    Store(cache_dir, cache_dir).clean_tmp()
+    Store.of_cache(cache_dir).clean_tmp()
     kept = sorted(entries(cache_dir), key=lambda e: e.used, reverse=True)  # most recently used first
     gone: list[Entry] = []
     if older_than is not None:
@@ -71,7 +71,7 @@ def prune(cache_dir: Path, *, older_than: float | None = None, max_size: int | N
 
 
 def _remove(cache_dir: Path, gone: list[Entry]) -> Removed:
-    store = Store(cache_dir, cache_dir)
+    store = Store.of_cache(cache_dir)
     for entry in gone:
         store.remove(entry)
     return Removed(len(gone), sum(e.size for e in gone))

@@ -21,7 +21,7 @@ import networkx as nx
 
 from .errors import CycleError, GraphError, TagError
 from .imports import module_files, normalise_path, notebook_context
-from .names import CellNames, analyse_cell, shows_result
+from .names import CellNames, analyse_cell, loaded_modules, shows_result
 from .parse import AppSpec, ParsedNotebook
 
 __all__ = ["AppNode", "Pipeline", "build_pipeline", "execution_counts"]
@@ -48,7 +48,8 @@ class AppNode:
     item_reads: dict[str, str] | None = None
     #: parameters its cells, the setup cells and the functions they define read (its cache key)
     parameters_read: frozenset[str] = frozenset()
-    #: modules its cells and the setup cells import (their versions enter its cache key)
+    #: modules its cells, the setup and the parameters cells may load, function bodies too
+    #: (their versions or digests enter its cache key; the worker preloads them)
     modules: tuple[str, ...] = ()
 
     @property
@@ -238,20 +239,20 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
             metric_names = tuple(dict.fromkeys(
                 m for i in spec.cells for m in _metric_names(cells[i].source)))
         item_reads = {k: v for k, v in reads[name].items() if k != items_skip.get(name)}
-        used, modules = _key_facts([*setup_cells, *spec.cells], names, parameter_names, parameter_cells)
+        used = _parameters_read([*setup_cells, *spec.cells], names, parameter_names, parameter_cells)
+        modules = tuple(dict.fromkeys(m for i in [*parameter_cells, *setup_cells, *spec.cells]
+                                      for m in loaded_modules(cells[i].source)))
         apps[name] = AppNode(spec, reads[name], frozenset(defines[name]),
                              {k: tuple(v) for k, v in ships[name].items()}, metric_names,
                              item_reads if spec.map else None, used, modules)
     return Pipeline(parsed, graph, apps, order, parameter_names, setup_names, _warnings(parsed, names))
 
 
-def _key_facts(indices: list[int], names: Mapping[int, CellNames], parameters: frozenset[str],
-               parameter_cells: list[int]) -> tuple[frozenset[str], tuple[str, ...]]:
+def _parameters_read(indices: list[int], names: Mapping[int, CellNames], parameters: frozenset[str],
+                     parameter_cells: list[int]) -> frozenset[str]:
     """The parameters ``indices``' cells read (their functions too, when called; and the
-    functions of the parameters cells, which read the injected values) and the modules
-    they import."""
+    functions of the parameters cells, which read the injected values)."""
     read: set[str] = {n for i in parameter_cells if i in names for _, found in names[i].callables for n in found}
-    modules: dict[str, None] = {}
     for index in indices:
         found = names.get(index)
         if found is None:
@@ -259,8 +260,7 @@ def _key_facts(indices: list[int], names: Mapping[int, CellNames], parameters: f
         read |= found.reads
         for _, globals_read in found.callables:
             read |= globals_read
-        modules.update(dict.fromkeys(found.imported_modules))
-    return frozenset(read & parameters), tuple(modules)
+    return frozenset(read & parameters)
 
 
 def _analyse(parsed: ParsedNotebook) -> dict[int, CellNames]:

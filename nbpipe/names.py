@@ -241,6 +241,16 @@ def _block_names(stmts: list[ast.stmt], ctx: Context) -> tuple[set[str], set[str
     return reads, defines
 
 
+@lru_cache(maxsize=4096)
+def loaded_modules(source: str) -> tuple[str, ...]:
+    """Modules a cell may load anywhere, function bodies too (:func:`.syntax.loaded_modules`,
+    after IPython's input transformer); none when it does not parse."""
+    try:
+        return syntax.loaded_modules(ast.parse(transformed_source(source)))
+    except (SyntaxError, ValueError, RecursionError):
+        return ()
+
+
 def transformed_source(source: str) -> str:
     """``source`` with IPython syntax (magics, ``!``) turned into plain Python."""
     return _transform(source)

@@ -67,13 +67,21 @@ class Store:
     """The layout of one run directory and of the cache directory.
 
     ``Store(run_dir)`` is enough inside a task; the driver passes the cache
-    directory too (None: nothing is cached).
+    directory too (None: nothing is cached); ``nbpipe cache`` only the cache
+    (:meth:`of_cache`).
     """
 
     def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._warned = False  # a cache that cannot be written says so once per run
+
+    @classmethod
+    def of_cache(cls, cache_dir: str | Path) -> Store:
+        """A store for the cache alone, with no run directory (``nbpipe cache``)."""
+        store = cls.__new__(cls)
+        store.cache_dir, store._warned = Path(cache_dir), False
+        return store
 
     # -- the run directory -------------------------------------------------
 
