@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
-from nbbuild import by_id, code, md, nbpipe_cli, read, text_of, write
+from nbbuild import by_id, code, md, nbpipe_cli, notebook, read, text_of, write
 
 import nbpipe
 from nbpipe.api import ENGINES
@@ -183,3 +186,43 @@ def test_tags_the_local_site_cannot_honour_exit_2(tmp_path: Path, tag: str, prob
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not marker.exists()
     assert not (tmp_path / "nb.merged.ipynb").exists()
+
+
+def _kernel_that_dies_first(root: Path, deaths: int) -> Path:
+    """A kernelspec ``flaky`` whose first ``deaths`` starts exit before the kernel
+    replies, as a kernel does that lost its port to another starting beside it."""
+    spec = root / "kernels" / "flaky"
+    spec.mkdir(parents=True)
+    launcher = root / "launch.py"
+    launcher.write_text(
+        "import os, sys\n"
+        f"count = {str(root / 'starts')!r}\n"
+        "n = len(open(count).read()) if os.path.exists(count) else 0\n"
+        "open(count, 'a').write('x')\n"
+        f"if n < {deaths}:\n"
+        "    sys.exit(1)\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', *sys.argv[1:]])\n")
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, str(launcher), "-f", "{connection_file}"],
+        "display_name": "Flaky", "language": "python"}))
+    return root / "starts"
+
+
+@pytest.mark.parametrize("deaths, ok", [(2, True), pytest.param(3, False, marks=pytest.mark.slow)])
+def test_a_kernel_that_dies_while_starting_is_started_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deaths: int, ok: bool) -> None:
+    starts = _kernel_that_dies_first(tmp_path / "jupyter", deaths)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    nb = notebook(code("x = 41", "app:load"), code("print(x + 1)", "app:show"))
+    nb.metadata["kernelspec"] = {"name": "flaky", "display_name": "Flaky", "language": "python"}
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    run = nbpipe.execute(src, workers=1, engine="kernel")
+    assert run.ok is ok
+    if ok:
+        assert len(starts.read_text()) == deaths + 2  # the deaths, then one kernel per app
+        assert text_of(by_id(read(run.output), nb.cells[1].id)) == "42\n"
+    else:
+        assert len(starts.read_text()) == 3
+        assert run.apps["load"].error["evalue"] == "Kernel died before replying to kernel_info"
+        assert run.apps["show"].status.value == "skipped"

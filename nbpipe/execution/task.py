@@ -24,7 +24,6 @@ __all__ = ["run_task"]
 
 def run_task(spec: TaskSpec) -> TaskResult:
     """Execute ``spec.notebook`` to ``spec.output`` and report how it went."""
-    import papermill
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
@@ -49,7 +48,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
         papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
         engine = {"engine_name": "nbpipe"}
     try:
-        executed = papermill.execute_notebook(
+        executed = _execute(
             spec.notebook,
             spec.output,
             parameters=parameters,
@@ -85,6 +84,28 @@ def run_task(spec: TaskSpec) -> TaskResult:
 
     return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
                       output, error, batch_job_id(), read_report(report))
+
+
+#: What jupyter_client raises when a kernel exits or stays silent before its
+#: first reply. Kernels started side by side can race for the same free TCP
+#: port (papermill#511); no cell has run yet, so starting again is safe.
+KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+#: How many times a task starts its kernel before the failure is the app's.
+KERNEL_STARTS = 3
+
+
+def _execute(notebook: str, output: str, **options: Any) -> Any:
+    """``papermill.execute_notebook``, starting the kernel again when it fails to start."""
+    import papermill
+
+    for start in range(1, KERNEL_STARTS + 1):
+        try:
+            return papermill.execute_notebook(notebook, output, **options)
+        except RuntimeError as exc:
+            if start == KERNEL_STARTS or not str(exc).startswith(KERNEL_START_FAILURES):
+                raise
+            time.sleep(0.1 * start)
 
 
 def _clean_exit(nb: Any) -> dict[str, Any] | None:
