@@ -193,7 +193,7 @@ def _kernel_that_dies_first(root: Path, deaths: int) -> Path:
     replies, as a kernel does that lost its port to another starting beside it."""
     spec = root / "kernels" / "flaky"
     spec.mkdir(parents=True)
-    launcher = root / "launch.py"
+    launcher = root / "ipykernel_flaky.py"  # an ipykernel, as far as nbpipe can tell
     launcher.write_text(
         "import os, sys\n"
         f"count = {str(root / 'starts')!r}\n"

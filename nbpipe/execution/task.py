@@ -99,6 +99,10 @@ def _execute(notebook: str, output: str, **options: Any) -> Any:
     """``papermill.execute_notebook``, starting the kernel again when it fails to start."""
     import papermill
 
+    if options.get("engine_name") is None and _is_ipykernel(options.get("kernel_name")):
+        # Kernels started in the same second share IPython's history database and
+        # print "Session/line number was not unique" into an app's output.
+        options["extra_arguments"] = ["--HistoryManager.enabled=False"]
     for start in range(1, KERNEL_STARTS + 1):
         try:
             return papermill.execute_notebook(notebook, output, **options)
@@ -106,6 +110,16 @@ def _execute(notebook: str, output: str, **options: Any) -> Any:
             if start == KERNEL_STARTS or not str(exc).startswith(KERNEL_START_FAILURES):
                 raise
             time.sleep(0.1 * start)
+
+
+def _is_ipykernel(name: str | None) -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv = KernelSpecManager().get_kernel_spec(name or "python3").argv
+    except (NoSuchKernel, OSError, ValueError):
+        return False
+    return any("ipykernel" in arg for arg in argv)
 
 
 def _clean_exit(nb: Any) -> dict[str, Any] | None:
