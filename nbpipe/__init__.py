@@ -3,7 +3,8 @@ run it on a site, and merge the results into one executed narrative notebook."""
 
 from __future__ import annotations
 
-from .api import RunResult, VerifyResult, execute, load_pipeline, verify
+from typing import Any
+
 from .errors import (
     CycleError,
     GraphError,
@@ -44,3 +45,13 @@ __all__ = [
     "load_pipeline",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The API is imported when first used: a worker (or a container) that only runs
+    tasks imports ``nbpipe.execution`` without the compiler's dependencies."""
+    if name in ("RunResult", "VerifyResult", "execute", "load_pipeline", "verify"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'nbpipe' has no attribute {name!r}")

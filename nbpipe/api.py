@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from . import stop
 from .atomic import write_text
 from .cache import Keys, input_digests, provenance
 from .compile import compile_pipeline
+from .containers import Container
+from .containers import resolve as resolve_containers
 from .errors import OutputError, UsageError, WorkerError
 from .execution.base import AppResult, AppStatus, TaskSpec, run_ok
 from .execution.scheduler import schedule
@@ -88,13 +90,17 @@ def check(
     parameters: dict[str, Any] | None = None,
     output: str | Path | None = None,
     html: str | Path | bool | None = None,
+    engine: str = "ipython",
 ) -> tuple[Pipeline, Site, Checked]:
-    """Every check :func:`execute` makes before anything runs; ``nbpipe check`` runs it too."""
+    """Every check :func:`execute` makes before anything runs; ``nbpipe check`` runs it too.
+    The last one starts each container image once, to see that it can run apps."""
     path = Path(path)
     pipeline = load_pipeline(path)
     chosen = get_site(site, notebook=path, sites_file=Path(sites_file) if sites_file else None)
     chosen.check(pipeline)
-    return pipeline, chosen, before_run(pipeline, path, parameters=parameters, output=output, html=html)
+    checked = before_run(pipeline, path, parameters=parameters, output=output, html=html)
+    return pipeline, chosen, replace(checked, containers=resolve_containers(
+        pipeline, chosen, path.resolve().parent, _engine_for(pipeline, engine, debug=False)))
 
 
 def execute(
@@ -180,7 +186,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     pipeline, chosen, checked = check(path, site=site, sites_file=sites_file, parameters=parameters,
-                                      output=output, html=html)
+                                      output=output, html=html, engine=engine)
     parameters, output = checked.parameters, checked.output
     policy = Policy(policy.read, policy.write, check_refresh(pipeline, refresh), policy.verify)
     cwd = path.resolve().parent
@@ -189,11 +195,12 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     if policy.read or policy.write or policy.verify:
         _check_cache_dir(where)
     store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), where)
-    memo = CacheMemo(pipeline, store, Keys(pipeline, compiled, parameters, cwd), policy,
+    images = {app: c.digest for app, c in checked.containers.items()}
+    memo = CacheMemo(pipeline, store, Keys(pipeline, compiled, parameters, cwd, images), policy,
                      {"id": _run_id(started), "notebook": str(path.resolve())})
     executor = _LazyExecutor(lambda: _start_executor(chosen, pipeline, store.run_dir, cwd, workers=workers,
                                                      engine=engine, debug=debug))
-    make_spec = _spec_maker(pipeline, store, cwd, parameters, engine)
+    make_spec = _spec_maker(pipeline, store, cwd, parameters, engine, checked.containers)
 
     def map_size(app: str) -> list[str]:
         return list(json.loads(store.split_count(app).read_text())["labels"])
@@ -208,7 +215,8 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
         with stop.shielded():
             executor.shutdown(cancel=True)
     stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
-    merged, metrics = _merge_run(pipeline, results, store, path, parameters, chosen.name, started, memo)
+    merged, metrics = _merge_run(pipeline, results, store, path, parameters, chosen.name, started, memo,
+                                 {app: c.describe() for app, c in checked.containers.items()})
     _write_results(merged, output, checked.html, store.run_dir)
     if not keep_run_dir:
         shutil.rmtree(store.run_dir, ignore_errors=True)
@@ -322,7 +330,7 @@ def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, 
 
 
 def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[str, Any],
-                engine: str) -> Callable[..., TaskSpec]:
+                engine: str, containers: dict[str, Container]) -> Callable[..., TaskSpec]:
     """What the scheduler calls to describe one task (an app, a map item or a split)."""
 
     def make_spec(app: str, attempt: int, *, item: int | None = None, split: bool = False,
@@ -347,6 +355,7 @@ def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[st
             executor=spec.executor,
             sources=sources,
             watch=watch,
+            container=containers[app].to_dict() if app in containers else None,
         )
 
     return make_spec
@@ -354,7 +363,7 @@ def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[st
 
 def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], store: Store, path: Path,
                parameters: dict[str, Any], site: str, started: float,
-               memo: CacheMemo) -> tuple[Any, dict[str, Any]]:
+               memo: CacheMemo, containers: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
     """The executed task notebooks (partial ones too) -> the merged notebook, and the metrics."""
     _pick_up_partial(results, store)
     executed: dict[str, Any] = {}
@@ -372,10 +381,13 @@ def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], store: Store, 
         "cache_keys": dict(memo.own),
         "cache": {"dir": str(store.cache_dir), "read": memo.policy.read, "write": memo.policy.write,
                   "refresh": sorted(memo.policy.refresh)},
-        "provenance": provenance(path, inputs),
+        "provenance": {**provenance(path, inputs),
+                       **({"containers": {c["image"]: c["digest"] for c in containers.values()}}
+                          if containers else {})},
         "duration": round(time.time() - started, 3),
     }
-    return merge(pipeline, results, executed, parameters=parameters, site=site, extra=extra), metrics
+    return merge(pipeline, results, executed, parameters=parameters, site=site, extra=extra,
+                 containers=containers), metrics
 
 
 def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path) -> None:

@@ -71,8 +71,9 @@ class Keys:
     """
 
     def __init__(self, pipeline: Pipeline, compiled: dict[str, Any], parameters: dict[str, Any],
-                 cwd: Path) -> None:
+                 cwd: Path, images: dict[str, str] | None = None) -> None:
         self.pipeline, self.compiled, self.parameters, self.cwd = pipeline, compiled, parameters, cwd
+        self.images = images or {}  # app -> the digest of the container image it runs in
         self._static: dict[tuple[str, bool, bool], str] = {}
         self._folders = added_paths([c.source for c in pipeline.parsed.cells if c.cell_type == "code"], cwd)
 
@@ -124,6 +125,7 @@ class Keys:
             {p: json.dumps(self.parameters[p], default=repr)  # a mapping's key order shows
              for p in sorted(used) if p in self.parameters},
             {k: options[k] for k in _KEYED_OPTIONS if k in options},
+            self.images.get(app),
             _versions(node.modules, self.cwd, self._folders),
         )
 

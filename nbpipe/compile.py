@@ -24,11 +24,10 @@ from nbformat import v4
 
 from .errors import UsageError
 from .graph import AppNode, Pipeline, execution_counts
+from .runtime import INTERNAL_TAG
 from .state import prelude_for
 
 __all__ = ["INTERNAL_TAG", "compile_app", "compile_pipeline", "write_compiled"]
-
-INTERNAL_TAG = "nbpipe-internal"
 
 
 def compile_pipeline(pipeline: Pipeline) -> dict[str, Any]:

@@ -32,13 +32,16 @@ def merge(
     parameters: dict[str, Any],
     site: str,
     extra: dict[str, Any] | None = None,
+    containers: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
     """Build the merged notebook.
 
     ``executed`` maps an app to its executed task notebook (apps that never
     ran are absent). ``extra`` is added to the notebook's ``metadata.nbpipe``
-    (provenance, cache keys, metrics).
+    (provenance, cache keys, metrics). ``containers`` maps an app that runs in
+    a container to its image, digest and runtime, recorded on its cells.
     """
+    containers = containers or {}
     parsed = pipeline.parsed
     merged = copy.deepcopy(parsed.nb)
     executed = {app: nb for app, nb in executed.items() if nb is not None}
@@ -84,6 +87,8 @@ def merge(
                 meta["status"] = AppStatus.SKIPPED.value
                 meta["reason"] = result.reason or _not_reached(result)
             meta.update(_host(result))
+        if meta.get("app") in containers:
+            meta["container"] = containers[meta["app"]]
         cell.metadata["nbpipe"] = meta
 
     _apply_display_updates(merged)
@@ -105,7 +110,8 @@ def merge(
         "finished": datetime.now(timezone.utc).isoformat(),
         "parameters": parameters,
         "graph": pipeline.to_json(),
-        "apps": {name: results[name].to_dict() for name in pipeline.order},
+        "apps": {name: {**results[name].to_dict(), **({"container": containers[name]} if name in containers
+                                                         else {})} for name in pipeline.order},
         # readers re-wired to an app that changed a value unpredicted (the mutation check)
         "reruns": [{"app": name, "read": r["variable"], "from": r["app"], "reran": r["reran"]}
                    for name in pipeline.order for r in results[name].reruns or ()],

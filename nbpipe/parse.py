@@ -28,6 +28,7 @@ __all__ = [
     "MapSpec",
     "ParsedNotebook",
     "Resources",
+    "valid_image",
     "parse_notebook",
     "read_notebook",
 ]
@@ -36,7 +37,8 @@ APP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # An OCI image reference: registry/name:tag@digest. Deliberately no spaces and no
 # shell metacharacters; the image is passed as one argv element, never to a shell.
-_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*\Z")
+#: An image reference, or a path to an image (``.sif`` file, directory); never an option.
+_IMAGE = re.compile(r"[A-Za-z0-9/.][A-Za-z0-9._/:@+-]*\Z")
 _LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?\Z")
 _WALLTIME = re.compile(r"([0-9]+):([0-5][0-9]):([0-5][0-9])\Z")
@@ -168,6 +170,11 @@ class ParsedNotebook:
     @property
     def language(self) -> str:
         return str(self.nb.metadata.get("language_info", {}).get("name", "python"))
+
+
+def valid_image(value: str) -> bool:
+    """Whether ``value`` can name a container image (it can never be read as an option)."""
+    return bool(_IMAGE.match(value)) and len(value) <= 255
 
 
 def read_notebook(path: str | Path) -> Any:
@@ -362,9 +369,9 @@ def _parse_option(key: str, value: str, fail: Any, tag: str) -> Any:
             raise fail("executor: needs a label of letters, digits, '_', '.', '-'", tag)
         return value
     if key == "container":
-        if not _IMAGE.match(value) or len(value) > 255:
-            raise fail("container: needs an image reference such as ghcr.io/org/image:tag "
-                       "(letters, digits and . _ / : @ + - only)", tag)
+        if not valid_image(value):
+            raise fail("container: needs an image reference such as ghcr.io/org/image:tag, or "
+                       "the path of an image (letters, digits and . _ / : @ + - only)", tag)
         return value
     if key in ("cpus", "gpus", "retries"):
         most = MAX_RETRIES if key == "retries" else MAX_COUNT

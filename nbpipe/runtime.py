@@ -29,6 +29,9 @@ from .state import generator_file, generator_state, is_generator, set_generator_
 __all__ = ["BUNDLE", "bundle_path", "enter", "leave", "split"]
 
 CONTEXT_NAME = "__nbpipe__"
+
+#: The tag of the cells the compiler adds to a task notebook.
+INTERNAL_TAG = "nbpipe-internal"
 _context: dict[str, Any] = {}
 #: id of an object that ships by reference -> ("setup", name) for a class or
 #: function setup defines, ("app", producer, name) for a received value unchanged

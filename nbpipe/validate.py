@@ -27,7 +27,7 @@ import os
 import tempfile
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ class Checked:
     parameters: dict[str, Any]
     output: Path
     html: Path | None
+    #: app -> the container it runs in (:class:`~nbpipe.containers.Container`), for those that do
+    containers: dict[str, Any] = field(default_factory=dict)
 
 
 def before_run(pipeline: Pipeline, notebook: Path, *, parameters: Mapping[str, Any] | None,

@@ -162,8 +162,6 @@ def test_a_missing_input_nobody_produces_stops_before_anything_runs(tmp_path: Pa
 
 #: The site names the tag as the user wrote it, Kale aliases included.
 UNSUPPORTED = [
-    pytest.param("container:ghcr.io/org/img:1", "container runtime", id="container"),
-    pytest.param("image:python:3.11", "container runtime", id="image"),
     pytest.param("gpus:1", "no GPUs", id="gpus"),
     pytest.param("limit:nvidia.com/gpu:1", "no GPUs", id="limit"),
     pytest.param("executor:gpu", "no executor labelled 'gpu'", id="executor"),

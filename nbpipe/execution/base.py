@@ -69,6 +69,8 @@ class TaskSpec:
     sources: dict[str, str] = field(default_factory=dict)
     #: received names the app is not predicted to change; their digests are checked
     watch: list[str] = field(default_factory=list)
+    #: the container the task runs in (:class:`nbpipe.containers.Container` as a dict), or None
+    container: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from ..compile import INTERNAL_TAG
+from ..runtime import INTERNAL_TAG
 
 __all__ = ["number_cells", "planned_counts", "serial_history", "set_count"]
 

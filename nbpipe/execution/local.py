@@ -11,6 +11,7 @@ server is started.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -21,8 +22,10 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from .. import stop
+from ..containers import Container, launch_argv, stop_container
 from ..store import Store
 from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
@@ -49,9 +52,15 @@ class LocalExecutor:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._closing = False
-        self._preload = preload
-        self._zygote = _Zygote(preload) if engine == "ipython" else None
-        self._restarts = 0
+        self._preload = tuple(preload)
+        # Where tasks fork from: None is this machine (the ``ipython`` engine, started
+        # now); a container's key is a warm container of that image, started when
+        # its first task comes (any engine: the child runs the task as the engine says).
+        self._zygotes: dict[Any, _Zygote] = {}
+        self._restarts: dict[Any, int] = {}
+        self._names = itertools.count(1)
+        if engine == "ipython":
+            self._zygotes[None] = _Zygote(_host_command(self._preload))
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         return self._pool.submit(self._run, spec)
@@ -62,7 +71,7 @@ class LocalExecutor:
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec.to_dict()))
         start = time.time()
-        if self._zygote is not None:
+        if self.engine == "ipython" or spec.container is not None:
             return self._run_forked(spec, base, start)
         with open(base.with_suffix(".log"), "wb") as log:
             with self._lock:
@@ -91,7 +100,11 @@ class LocalExecutor:
     def _run_forked(self, spec: TaskSpec, base: _Files, start: float) -> TaskResult:
         if self._closing:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
-        zygote = self._live_zygote()
+        try:
+            zygote = self._live_zygote(spec)
+        except OSError as exc:  # the container runtime is not on this worker
+            return self._result(spec, start, AppStatus.FAILED, "WorkerError",
+                                f"cannot start the app's container: {exc}")
         task = zygote.run(str(base.with_suffix(".spec.json")), str(base.with_suffix(".result.json")),
                           str(base.with_suffix(".log")))
         # No per-cell timeout runs inside the child: the app's timeout is enforced
@@ -107,16 +120,22 @@ class LocalExecutor:
                                 + _printed(base))
         return self._collect(spec, base, start, task.status)
 
-    def _live_zygote(self) -> _Zygote:
-        """The zygote; one that died is replaced, ``ZYGOTE_RESTARTS`` times in a run."""
+    def _live_zygote(self, spec: TaskSpec) -> _Zygote:
+        """The zygote the task forks from, started for its first task; one that died
+        is replaced, ``ZYGOTE_RESTARTS`` times in a run."""
+        where = _where(spec)
         with self._lock:
-            assert self._zygote is not None
-            if self._zygote.alive() or self._restarts >= ZYGOTE_RESTARTS or self._closing:
-                return self._zygote
-            self._restarts += 1
-            self._zygote.close()
-            self._zygote = _Zygote(self._preload, restarted=True)
-            return self._zygote
+            zygote = self._zygotes.get(where)
+            if zygote is not None and (zygote.alive() or self._closing
+                                       or self._restarts.get(where, 0) >= ZYGOTE_RESTARTS):
+                return zygote
+            if zygote is not None:
+                self._restarts[where] = self._restarts.get(where, 0) + 1
+                zygote.close()
+            command = _host_command(self._preload) if spec.container is None else \
+                _ContainerCommand(spec, self._preload, f"nbpipe-{os.getpid()}-{next(self._names)}")
+            self._zygotes[where] = _Zygote(command, restarted=zygote is not None)
+            return self._zygotes[where]
 
     def _collect(self, spec: TaskSpec, base: _Files, start: float, returncode: int | None) -> TaskResult:
         result_path = base.with_suffix(".result.json")
@@ -138,17 +157,20 @@ class LocalExecutor:
         with self._lock:
             self._closing = cancel
             procs = list(self._procs.values())
+            zygotes = list(self._zygotes.values())
         if cancel:
             for proc in procs:
                 _stop(proc)
-            if self._zygote is not None:
-                self._zygote.kill_children()
+            for zygote in zygotes:
+                zygote.kill_children()
                 # Also a zygote still starting (preloading imports) stops now, and the
                 # tasks waiting for it to start them fail instead of waiting.
-                self._zygote.close()
+                zygote.close()
         self._pool.shutdown(wait=True, cancel_futures=cancel)
-        if self._zygote is not None:
-            self._zygote.close()
+        with self._lock:
+            zygotes = list(self._zygotes.values())
+        for zygote in zygotes:
+            zygote.close()
 
 
 def result_path(spec: TaskSpec) -> Path:
@@ -180,15 +202,52 @@ class _Task:
         self.done = threading.Event()
 
 
+def _where(spec: TaskSpec) -> Any:
+    """Which zygote a task forks from: this machine's, or one per container and run."""
+    if spec.container is None:
+        return None
+    return (Container.from_dict(spec.container).key, spec.run_dir, spec.cwd)
+
+
+def _host_command(preload: tuple[str, ...]) -> _Command:
+    return _Command([sys.executable, "-m", "nbpipe.execution.zygote", *preload])
+
+
+class _Command:
+    """How a zygote is started, and what is left to remove once it has ended."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+
+    def cleanup(self, clean_exit: bool) -> None:
+        pass
+
+
+class _ContainerCommand(_Command):
+    """A zygote in a long-lived container: the notebook and run directories at the
+    same paths as here; the runtime removes the container when the zygote ends."""
+
+    def __init__(self, spec: TaskSpec, preload: tuple[str, ...], name: str) -> None:
+        container = Container.from_dict(spec.container or {})
+        self.container = Container(**{**container.to_dict(),
+                                      "mounts": tuple(dict.fromkeys((*container.mounts, spec.run_dir)))})
+        self.name = name
+        super().__init__(launch_argv(self.container, name, spec.cwd,
+                                     ["python3", "-m", "nbpipe.execution.zygote", *preload]))
+
+    def cleanup(self, clean_exit: bool) -> None:
+        if not clean_exit:  # the runtime's client was killed: the container may live on
+            stop_container(self.container, self.name)
+
+
 class _Zygote:
     """The driver's side of :mod:`.zygote`: one reader thread resolves the tasks."""
 
-    def __init__(self, preload: list[str] | tuple[str, ...], restarted: bool = False) -> None:
+    def __init__(self, command: _Command, restarted: bool = False) -> None:
         self.restarted = restarted
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "nbpipe.execution.zygote", *preload],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
-        )
+        self._command: _Command | None = command
+        self._proc = subprocess.Popen(command.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      start_new_session=True)
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
         self._count = 0
@@ -266,10 +325,14 @@ class _Zygote:
             self._proc.stdin.close()
         except OSError:
             pass
-        if not stop.wait_process(self._proc):
+        clean = stop.wait_process(self._proc)
+        if not clean:
             self.kill_children()
             self._proc.kill()
             self._proc.wait()
+        if self._command is not None:
+            command, self._command = self._command, None
+            command.cleanup(clean and self._proc.returncode == 0)
         self._reader.join(timeout=GRACE_SECONDS)
         if self._proc.stdout is not None:
             self._proc.stdout.close()

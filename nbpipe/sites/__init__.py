@@ -129,10 +129,6 @@ class Site:
                 return UnsupportedTagError(f"app {name!r}: {problem}", cell_index=index,
                                            cell_id=cells[index].id, tag=spec.tags.get(key, tag))
 
-            if spec.container is not None:
-                raise refuse("container", f"container:{spec.container}",
-                             f"site {self.name!r} has no container runtime configured, "
-                             "so this app cannot run inside an image")
             label = spec.executor or default
             if label not in capacities:
                 raise refuse("executor", f"executor:{spec.executor}",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SiteError
+from ..parse import valid_image
 
 __all__ = ["ENGINES", "PROVIDERS", "RUNTIMES", "discover"]
 
@@ -40,13 +41,17 @@ RUNTIMES = ("podman", "docker", "apptainer", "singularity", "charliecloud", "shi
 
 #: Keys each engine accepts, with the type each value must have.
 _KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "local": {"engine": str, "workers": int, "run_dir": str, "cache_dir": str, "containers": dict},
+    "local": {"engine": str, "workers": int, "run_dir": str, "cache_dir": str, "containers": dict,
+              "container": str},
     "parsl": {"engine": str, "config": str, "provider": str, "provider_options": dict,
               "executor_options": dict, "label": str, "executors": dict, "run_dir": str, "cache_dir": str,
-              "start_timeout": (int, float), "containers": dict},
+              "start_timeout": (int, float), "containers": dict, "container": str},
     "dask": {"engine": str, "address": str, "workers": int, "run_dir": str, "cache_dir": str,
-             "start_timeout": (int, float), "containers": dict},
+             "start_timeout": (int, float), "containers": dict, "container": str},
 }
+#: Keys of a site's ``[containers]`` table: the runtime, more host paths to mount
+#: (at the same paths), and more options for the runtime's command line.
+_CONTAINER_KEYS: dict[str, type | tuple[type, ...]] = {"runtime": str, "mounts": list, "options": list}
 _EXECUTOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "provider": str, "provider_options": dict, "executor_options": dict}
 
@@ -120,6 +125,14 @@ def validate(name: str, site: dict[str, Any], path: Path, where: str = "sites") 
                 raise SiteError(f"{prefix}.executors.{label}: must be a table")
             _check_keys(f"{prefix}.executors.{label}", executor, _EXECUTOR_KEYS)
             _check_provider(f"{prefix}.executors.{label}.provider", executor.get("provider", "local"))
+    _check_keys(f"{prefix}.containers", site.get("containers", {}), _CONTAINER_KEYS)
+    if "container" in site and not valid_image(site["container"]):
+        raise SiteError(f"{prefix}.container: {site['container']!r} is not an image reference "
+                        "(letters, digits and . _ / : @ + - only, not starting with '-')")
+    for key in ("mounts", "options"):
+        for value in site.get("containers", {}).get(key, []):
+            if not isinstance(value, str):
+                raise SiteError(f"{prefix}.containers.{key}: must be a list of strings, got {value!r}")
     runtime = site.get("containers", {}).get("runtime")
     if runtime is not None and runtime not in RUNTIMES:
         raise SiteError(f"{prefix}.containers.runtime: unknown runtime {runtime!r}"
@@ -136,7 +149,7 @@ def _check_keys(prefix: str, table: dict[str, Any], allowed: dict[str, type | tu
         kind = allowed[key]
         if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
             names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            shown = {"str": "a string", "int": "a whole number", "dict": "a table",
+            shown = {"str": "a string", "int": "a whole number", "dict": "a table", "list": "a list",
                      "float": "a number"}
             raise SiteError(f"{prefix}.{key}: must be {shown.get(names, names)}, "
                             f"got {type(value).__name__} {value!r}")
