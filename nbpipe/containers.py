@@ -248,7 +248,7 @@ def runtime_for(name: str | None) -> tuple[Runtime, str]:
             found = shutil.which(exe)
             if found:
                 return runtime, found
-    wanted = ", ".join(e for n in names for e in RUNTIMES[n].executables)
+    wanted = ", ".join(dict.fromkeys(e for n in names for e in RUNTIMES[n].executables))
     how = (f"install {name}, or set containers.runtime in the site to one that is installed" if name
            else "install one (podman is the simplest on a laptop, apptainer on most clusters), "
                 "or set containers.runtime in the site")

@@ -63,3 +63,23 @@ cores_per_node = 2
 max_workers_per_node = 2
 address = "127.0.0.1"
 """
+
+
+#: The image scripts/build-test-image.sh builds (Python with nbpipe's task runtime, numpy, matplotlib).
+TEST_IMAGE = "localhost/nbpipe-test"
+
+
+def container_skip_reason(image: str = TEST_IMAGE) -> str | None:
+    """Why the container tests cannot run here (no podman, podman cannot start, no test
+    image), or None."""
+    import subprocess
+
+    if shutil.which("podman") is None:
+        return "podman is not installed (scripts/build-test-image.sh installs it)"
+    try:
+        found = subprocess.run(["podman", "image", "exists", image], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"podman does not answer here: {exc}"
+    if found.returncode != 0:
+        return f"the test image {image} is missing: bash scripts/build-test-image.sh builds it"
+    return None

@@ -54,3 +54,28 @@ def test_fitted_z_mass_and_the_published_notebook(example: Path) -> None:
     assert len(figures) == 1
     html = run.html.read_text()
     assert "data:image/png;base64" in html and "Z mass" in html
+
+
+def test_the_container_variant_differs_only_by_its_tag_and_gives_the_same_notebook(example: Path) -> None:
+    """zmumu_container.ipynb is zmumu.ipynb with the plot app in the test image: the same
+    cells, and (where the image runs here) the same outputs, the plot's bytes included."""
+    from sitekit import TEST_IMAGE, container_skip_reason, outputs_by_cell
+
+    boxed = read(EXAMPLES / "zmumu_container.ipynb")
+    plain = read(example)
+    assert [c.source for c in boxed.cells if c.cell_type == "code"] == \
+        [c.source for c in plain.cells if c.cell_type == "code"]
+    extra = [set(b.metadata.get("tags", [])) - set(p.metadata.get("tags", []))
+             for b, p in zip(boxed.cells, plain.cells)]
+    assert [t for t in extra if t] == [{f"container:{TEST_IMAGE}"}]
+    reason = container_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    shutil.copy(EXAMPLES / "zmumu_container.ipynb", example.parent)
+    host = nbpipe.execute(example, workers=2)
+    inside = nbpipe.execute(example.parent / "zmumu_container.ipynb", workers=2)
+    assert inside.ok, {n: r.error for n, r in inside.apps.items() if not r.status.ok}
+    assert inside.apps["plot"].status.value == "completed"
+    assert outputs_by_cell(inside.notebook) == outputs_by_cell(host.notebook)
+    plot = next(c for c in inside.notebook.cells if c.metadata.get("nbpipe", {}).get("app") == "plot")
+    assert plot.metadata["nbpipe"]["container"]["image"] == TEST_IMAGE

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sitekit import SLURM, assert_same_outputs, copy_example
+from nbbuild import code, text_of, write
+from sitekit import SLURM, TEST_IMAGE, assert_same_outputs, container_skip_reason, copy_example
 
 import nbpipe
 from nbpipe.errors import WorkerError
@@ -117,3 +118,29 @@ def test_a_cache_filled_on_slurm_serves_a_laptop_run_and_back(tmp_path: Path, sl
     assert again.run_dir is not None and not (again.run_dir / "parsl").exists(), \
         "a run the cache served whole starts no Parsl executor, so submits no batch job"
     shutil.rmtree(again.run_dir)
+
+
+def test_a_container_app_runs_in_podman_inside_the_slurm_job(tmp_path: Path, slurm: None) -> None:
+    """The worker in the batch job starts the app's warm container itself; values cross
+    into it and back; no container is left when the job ends."""
+    reason = container_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    src = write(tmp_path / "nb.ipynb",
+                code("import numpy as np\nx = np.arange(6)", "app:load"),
+                code("import os\nboxed = os.path.exists('/run/.containerenv')\ny = x * 2\n"
+                     "job = os.environ.get('SLURM_JOB_ID')\nprint(boxed, y.sum())",
+                     "app:inside", f"container:{TEST_IMAGE}"),
+                code("print(y.tolist(), boxed)", "app:after"))
+    (tmp_path / "nbpipe.toml").write_text(SLURM.format(timeout=120))
+    run = nbpipe.execute(src, site="cluster")
+    assert run.ok, {n: r.error for n, r in run.apps.items()}
+    cells = {c.metadata["nbpipe"]["app"]: c for c in run.notebook.cells if c.cell_type == "code"}
+    assert text_of(cells["inside"]) == "True 30\n"
+    assert text_of(cells["after"]) == "[0, 2, 4, 6, 8, 10] True\n"
+    assert cells["inside"].metadata["nbpipe"]["container"]["digest"].startswith("sha256:")
+    assert cells["inside"].metadata["nbpipe"]["job_id"] == run.apps["inside"].job_id is not None
+    assert _wait_for_empty_queue() == []
+    left = subprocess.run(["podman", "ps", "--all", "--quiet", "--filter", "label=nbpipe=1"],
+                          capture_output=True, text=True, timeout=60)
+    assert left.stdout.strip() == ""
