@@ -120,6 +120,34 @@ check_storage() {
 
 image_exists() { podman image exists "$1"; }
 
+# What the image installs: nbpipe's task runtime, and what the HEP example's
+# setup cell imports.  Pinned to the versions of the Python that runs this
+# script (CI's environment) where it has them, so that an app in the image
+# prints, plots and pickles exactly as on the host; unpinned otherwise.
+PACKAGES=(papermill ipython ipykernel nbformat nbclient cloudpickle numpy matplotlib uproot awkward)
+pinned_packages() {
+    local python
+    python=$(command -v python || command -v python3 || true)
+    if [[ -z $python ]]; then echo "${PACKAGES[*]}"; return; fi
+    "$python" - "${PACKAGES[@]}" <<'PY'
+import sys
+from importlib import metadata
+out = []
+for name in sys.argv[1:]:
+    try:
+        out.append(f"{name}=={metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        out.append(name)
+print(" ".join(out))
+PY
+}
+
+# The test image is current when it was built with the same pins.
+test_image_current() {
+    image_exists "$TEST_IMAGE" && [[ $(podman image inspect --format \
+        '{{index .Config.Labels "nbpipe.packages"}}' "$TEST_IMAGE") == "$PINS" ]]
+}
+
 build_bare() {
     local work=$1
     log "making a minimal $SUITE rootfs with mmdebstrap"
@@ -149,6 +177,7 @@ build_test() {
     # container network (CNI/netavark) being set up.  --pull=never: the base
     # is local.  --layers=false: one layer, no intermediate images left over.
     podman build --quiet --pull=never --network=host --layers=false "${ca[@]}" \
+        --build-arg PACKAGES="$PINS" --label nbpipe.packages="$PINS" \
         -f "$CONTAINERFILE" -t "$TEST_IMAGE" "$HERE/test-image" >/dev/null
 }
 
@@ -164,7 +193,7 @@ build_empty() {
 verify() {
     local t0 t1 ms
     podman run --rm "$TEST_IMAGE" python3 -c \
-        "import papermill, IPython, ipykernel, nbclient, cloudpickle, numpy, matplotlib" \
+        "import papermill, IPython, ipykernel, nbclient, cloudpickle, numpy, matplotlib, uproot" \
         || die "$TEST_IMAGE does not run or lacks packages (see podman's message above)"
     t0=$(date +%s%N)
     podman run --rm "$TEST_IMAGE" true || die "podman run --rm $TEST_IMAGE true failed"
@@ -174,7 +203,7 @@ verify() {
 }
 
 main() {
-    local start=$SECONDS img
+    local start=$SECONDS img old
     [[ $(id -u) -eq 0 ]] || die "must run as root (installs packages, writes $CONF)"
     install_pkgs
     write_conf
@@ -188,7 +217,15 @@ main() {
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
     if image_exists "$BARE_IMAGE"; then log "$BARE_IMAGE exists, kept"; else build_bare "$WORK"; fi
-    if image_exists "$TEST_IMAGE"; then log "$TEST_IMAGE exists, kept"; else build_test; fi
+    PINS=$(pinned_packages)
+    if test_image_current; then
+        log "$TEST_IMAGE exists with $PINS, kept"
+    else
+        old=$(podman image inspect --format '{{.Id}}' "$TEST_IMAGE" 2>/dev/null || true)
+        build_test
+        # The image it replaces (other pins): removed unless a container still uses it.
+        if [[ -n $old ]]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
+    fi
     if image_exists "$EMPTY_IMAGE"; then log "$EMPTY_IMAGE exists, kept"; else build_empty "$WORK"; fi
 
     verify
