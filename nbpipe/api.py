@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -191,6 +192,9 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     policy = Policy(policy.read, policy.write, check_refresh(pipeline, refresh), policy.verify)
     cwd = path.resolve().parent
     engine = _engine_for(pipeline, engine, debug)
+    if debug and checked.containers:
+        print(f"nbpipe: warning: --debug runs every app in this process, so {', '.join(sorted(checked.containers))} "
+              "run on this machine, not in their container", file=sys.stderr, flush=True)
     where = cache_dir_for(path.resolve().parent, chosen, cache_dir)
     if policy.read or policy.write or policy.verify:
         _check_cache_dir(where)

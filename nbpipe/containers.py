@@ -67,6 +67,9 @@ class Container:
     options: tuple[str, ...] = ()
     #: the image's Python, ``major.minor``
     python: str = ""
+    #: the user's home in the image cannot be written (a read-only image, a uid the image
+    #: does not know): the apps get a fresh one in the run directory
+    fresh_home: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +114,9 @@ class Runtime:
 
     def stop(self, executable: str, name: str) -> None:
         """Remove what :meth:`argv` started under ``name`` and may have left running."""
+
+    def prepare(self, container: Container) -> None:
+        """Make the image ready for :meth:`argv`'s mounts, on the machine that starts it."""
 
     def missing_image(self, image: str) -> str:
         return f"image {image!r} not found"
@@ -200,13 +206,26 @@ class Charliecloud(Runtime):
 
     def argv(self, launch: Launch, command: list[str]) -> list[str]:
         c = launch.container
-        argv = [c.executable, "--cd", launch.cwd, "--unset-env=*"]
+        argv = [c.executable, "--cd", launch.cwd]
+        if (Path(c.image) / "ch" / "environment").is_file():
+            argv.append("--set-env")  # the image's own environment (PATH, ...), as ch-image wrote it
         for path in c.mounts:
             argv.append(f"--bind={path}:{path}")
         argv.append(f"--bind={_package_dir()}:{PACKAGE_MOUNT}/nbpipe")
         for key, value in sorted(launch.env.items()):
             argv.append(f"--set-env={key}={value}")
         return [*argv, *c.options, c.image, "--", *command]
+
+    def prepare(self, container: Container) -> None:
+        """ch-run binds only onto directories that exist in the (read-only) image:
+        make the empty mount points, as ``ch-run --write`` would."""
+        for target in (*container.mounts, f"{PACKAGE_MOUNT}/nbpipe"):
+            point = Path(container.image) / target.lstrip("/")
+            try:
+                point.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ContainerError(f"image directory {container.image!r} has no mount point {target} and "
+                                     f"it cannot be made ({exc.strerror}): mkdir -p {point}") from None
 
     def digest(self, executable: str, image: str) -> str:
         return _path_digest(image, self.missing_image(image) + "; unpack it with `ch-convert IMAGE DIR`")
@@ -263,6 +282,10 @@ def launch_argv(container: Container, name: str, cwd: str, command: list[str],
     return runtime.argv(Launch(container, name, cwd, env), command)
 
 
+def prepare_launch(container: Container) -> None:
+    RUNTIMES[container.runtime].prepare(container)
+
+
 def stop_container(container: Container, name: str) -> None:
     RUNTIMES[container.runtime].stop(container.executable, name)
 
@@ -271,14 +294,17 @@ def stop_container(container: Container, name: str) -> None:
 _PROBE = (
     "import importlib.util as u, json, sys\n"
     "need = json.loads(sys.argv[1])\n"
+    "import os\n"
     "print(json.dumps({'python': list(sys.version_info[:2]),\n"
-    "                  'missing': [d for m, d in need.items() if u.find_spec(m) is None]}))\n"
+    "                  'missing': [d for m, d in need.items() if u.find_spec(m) is None],\n"
+    "                  'home': os.access(os.path.expanduser('~'), os.W_OK)}))\n"
 )
 
 
 def probe_image(container: Container, cwd: str, needs: dict[str, str]) -> dict[str, Any]:
     """Start the image once, ask its ``python3`` what it has; ContainerError if it lacks what
     nbpipe's task runtime needs."""
+    prepare_launch(container)
     argv = launch_argv(container, f"nbpipe-probe-{os.getpid()}-{_short(container.image)}", cwd,
                        ["python3", "-c", _PROBE, json.dumps(needs)])
     try:
@@ -301,7 +327,7 @@ def probe_image(container: Container, cwd: str, needs: dict[str, str]) -> dict[s
             f"image {container.image!r} lacks what nbpipe's task runtime needs: {', '.join(missing)}; "
             f"add `RUN python3 -m pip install {' '.join(missing)}` to its Containerfile "
             "(README, Containers)")
-    return {"python": f"{python[0]}.{python[1]}"}
+    return {"python": f"{python[0]}.{python[1]}", "fresh_home": not found.get("home", True)}
 
 
 def resolve(pipeline: Any, site: Any, cwd: Path, engine: str) -> dict[str, Container]:

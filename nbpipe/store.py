@@ -131,6 +131,11 @@ class Store:
     def parsl_logs(self) -> Path:
         return self.run_dir / "parsl"
 
+    @property
+    def container_home(self) -> Path:
+        """HOME of container apps whose image has no writable home for the user."""
+        return self.run_dir / "home"
+
     # -- the cache -----------------------------------------------------------
 
     def _cache(self) -> Path:

@@ -31,8 +31,9 @@ CONF=/etc/containers/containers.conf
 MARKER="# written by nbpipe scripts/build-test-image.sh"
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 # iptables: podman only suggests it, but the default (bridge) network of a
-# root container needs it.
-PKGS=(podman runc iptables mmdebstrap)
+# root container needs it.  charliecloud-runtime: ch-run, for the test that
+# runs an app in a directory image made from the test image.
+PKGS=(podman runc iptables mmdebstrap charliecloud-runtime)
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 log() { echo "build-test-image: $*" >&2; }

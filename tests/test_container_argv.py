@@ -114,3 +114,20 @@ def test_a_runtime_is_found_by_any_of_its_executables(monkeypatch: pytest.Monkey
     runtime, exe = runtime_for("apptainer")
     assert runtime.name == "apptainer" and exe == str(singularity)
     assert runtime_for(None)[0].name == "apptainer"  # the first runtime found on PATH
+
+
+def test_the_task_side_imports_without_the_compilers_dependencies() -> None:
+    """Inside an image only nbpipe's package is mounted: what a task imports must not pull in
+    networkx, nbconvert or the compiler's modules, which the image need not have."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "import nbpipe.execution.zygote, nbpipe.execution.task, nbpipe.execution.local\n"
+             "import papermill\n"
+             "import nbpipe.execution.ipython, nbpipe.runtime, nbpipe.serializers, nbpipe.sharing\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('networkx', 'nbconvert')\n"
+             "             or m in ('nbpipe.api', 'nbpipe.graph', 'nbpipe.compile', 'nbpipe.parse')))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import stop
-from ..containers import Container, launch_argv, stop_container
+from ..containers import Container, ContainerError, launch_argv, prepare_launch, stop_container
 from ..store import Store
 from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
@@ -102,7 +102,7 @@ class LocalExecutor:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
         try:
             zygote = self._live_zygote(spec)
-        except OSError as exc:  # the container runtime is not on this worker
+        except (OSError, ContainerError) as exc:  # no runtime or image on this worker
             return self._result(spec, start, AppStatus.FAILED, "WorkerError",
                                 f"cannot start the app's container: {exc}")
         task = zygote.run(str(base.with_suffix(".spec.json")), str(base.with_suffix(".result.json")),
@@ -232,8 +232,14 @@ class _ContainerCommand(_Command):
         self.container = Container(**{**container.to_dict(),
                                       "mounts": tuple(dict.fromkeys((*container.mounts, spec.run_dir)))})
         self.name = name
+        prepare_launch(self.container)
+        env = {}
+        if self.container.fresh_home:  # IPython, matplotlib and others write to HOME
+            home = Store(spec.run_dir).container_home
+            home.mkdir(parents=True, exist_ok=True)
+            env["HOME"] = str(home)
         super().__init__(launch_argv(self.container, name, spec.cwd,
-                                     ["python3", "-m", "nbpipe.execution.zygote", *preload]))
+                                     ["python3", "-m", "nbpipe.execution.zygote", *preload], env))
 
     def cleanup(self, clean_exit: bool) -> None:
         if not clean_exit:  # the runtime's client was killed: the container may live on
