@@ -383,10 +383,16 @@ def _check(args: argparse.Namespace) -> int:
     from .api import check
     from .state import warnings_for
 
-    pipeline, _, _ = check(args.notebook, site=args.site, sites_file=args.sites,
-                           parameters=_parameters(args), output=args.output, html=args.html)
+    pipeline, _, checked = check(args.notebook, site=args.site, sites_file=args.sites,
+                                 parameters=_parameters(args), output=args.output, html=args.html)
     _print_warnings(pipeline)
     print(_text_graph(pipeline, args.notebook))
+    images = {c.image: c for c in checked.containers.values()}
+    if images:
+        print("container images (checked):")
+    for image, c in sorted(images.items()):
+        apps = ", ".join(app for app, other in checked.containers.items() if other.image == image)
+        print(f"  {image}: {c.digest} ({c.runtime}, Python {c.python}) for {apps}")
     for warning in warnings_for(pipeline):
         print(f"warning: {warning}")
     return 0

@@ -83,6 +83,14 @@ class Container:
         """What makes two apps share one warm container."""
         return (self.runtime, self.executable, self.image, self.mounts, self.gpus, self.options)
 
+    def here(self) -> Container:
+        """This container with the runtime's executable as found on this machine: a worker
+        may have it elsewhere than the driver (a module loaded on compute nodes only)."""
+        if os.access(self.executable, os.X_OK):
+            return self
+        found = shutil.which(Path(self.executable).name)
+        return Container(**{**self.to_dict(), "executable": found}) if found else self
+
     def describe(self) -> dict[str, Any]:
         """For the merged notebook's metadata and provenance."""
         return {"image": self.image, "digest": self.digest, "runtime": self.runtime}

@@ -131,3 +131,17 @@ def test_the_task_side_imports_without_the_compilers_dependencies() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_worker_finds_the_runtime_on_its_own_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The driver found podman in one place; a compute node may have it in another."""
+    podman = tmp_path / "podman"
+    podman.write_text("#!/bin/sh\n")
+    podman.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    container = Container("podman", "/opt/driver-only/bin/podman", "img", "sha256:x")
+    assert container.here().executable == str(podman)
+    found = Container("podman", str(podman), "img", "sha256:x")
+    assert found.here() is found
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert container.here().executable == "/opt/driver-only/bin/podman"  # the error will name it

@@ -228,7 +228,7 @@ class _ContainerCommand(_Command):
     same paths as here; the runtime removes the container when the zygote ends."""
 
     def __init__(self, spec: TaskSpec, preload: tuple[str, ...], name: str) -> None:
-        container = Container.from_dict(spec.container or {})
+        container = Container.from_dict(spec.container or {}).here()
         self.container = Container(**{**container.to_dict(),
                                       "mounts": tuple(dict.fromkeys((*container.mounts, spec.run_dir)))})
         self.name = name
