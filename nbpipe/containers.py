@@ -43,6 +43,13 @@ PACKAGE_MOUNT = "/opt/nbpipe-runtime"
 NEEDS = {"papermill": "papermill", "IPython": "ipython", "nbformat": "nbformat",
          "nbclient": "nbclient", "cloudpickle": "cloudpickle"}
 
+#: Variables of this machine's environment that reach the apps in a container (the
+#: rest of its environment is the image's): the batch job's (its id is recorded),
+#: the devices and threads a worker was given, the locale and time zone, nbpipe's own.
+PASSED_ENV = ("SLURM_", "PBS_", "LSB_", "COBALT_", "FLUX_", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+              "HIP_VISIBLE_DEVICES", "ZE_AFFINITY_MASK", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+              "OPENBLAS_NUM_THREADS", "NBPIPE_", "LANG", "LC_", "TZ")
+
 #: The oldest Python inside an image that nbpipe's runtime supports.
 MIN_PYTHON = (3, 10)
 
@@ -286,7 +293,8 @@ def launch_argv(container: Container, name: str, cwd: str, command: list[str],
                 env: dict[str, str] | None = None) -> list[str]:
     """The argv that runs ``command`` (``python3`` first) in the container, from ``cwd``."""
     runtime = RUNTIMES[container.runtime]
-    env = {"PYTHONPATH": PACKAGE_MOUNT, "PYTHONUNBUFFERED": "1", **(env or {})}
+    passed = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}
+    env = {**passed, "PYTHONPATH": PACKAGE_MOUNT, "PYTHONUNBUFFERED": "1", **(env or {})}
     return runtime.argv(Launch(container, name, cwd, env), command)
 
 

@@ -145,3 +145,12 @@ def test_a_worker_finds_the_runtime_on_its_own_path(monkeypatch: pytest.MonkeyPa
     assert found.here() is found
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert container.here().executable == "/opt/driver-only/bin/podman"  # the error will name it
+
+
+def test_the_batch_jobs_variables_reach_the_container_and_others_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    env = _pairs(launch_argv(_container("podman"), "n", "/w", COMMAND), "--env")
+    assert "SLURM_JOB_ID=4242" in env and "CUDA_VISIBLE_DEVICES=1" in env
+    assert not any(e.startswith("AWS_") for e in env)

@@ -206,6 +206,8 @@ BAD_TAGS = [
     (("app:a", "image:$(touch /tmp/p)"), "image:$(touch /tmp/p)", "image reference"),
     (("app:a", "container:img`id`"), "container:img`id`", "image reference"),
     (("app:a", "container:img|sh"), "container:img|sh", "image reference"),
+    (("app:a", "container:--privileged"), "container:--privileged", "image reference"),
+    (("app:a", "image:-v/:/host"), "image:-v/:/host", "image reference"),
     (("app:a", "retries:1", "retries:2"), "retries:2", "conflicts"),
     (("parameters", "setup"), "setup", "cannot be both"),
     (("parameters", "retries:2"), "retries:2", "apply to apps"),

@@ -129,14 +129,14 @@ def test_a_container_app_runs_in_podman_inside_the_slurm_job(tmp_path: Path, slu
     src = write(tmp_path / "nb.ipynb",
                 code("import numpy as np\nx = np.arange(6)", "app:load"),
                 code("import os\nboxed = os.path.exists('/run/.containerenv')\ny = x * 2\n"
-                     "job = os.environ.get('SLURM_JOB_ID')\nprint(boxed, y.sum())",
+                     "job = os.environ.get('SLURM_JOB_ID')\nprint(boxed, y.sum(), job)",
                      "app:inside", f"container:{TEST_IMAGE}"),
                 code("print(y.tolist(), boxed)", "app:after"))
     (tmp_path / "nbpipe.toml").write_text(SLURM.format(timeout=120))
     run = nbpipe.execute(src, site="cluster")
     assert run.ok, {n: r.error for n, r in run.apps.items()}
     cells = {c.metadata["nbpipe"]["app"]: c for c in run.notebook.cells if c.cell_type == "code"}
-    assert text_of(cells["inside"]) == "True 30\n"
+    assert text_of(cells["inside"]) == f"True 30 {run.apps['inside'].job_id}\n"
     assert text_of(cells["after"]) == "[0, 2, 4, 6, 8, 10] True\n"
     assert cells["inside"].metadata["nbpipe"]["container"]["digest"].startswith("sha256:")
     assert cells["inside"].metadata["nbpipe"]["job_id"] == run.apps["inside"].job_id is not None
