@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -132,8 +133,9 @@ class LocalExecutor:
             if zygote is not None:
                 self._restarts[where] = self._restarts.get(where, 0) + 1
                 zygote.close()
+            name = f"nbpipe-{os.getpid()}-{next(self._names)}-{secrets.token_hex(3)}"
             command = _host_command(self._preload) if spec.container is None else \
-                _ContainerCommand(spec, self._preload, f"nbpipe-{os.getpid()}-{next(self._names)}")
+                _ContainerCommand(spec, self._preload, name)
             self._zygotes[where] = _Zygote(command, restarted=zygote is not None)
             return self._zygotes[where]
 
