@@ -334,8 +334,9 @@ def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, 
 
 
 def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[str, Any],
-                engine: str, containers: dict[str, Container]) -> Callable[..., TaskSpec]:
+                engine: str, containers: dict[str, Container] | None = None) -> Callable[..., TaskSpec]:
     """What the scheduler calls to describe one task (an app, a map item or a split)."""
+    containers = containers or {}
 
     def make_spec(app: str, attempt: int, *, item: int | None = None, split: bool = False,
                   maps: dict[str, int], sources: dict[str, str], watch: list[str]) -> TaskSpec:
