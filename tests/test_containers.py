@@ -1,0 +1,542 @@
+"""Containers with real podman (issue 11, SPEC §8): ``container:IMAGE`` apps run in the image.
+
+Every test here runs the test images ``scripts/build-test-image.sh`` builds
+(``localhost/nbpipe-test``: Python with nbpipe's task runtime; ``-bare``:
+Python only; ``-empty``: no Python) and skips, with the reason, where podman
+or the image is missing. The notebooks are written as a scientist writes them:
+magics, plots, a class defined in a cell, values going in and out of the
+image. Containers a test's run started are named ``nbpipe-PID-N`` (PID: the
+``nbpipe`` process), so a check for leftovers sees only its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nbbuild import code, md, nbpipe_cli, read, text_of, write
+
+import nbpipe
+from nbpipe.compare import normalise_outputs
+
+IMAGE = "localhost/nbpipe-test"
+BARE = "localhost/nbpipe-test-bare"
+EMPTY = "localhost/nbpipe-test-empty"
+BUILD = "build it with scripts/build-test-image.sh"
+
+
+def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def _why_podman_cannot_run() -> str | None:
+    if shutil.which("podman") is None:
+        return f"podman is not installed ({BUILD}, which installs it)"
+    try:
+        exists = _podman("image", "exists", IMAGE)
+        if exists.returncode == 1:
+            return f"the image {IMAGE} is absent; {BUILD}"
+        if exists.returncode != 0:
+            return f"podman cannot run here: {exists.stderr.strip()}"
+        ran = _podman("run", "--rm", "--pull=never", IMAGE, "true")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"podman cannot run here: {exc}"
+    return f"podman cannot start a container here: {ran.stderr.strip()}" if ran.returncode else None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def podman_ready() -> None:
+    """Every test of this module needs podman that can run ``localhost/nbpipe-test``."""
+    reason = _why_podman_cannot_run()
+    if reason:
+        pytest.skip(reason)
+
+
+def need(image: str) -> None:
+    if _podman("image", "exists", image).returncode != 0:
+        pytest.skip(f"the image {image} is absent; {BUILD}")
+
+
+def image_id(reference: str) -> str:
+    done = _podman("image", "inspect", "--format", "{{.Id}}", reference)
+    assert done.returncode == 0, done.stderr
+    return "sha256:" + done.stdout.strip().removeprefix("sha256:")
+
+
+def containers_of(pid: int) -> list[str]:
+    """Containers (running or not) that the nbpipe process ``pid`` started, probes too."""
+    done = _podman("ps", "-a", "--format", "{{.Names}}")
+    assert done.returncode == 0, done.stderr
+    return [n for n in done.stdout.split() if n.startswith((f"nbpipe-{pid}-", f"nbpipe-probe-{pid}-"))]
+
+
+def processes_in(directory: Path) -> list[str]:
+    """Live processes working in ``directory`` (a container's zygote and apps work in the
+    notebook's directory; with ``--pid=host`` they are processes of this machine)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{entry}/cwd") != str(directory):
+                continue
+            state = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[0]
+            line = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if state != "Z" and int(entry) != os.getpid():
+            found.append(f"{entry}: {line}")
+    return found
+
+
+def cell_with(nb: Any, text: str) -> Any:
+    found = [c for c in nb.cells if c.cell_type == "code" and text in c.source]
+    assert len(found) == 1, text
+    return found[0]
+
+
+def statuses(run: nbpipe.RunResult) -> dict[str, str]:
+    return {app: r.status.value for app, r in run.apps.items()}
+
+
+def run_api(nb_path: Path, **options: Any) -> nbpipe.RunResult:
+    run = nbpipe.execute(nb_path, output=nb_path.with_name("nb.merged.ipynb"), **options)
+    return run
+
+
+# ------------------------------------------------------------------ values in and out
+
+MAKE = '''\
+import numpy as np
+
+class Point:
+    """A small class defined in the notebook itself (it crosses by value)."""
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+    def norm2(self):
+        return self.x ** 2 + self.y ** 2
+    def __repr__(self):
+        return f"Point({self.x}, {self.y})"
+
+arr = np.linspace(0, 1, 5)
+conf = {"bins": 4, "label": "pt", "nested": {"a": [1, 2]}}
+def scale(v, k=3):
+    return v * k
+shift = lambda v: v + 0.5
+p = Point(3, 4)
+arr'''
+
+INSIDE = '''\
+%precision 3
+scaled = scale(arr)
+moved = shift(arr).round(2)
+q = Point(p.y, p.x + 1)
+summary = {**conf, "norm": p.norm2(), "q": q.norm2()}
+grow = lambda n: [scale(i, conf["bins"]) for i in range(n)]
+print(type(p).__name__, p, q, scaled.sum(), moved)
+summary'''
+
+OBSERVE = "import os\nos.path.exists('/run/.containerenv')"
+
+AFTER = '''\
+print(scaled, moved)
+print(grow(3), q, type(q).__name__, q.norm2())
+summary["norm"] + summary["q"], 1.0 / 3'''
+
+
+def values_notebook(path: Path, *box_tags: str) -> Path:
+    return write(path,
+                 md("# values across the boundary"),
+                 code(MAKE, "app:make"),
+                 code(INSIDE, "app:box", *box_tags),
+                 code(OBSERVE),
+                 md("and back on the host"),
+                 code(AFTER, "app:after"))
+
+
+def test_values_cross_into_the_image_and_back_as_between_host_apps(tmp_path: Path) -> None:
+    boxed, plain = tmp_path / "boxed", tmp_path / "plain"
+    boxed.mkdir(), plain.mkdir()
+    in_box = run_api(values_notebook(boxed / "nb.ipynb", f"container:{IMAGE}"), workers=2)
+    on_host = run_api(values_notebook(plain / "nb.ipynb"), workers=2)
+    assert statuses(in_box) == statuses(on_host) == {"make": "completed", "box": "completed",
+                                                      "after": "completed"}
+    # the same cells in the same order: compare them by position (ids are random)
+    pairs = [(a, b) for a, b in zip(in_box.notebook.cells, on_host.notebook.cells)]
+    assert [a.source for a, _ in pairs] == [b.source for _, b in pairs]
+    # what the code observes of the container differs, and only that
+    assert text_of(cell_with(in_box.notebook, OBSERVE)) == "True"
+    assert text_of(cell_with(on_host.notebook, OBSERVE)) == "False"
+    for boxed_cell, plain_cell in pairs:
+        if boxed_cell.cell_type == "code" and boxed_cell.source != OBSERVE:
+            assert normalise_outputs(boxed_cell.outputs) == normalise_outputs(plain_cell.outputs), \
+                boxed_cell.source
+    # the values were used (not just equal because both are empty)
+    assert "Point(4, 4)" in text_of(cell_with(in_box.notebook, AFTER))
+    assert "[0, 4, 8]" in text_of(cell_with(in_box.notebook, AFTER))
+
+
+# ------------------------------------------------------------------ what the app sees
+
+SEES = '''\
+import json, os
+mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
+with open("result.txt", "w") as f:
+    f.write("written inside\\n")
+facts = {"cwd": os.getcwd(), "uid": os.getuid(), "gid": os.getgid(), "mounts": mounts,
+         "data": open("data.txt").read(), "boxed": os.path.exists("/run/.containerenv")}
+print(json.dumps(facts))'''
+
+
+def test_the_app_sees_the_notebook_and_run_dirs_at_the_same_paths_as_the_invoking_user(
+        tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("beside the notebook\n")
+    nb = write(tmp_path / "nb.ipynb",
+               code(SEES, "app:inside", f"container:{IMAGE}", "inputs:data.txt", "outputs:result.txt"),
+               code("print(open('result.txt').read().strip())", "app:reader", "inputs:result.txt"))
+    run = run_api(nb, keep_run_dir=True)
+    try:
+        assert run.ok, statuses(run)
+        facts = json.loads(text_of(cell_with(run.notebook, "mountinfo")))
+        assert facts["boxed"] is True
+        assert facts["cwd"] == str(tmp_path)
+        assert (facts["uid"], facts["gid"]) == (os.getuid(), os.getgid())
+        assert str(tmp_path) in facts["mounts"] and str(run.run_dir) in facts["mounts"]
+        assert facts["data"] == "beside the notebook\n"
+        written = tmp_path / "result.txt"
+        assert written.read_text() == "written inside\n"
+        assert written.stat().st_uid == os.getuid()
+        assert text_of(cell_with(run.notebook, "open('result.txt')")) == "written inside\n"
+    finally:
+        shutil.rmtree(run.run_dir or tmp_path / "none", ignore_errors=True)
+
+
+# ------------------------------------------------------------------ plots, map, kernel engine
+
+PLOT = '''\
+%matplotlib inline
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(2, 2))
+ax.plot(xs, [x * x for x in xs], "o-")
+ax.set_title("in the image");'''
+
+
+def test_a_plot_made_in_the_image_shows_as_a_png_in_the_merged_notebook(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb",
+               code("xs = list(range(6))", "app:data"),
+               code(PLOT, "app:plot", f"container:{IMAGE}"))
+    run = run_api(nb)
+    assert run.ok, statuses(run)
+    outputs = cell_with(run.notebook, "%matplotlib inline").outputs
+    pngs = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == 1, outputs
+    assert base64.b64decode(pngs[0]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert not [o for o in outputs if o["output_type"] == "stream"], outputs  # no font-cache chatter
+
+
+MAPPED = '''\
+import os
+sq = c * c
+print("item", c, os.path.exists("/run/.containerenv"))'''
+
+
+def test_a_map_app_runs_every_item_in_the_image(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb",
+               code("chunks = [2, 3, 5]", "app:prepare"),
+               code(MAPPED, "app:sq", "map:c=chunks", f"container:{IMAGE}"),
+               code("print(sum(sq), sq)", "app:total"))
+    run = run_api(nb, workers=2)
+    assert run.ok, statuses(run)
+    shown = text_of(cell_with(run.notebook, "sq = c * c"))
+    for c in (2, 3, 5):
+        assert f"item {c} True" in shown, shown
+    assert text_of(cell_with(run.notebook, "sum(sq)")) == "38 [4, 9, 25]\n"
+    assert [i.status.value for i in run.apps["sq"].items or []] == ["completed"] * 3
+
+
+@pytest.mark.slow
+def test_the_kernel_engine_runs_a_container_app_in_a_kernel_in_the_image(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb",
+               code("base = {'n': 3}", "app:host"),
+               code("import os, sys\nboxed = os.path.exists('/run/.containerenv')\nn = base['n'] * 2\n"
+                    "print(boxed, 'ipykernel' in sys.modules)", "app:box", f"container:{IMAGE}"),
+               code("print(n + 1)", "app:back"))
+    run = run_api(nb, engine="kernel")
+    assert run.ok, statuses(run)
+    assert text_of(cell_with(run.notebook, "boxed = ")) == "True True\n"
+    assert text_of(cell_with(run.notebook, "n + 1")) == "7\n"
+
+
+# ------------------------------------------------------------------ errors before anything runs
+
+MARK = "open('marker.txt', 'w').write('ran')"
+
+
+def _refusal(tmp_path: Path, box_tags: tuple[str, ...], *args: str, sites: str | None = None,
+             env: dict[str, str] | None = None, meta: dict[str, Any] | None = None) -> str:
+    """Run a notebook whose first app writes a marker and whose second has ``box_tags``;
+    assert the run is refused before anything ran, in one line; return that line."""
+    nb = write(tmp_path / "nb.ipynb", code(MARK, "app:first"), code("y = 2", "app:box", *box_tags), nbpipe=meta)
+    if sites is not None:
+        (tmp_path / "nbpipe.toml").write_text(sites)
+    done = nbpipe_cli("execute", nb, *args, cwd=tmp_path, env=env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("nbpipe: error: "), done.stderr
+    assert not (tmp_path / "marker.txt").exists(), "an app ran"
+    assert not (tmp_path / "nb.merged.ipynb").exists()
+    return lines[0]
+
+
+def test_a_missing_image_stops_the_run_naming_the_cell_and_how_to_get_it(tmp_path: Path) -> None:
+    line = _refusal(tmp_path, ("container:localhost/no-such-image",))
+    assert "cell 1" in line and "container:localhost/no-such-image" in line, line
+    assert "'localhost/no-such-image'" in line and "podman pull localhost/no-such-image" in line, line
+
+
+def test_no_runtime_on_path_stops_the_run(tmp_path: Path) -> None:
+    line = _refusal(tmp_path, (f"container:{IMAGE}",), env={"PATH": str(Path(sys.executable).parent)})
+    assert "cell 1" in line and "no container runtime found" in line and "install" in line, line
+
+
+def test_a_site_runtime_that_is_not_installed_stops_the_run(tmp_path: Path) -> None:
+    if shutil.which("apptainer") or shutil.which("singularity"):
+        pytest.skip("apptainer is installed here")
+    line = _refusal(tmp_path, (f"container:{IMAGE}",), "--site", "hpc",
+                    sites="[sites.hpc]\nengine = 'local'\n[sites.hpc.containers]\nruntime = 'apptainer'\n")
+    assert "cell 1" in line and "apptainer" in line and "install apptainer" in line, line
+
+
+def test_an_image_without_python_fails_the_probe(tmp_path: Path) -> None:
+    need(EMPTY)
+    line = _refusal(tmp_path, (f"container:{EMPTY}",))
+    assert "cell 1" in line and f"'{EMPTY}'" in line and "no working python3" in line, line
+    assert "Python 3.10" in line and "papermill" in line, line
+
+
+def test_an_image_without_papermill_says_what_to_pip_install(tmp_path: Path) -> None:
+    need(BARE)
+    line = _refusal(tmp_path, (f"container:{BARE}",))
+    assert "cell 1" in line and f"'{BARE}'" in line, line
+    assert "pip install" in line and "papermill" in line and "cloudpickle" in line, line
+
+
+def test_docker_without_an_engine_says_the_engine_is_not_running(tmp_path: Path) -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("the docker client is not installed")
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0:
+        pytest.skip("a docker engine runs here")
+    line = _refusal(tmp_path, (f"container:{IMAGE}",), "--site", "dock",
+                    sites="[sites.dock]\nengine = 'local'\n[sites.dock.containers]\nruntime = 'docker'\n")
+    assert "cell 1" in line and "docker" in line, line
+    assert "daemon" in line or "engine" in line, line
+    assert "not found" not in line and "docker pull" not in line, f"says the image is missing: {line}"
+
+
+SITE = "[sites.s]\nengine = 'local'\n"
+
+
+@pytest.mark.parametrize("tags, sites, meta, wanted", [
+    (("container:--privileged",), None, None, ("cell 1", "container:--privileged", "not starting with '-'")),
+    (("container:localhost/nbpipe-test --privileged",), None, None, ("cell 1", "image reference")),
+    ((), None, {"container": "--privileged"}, ("metadata.nbpipe.container", "not starting with '-'")),
+    ((), SITE + "container = '--rm'\n", None, ("sites.s.container", "not starting with '-'")),
+    ((f"container:{IMAGE}",), SITE + "[sites.s.containers]\noptions = '--privileged'\n", None,
+     ("sites.s.containers.options",)),
+    ((f"container:{IMAGE}",), SITE + "[sites.s.containers]\noptions = ['-v', 1]\n", None,
+     ("sites.s.containers.options", "list of strings")),
+    ((f"container:{IMAGE}",), SITE + "[sites.s.containers]\nmounts = '/'\n", None,
+     ("sites.s.containers.mounts",)),
+], ids=["tag-option", "tag-with-space", "notebook-default-option", "site-default-option", "options-string",
+        "options-not-strings", "mounts-string"])
+def test_hostile_container_values_are_refused_before_anything_runs(
+        tmp_path: Path, tags: tuple[str, ...], sites: str | None, meta: dict[str, Any] | None,
+        wanted: tuple[str, ...]) -> None:
+    args = ("--site", "s") if sites else ()
+    line = _refusal(tmp_path, tags, *args, sites=sites, meta=meta)
+    assert all(w in line for w in wanted), line
+
+
+# ------------------------------------------------------------------ defaults
+
+CONTAINED = "import os\nos.path.exists('/run/.containerenv')"
+
+
+def test_the_notebook_default_and_the_tag_choose_the_image_the_tag_first(tmp_path: Path) -> None:
+    """The site says ``localhost/nbpipe-test``, the notebook ``...:latest``, one app's tag
+    the image's id: each app runs in the image its nearest setting names."""
+    ident = image_id(IMAGE).removeprefix("sha256:")
+    (tmp_path / "nbpipe.toml").write_text(f"[sites.boxed]\nengine = 'local'\ncontainer = '{IMAGE}'\n")
+    nb = write(tmp_path / "nb.ipynb",
+               code("a = 1\n" + CONTAINED, "app:default"),
+               code("b = 2\n" + CONTAINED, "app:tagged", f"container:{ident}"),
+               nbpipe={"container": f"{IMAGE}:latest"})
+    run = run_api(nb, site="boxed")
+    assert run.ok, statuses(run)
+    for source, image in (("a = 1", f"{IMAGE}:latest"), ("b = 2", ident)):
+        cell = cell_with(run.notebook, source)
+        assert text_of(cell) == "True", source
+        assert cell.metadata["nbpipe"]["container"]["image"] == image
+
+
+def test_a_site_default_runs_untagged_apps_in_the_image(tmp_path: Path) -> None:
+    (tmp_path / "nbpipe.toml").write_text(f"[sites.boxed]\nengine = 'local'\ncontainer = '{IMAGE}'\n")
+    nb = write(tmp_path / "nb.ipynb", code("a = 1\n" + CONTAINED, "app:one"), code("print(a)", "app:two"))
+    run = run_api(nb, site="boxed")
+    assert run.ok, statuses(run)
+    assert text_of(cell_with(run.notebook, "a = 1")) == "True"
+    assert cell_with(run.notebook, "print(a)").metadata["nbpipe"]["container"]["image"] == IMAGE
+    local = run_api(nb)  # the same notebook on the local site runs on the host
+    assert text_of(cell_with(local.notebook, "a = 1")) == "False"
+
+
+# ------------------------------------------------------------------ reproducible
+
+
+@pytest.fixture
+def alias(tmp_path: Path) -> Any:
+    """A reference of this test's own (``localhost/nbpipe-ctest-PID``), first the test image;
+    ``retag()`` points it at a derived image with one more label. Both are removed after."""
+    name, derived = f"localhost/nbpipe-ctest-{os.getpid()}", f"localhost/nbpipe-ctest-derived-{os.getpid()}"
+    assert _podman("tag", IMAGE, name).returncode == 0
+
+    def retag() -> str:
+        context = tmp_path / "derived"
+        context.mkdir()
+        (context / "Containerfile").write_text(f"FROM {IMAGE}\nLABEL nbpipe.test.derived={os.getpid()}\n")
+        built = _podman("build", "--pull=never", "-t", derived, str(context), timeout=300)
+        assert built.returncode == 0, built.stderr
+        assert _podman("tag", derived, name).returncode == 0
+        return image_id(name)
+
+    yield name, retag
+    _podman("untag", name)
+    _podman("rmi", derived)
+
+
+@pytest.mark.cache
+def test_the_digest_is_recorded_and_keys_the_cache(tmp_path: Path, alias: Any) -> None:
+    name, retag = alias
+    nb = write(tmp_path / "nb.ipynb",
+               code("x = 20", "app:up"),
+               code("print('beside')", "app:side"),
+               code("y = x + 1\n" + CONTAINED, "app:box", f"container:{name}"),
+               code("print(y)", "app:down"))
+    first = run_api(nb)
+    assert statuses(first) == dict.fromkeys(["up", "side", "box", "down"], "completed")
+    digest = image_id(IMAGE)
+    assert digest.startswith("sha256:") and len(digest) == 7 + 64
+    merged = read(tmp_path / "nb.merged.ipynb")
+    recorded = {"image": name, "digest": digest, "runtime": "podman"}
+    assert cell_with(merged, "y = x + 1").metadata["nbpipe"]["container"] == recorded
+    assert merged.metadata["nbpipe"]["apps"]["box"]["container"] == recorded
+    assert merged.metadata["nbpipe"]["provenance"]["containers"] == {name: digest}
+    assert "container" not in cell_with(merged, "x = 20").metadata["nbpipe"]
+
+    assert statuses(run_api(nb)) == dict.fromkeys(["up", "side", "box", "down"], "cached")
+
+    changed = retag()
+    assert changed != digest
+    third = run_api(nb)
+    assert statuses(third) == {"up": "cached", "side": "cached", "box": "completed", "down": "completed"}
+    assert text_of(cell_with(third.notebook, "y = x + 1")) == "True"
+    merged = read(tmp_path / "nb.merged.ipynb")
+    assert merged.metadata["nbpipe"]["provenance"]["containers"] == {name: changed}
+
+
+# ------------------------------------------------------------------ cleanup
+
+
+def test_a_failing_container_app_fails_alone_and_leaves_no_container(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb",
+               code("raise ValueError('bad calibration')", "app:broken", f"container:{IMAGE}"),
+               code("z = 3\n" + CONTAINED, "app:fine", f"container:{IMAGE}"),
+               code("print('host fine')", "app:host"),
+               code("print(z)", "app:after_fine"))
+    run = run_api(nb, workers=2)
+    assert statuses(run) == {"broken": "failed", "fine": "completed", "host": "completed",
+                             "after_fine": "completed"}
+    assert "ValueError: bad calibration" in text_of(cell_with(run.notebook, "bad calibration"))
+    assert text_of(cell_with(run.notebook, "print(z)")) == "3\n"
+    assert containers_of(os.getpid()) == []
+    assert processes_in(tmp_path) == []
+
+
+SLEEPER = '''\
+import os, pathlib, subprocess, time
+print("partial output", flush=True)
+child = subprocess.Popen(["sleep", "300"])
+pathlib.Path("running").write_text(f"{os.getpid()} {child.pid}")
+time.sleep(300)'''
+
+
+@pytest.mark.parametrize("sig, code_", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143,
+                                                                           marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_a_container_app_runs_leaves_no_container_and_no_process(
+        tmp_path: Path, sig: int, code_: int) -> None:
+    nb = write(tmp_path / "nb.ipynb",
+               code("print('quick done')", "app:quick"),
+               code(SLEEPER, "app:slow", f"container:{IMAGE}"))
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    flag, deadline = tmp_path / "running", time.time() + 120
+    try:
+        while not (flag.exists() and flag.read_text()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the container app never started"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        pids = [int(p) for p in flag.read_text().split()]
+        assert len(processes_in(tmp_path)) >= 3  # the zygote, the app, its sleep
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # as a terminal does: to the foreground process group
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code_, err
+    merged = read(tmp_path / "nb.merged.ipynb")
+    assert text_of(cell_with(merged, "print('quick done')")) == "quick done\n"
+    assert "partial output" in text_of(cell_with(merged, "partial output"))
+    assert containers_of(proc.pid) == [], err
+    deadline = time.time() + 10
+    while processes_in(tmp_path) and time.time() < deadline:
+        time.sleep(0.2)
+    assert processes_in(tmp_path) == []
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()
+                and Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
+
+
+# ------------------------------------------------------------------ the warm container
+
+PARENT = '''\
+import os
+parent = os.getppid()
+print(parent, open(f"/proc/{parent}/cmdline").read().replace("\\0", " "))'''
+
+
+def test_container_apps_of_one_image_fork_from_one_warm_zygote(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb",
+               code("first = 1\n" + PARENT, "app:one", f"container:{IMAGE}"),
+               code("second = 2\n" + PARENT, "app:two", f"container:{IMAGE}"),
+               code(PARENT, "app:host"),
+               code("third = first + second\n" + PARENT, "app:three", f"container:{IMAGE}"))
+    run = run_api(nb, workers=2)
+    assert run.ok, statuses(run)
+    cells = [c for c in run.notebook.cells if c.cell_type == "code"]
+    said = {app: text_of(cell).split(" ", 1) for app, cell in zip(("one", "two", "host", "three"), cells)}
+    assert all("nbpipe.execution.zygote" in cmd for _, cmd in said.values()), said
+    assert said["one"][0] == said["two"][0] == said["three"][0], said
+    assert said["host"][0] != said["one"][0], said
