@@ -146,6 +146,11 @@ class Podman(Runtime):
     def digest(self, executable: str, image: str) -> str:
         done = _run([executable, "image", "inspect", "--format", "{{.Id}}", image])
         if done.returncode != 0:
+            engine = _run([executable, "info"])  # a client without its engine finds no image either
+            if engine.returncode != 0:
+                raise ContainerError(
+                    f"{self.name} cannot reach its engine ({_first_line(engine.stderr) or 'info failed'}); "
+                    f"start the {self.name} service, or set containers.runtime in the site to another runtime")
             raise ContainerError(f"{self.missing_image(image)}: {_first_line(done.stderr)}; get it with "
                                  f"`{self.name} pull {image}` (or build it, e.g. `{self.name} build -t {image} .`)")
         ident = done.stdout.strip()
