@@ -115,6 +115,11 @@ class Runtime:
     def missing_image(self, image: str) -> str:
         return f"image {image!r} not found"
 
+    def failed_to_start(self, returncode: int) -> bool:
+        """Whether a run that ended with ``returncode`` failed in the runtime, before
+        the command in the image started (a bad option, a missing mount)."""
+        return False
+
 
 class Podman(Runtime):
     name = "podman"
@@ -155,6 +160,9 @@ class Podman(Runtime):
                                  f"`{self.name} pull {image}` (or build it, e.g. `{self.name} build -t {image} .`)")
         ident = done.stdout.strip()
         return ident if ident.startswith("sha256:") else f"sha256:{ident}"
+
+    def failed_to_start(self, returncode: int) -> bool:
+        return returncode == 125  # the status both give to their own errors
 
     def stop(self, executable: str, name: str) -> None:
         _run([executable, "rm", "--force", "--time", "0", name] if self.name == "podman"
@@ -293,6 +301,11 @@ def probe_image(container: Container, cwd: str, needs: dict[str, str]) -> dict[s
         stop_container(container, argv[argv.index("--name") + 1]) if "--name" in argv else None
         raise ContainerError(f"image {container.image!r}: python3 did not answer within "
                              f"{PROBE_SECONDS:g} s") from None
+    if RUNTIMES[container.runtime].failed_to_start(done.returncode):
+        error = next((line for line in done.stderr.splitlines() if line.startswith("Error")),
+                     _first_line(done.stderr))
+        raise ContainerError(f"{container.runtime} could not start a container of image {container.image!r} "
+                             f"({error}); check containers.options and containers.mounts in the site")
     try:
         found = json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

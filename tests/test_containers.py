@@ -344,6 +344,19 @@ def test_docker_without_an_engine_says_the_engine_is_not_running(tmp_path: Path)
 SITE = "[sites.s]\nengine = 'local'\n"
 
 
+@pytest.mark.parametrize("containers, said", [
+    ("options = ['--no-such-flag']", "unknown flag: --no-such-flag"),
+    ("mounts = ['not-there']", "not-there"),
+], ids=["bad-option", "missing-mount"])
+def test_a_container_the_runtime_cannot_start_is_not_blamed_on_the_image(
+        tmp_path: Path, containers: str, said: str) -> None:
+    line = _refusal(tmp_path, (f"container:{IMAGE}",), "--site", "s",
+                    sites=SITE + f"[sites.s.containers]\n{containers}\n")
+    assert "cell 1" in line and "podman could not start" in line and said in line, line
+    assert "containers.options" in line and "containers.mounts" in line, line
+    assert "python3" not in line, f"blames the image: {line}"
+
+
 @pytest.mark.parametrize("tags, sites, meta, wanted", [
     (("container:--privileged",), None, None, ("cell 1", "container:--privileged", "not starting with '-'")),
     (("container:localhost/nbpipe-test --privileged",), None, None, ("cell 1", "image reference")),
