@@ -292,15 +292,18 @@ _PROBE = (
 def probe_image(container: Container, cwd: str, needs: dict[str, str]) -> dict[str, Any]:
     """Start the image once, ask its ``python3`` what it has; ContainerError if it lacks what
     nbpipe's task runtime needs."""
-    argv = launch_argv(container, f"nbpipe-probe-{os.getpid()}-{_short(container.image)}", cwd,
-                       ["python3", "-c", _PROBE, json.dumps(needs)])
+    name = f"nbpipe-probe-{os.getpid()}-{_short(container.image)}"
+    argv = launch_argv(container, name, cwd, ["python3", "-c", _PROBE, json.dumps(needs)])
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=PROBE_SECONDS)
     except subprocess.TimeoutExpired:
-        stop_container(container, argv[argv.index("--name") + 1]) if "--name" in argv else None
+        stop_container(container, name)
         raise ContainerError(f"image {container.image!r}: python3 did not answer within "
                              f"{PROBE_SECONDS:g} s") from None
+    except BaseException:  # a signal: the runtime's client is killed, the container it started is not
+        stop_container(container, name)
+        raise
     if RUNTIMES[container.runtime].failed_to_start(done.returncode):
         error = next((line for line in done.stderr.splitlines() if line.startswith("Error")),
                      _first_line(done.stderr))

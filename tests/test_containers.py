@@ -483,6 +483,22 @@ def test_a_failing_container_app_fails_alone_and_leaves_no_container(tmp_path: P
     assert processes_in(tmp_path) == []
 
 
+@pytest.mark.slow
+def test_a_container_app_past_its_timeout_is_stopped_and_the_next_one_still_runs(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb",
+               code("import time\nprint('started', flush=True)\ntime.sleep(120)", "app:stuck",
+                    f"container:{IMAGE}", "timeout:2"),
+               code("w = 5\n" + CONTAINED, "app:next", f"container:{IMAGE}"))
+    started = time.monotonic()
+    run = run_api(nb, workers=1)
+    assert time.monotonic() - started < 60
+    assert statuses(run) == {"stuck": "timed_out", "next": "completed"}
+    assert "started" in text_of(cell_with(run.notebook, "time.sleep(120)"))
+    assert text_of(cell_with(run.notebook, "w = 5")) == "True"
+    assert containers_of(os.getpid()) == []
+    assert processes_in(tmp_path) == []
+
+
 SLEEPER = '''\
 import os, pathlib, subprocess, time
 print("partial output", flush=True)
@@ -530,6 +546,60 @@ def test_a_signal_while_a_container_app_runs_leaves_no_container_and_no_process(
     assert processes_in(tmp_path) == []
     assert not [p for p in pids if Path(f"/proc/{p}").exists()
                 and Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
+
+
+@pytest.fixture
+def slow_start(tmp_path: Path) -> Any:
+    """An image derived from the test image whose Python, started in a directory holding
+    ``slow-start``, sleeps a minute before it runs anything (a ``.pth`` file): a probe or
+    a zygote that is still starting. Removed after the test."""
+    name = f"localhost/nbpipe-ctest-slow-{os.getpid()}"
+    where = _podman("run", "--rm", "--pull=never", IMAGE, "python3", "-c",
+                    "import site; print(site.getsitepackages()[0])")
+    assert where.returncode == 0, where.stderr
+    context = tmp_path / "slow-image"
+    context.mkdir()
+    (context / "slow.pth").write_text("import os, time; time.sleep(60) if os.path.exists('slow-start') else None\n")
+    (context / "Containerfile").write_text(f"FROM {IMAGE}\nCOPY slow.pth {where.stdout.strip()}/zz-slow.pth\n")
+    built = _podman("build", "--pull=never", "-t", name, str(context), timeout=300)
+    assert built.returncode == 0, built.stderr
+    yield name
+    _podman("rmi", "--force", name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code_", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_image_is_probed_leaves_no_container(
+        tmp_path: Path, slow_start: str, sig: int, code_: int) -> None:
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "slow-start").write_text("")
+    nb = write(box / "nb.ipynb", code(MARK, "app:first"), code("y = 2", "app:box", f"container:{slow_start}"))
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=box,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    try:
+        while not containers_of(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no probe started"
+            time.sleep(0.2)
+        time.sleep(1)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code_, err
+    assert not (box / "marker.txt").exists()
+    deadline = time.time() + 10
+    while containers_of(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert containers_of(proc.pid) == [], err
+    assert processes_in(box) == []
 
 
 # ------------------------------------------------------------------ the warm container
