@@ -548,8 +548,8 @@ def test_a_signal_while_a_container_app_runs_leaves_no_container_and_no_process(
                 and Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
 
 
-@pytest.fixture
-def slow_start(tmp_path: Path) -> Any:
+@pytest.fixture(scope="module")
+def slow_start(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """An image derived from the test image whose Python, started in a directory holding
     ``slow-start``, sleeps a minute before it runs anything (a ``.pth`` file): a probe or
     a zygote that is still starting. Removed after the test."""
@@ -557,8 +557,7 @@ def slow_start(tmp_path: Path) -> Any:
     where = _podman("run", "--rm", "--pull=never", IMAGE, "python3", "-c",
                     "import site; print(site.getsitepackages()[0])")
     assert where.returncode == 0, where.stderr
-    context = tmp_path / "slow-image"
-    context.mkdir()
+    context = tmp_path_factory.mktemp("slow-image")
     (context / "slow.pth").write_text("import os, time; time.sleep(60) if os.path.exists('slow-start') else None\n")
     (context / "Containerfile").write_text(f"FROM {IMAGE}\nCOPY slow.pth {where.stdout.strip()}/zz-slow.pth\n")
     built = _podman("build", "--pull=never", "-t", name, str(context), timeout=300)
@@ -567,39 +566,67 @@ def slow_start(tmp_path: Path) -> Any:
     _podman("rmi", "--force", name)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig, code_", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_while_the_image_is_probed_leaves_no_container(
-        tmp_path: Path, slow_start: str, sig: int, code_: int) -> None:
-    box = tmp_path / "box"
-    box.mkdir()
-    (box / "slow-start").write_text("")
-    nb = write(box / "nb.ipynb", code(MARK, "app:first"), code("y = 2", "app:box", f"container:{slow_start}"))
-    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=box,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _stop_when(proc: subprocess.Popen[str], ready: Any, sig: int) -> str:
+    """Once ``ready()``, send ``sig`` as a terminal (SIGINT: to the process group) or a batch
+    system (to nbpipe) would; return what nbpipe printed."""
     deadline = time.time() + 60
     try:
-        while not containers_of(proc.pid):
+        while not ready():
             assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no probe started"
+            assert time.time() < deadline, "never ready"
             time.sleep(0.2)
         time.sleep(1)
         if sig == signal.SIGINT:
             os.killpg(proc.pid, sig)
         else:
             proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
+        return proc.communicate(timeout=60)[1]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == code_, err
-    assert not (box / "marker.txt").exists()
+
+
+def _nothing_left(proc: subprocess.Popen[str], box: Path, err: str) -> None:
     deadline = time.time() + 10
-    while containers_of(proc.pid) and time.time() < deadline:
+    while (containers_of(proc.pid) or processes_in(box)) and time.time() < deadline:
         time.sleep(0.2)
     assert containers_of(proc.pid) == [], err
-    assert processes_in(box) == []
+    assert processes_in(box) == [], err
+
+
+STOPS = [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow, id="SIGINT"),
+         pytest.param(signal.SIGTERM, 143, id="SIGTERM")]
+
+
+@pytest.mark.parametrize("sig, code_", STOPS)
+def test_a_signal_while_the_image_is_probed_leaves_no_container(
+        tmp_path: Path, slow_start: str, sig: int, code_: int) -> None:
+    (tmp_path / "slow-start").write_text("")
+    nb = write(tmp_path / "nb.ipynb", code(MARK, "app:first"), code("y = 2", "app:box", f"container:{slow_start}"))
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err = _stop_when(proc, lambda: containers_of(proc.pid), sig)
+    assert proc.returncode == code_, err
+    assert not (tmp_path / "marker.txt").exists()
+    _nothing_left(proc, tmp_path, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code_", STOPS)
+def test_a_signal_while_the_warm_container_starts_leaves_no_container(
+        tmp_path: Path, slow_start: str, sig: int, code_: int) -> None:
+    """The probe is quick; the host app then makes the image's Python slow to start, so
+    the signal comes while the warm container's zygote is starting."""
+    nb = write(tmp_path / "nb.ipynb",
+               code("open('slow-start', 'w').close()\nseed = 1", "app:first"),
+               code("y = seed + 1", "app:box", f"container:{slow_start}"))
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err = _stop_when(proc, lambda: [n for n in containers_of(proc.pid) if "probe" not in n], sig)
+    assert proc.returncode == code_, err
+    assert (tmp_path / "nb.merged.ipynb").exists(), err
+    _nothing_left(proc, tmp_path, err)
 
 
 # ------------------------------------------------------------------ the warm container
