@@ -135,8 +135,8 @@ class Podman(Runtime):
                 "--workdir", launch.cwd, "--entrypoint", command[0],
                 "--label", "nbpipe=1"]
         for path in c.mounts:
-            argv += ["--volume", f"{path}:{path}"]
-        argv += ["--volume", f"{_package_dir()}:{PACKAGE_MOUNT}/nbpipe:ro"]
+            argv += _bind(path, path)
+        argv += _bind(_package_dir(), f"{PACKAGE_MOUNT}/nbpipe", read_only=True)
         for key, value in sorted(launch.env.items()):
             argv += ["--env", f"{key}={value}"]
         if c.gpus:
@@ -167,6 +167,17 @@ class Podman(Runtime):
     def stop(self, executable: str, name: str) -> None:
         _run([executable, "rm", "--force", "--time", "0", name] if self.name == "podman"
              else [executable, "rm", "--force", name])
+
+
+def _bind(source: str, target: str, read_only: bool = False) -> list[str]:
+    """podman's and docker's mount of ``source`` at ``target``: ``--volume`` splits at
+    ':', so a path with one (a folder named by its time) is given as a ``--mount``,
+    whose comma-separated fields are CSV (a field with ',' or '"' is quoted)."""
+    if ":" not in source + target:
+        return ["--volume", f"{source}:{target}" + (":ro" if read_only else "")]
+    fields = ["type=bind", f"source={source}", f"destination={target}", *(["readonly"] if read_only else [])]
+    quoted = ['"' + f.replace('"', '""') + '"' if any(ch in f for ch in ',"') else f for f in fields]
+    return ["--mount", ",".join(quoted)]
 
 
 class Docker(Podman):

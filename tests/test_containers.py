@@ -219,6 +219,22 @@ def test_the_app_sees_the_notebook_and_run_dirs_at_the_same_paths_as_the_invokin
         shutil.rmtree(run.run_dir or tmp_path / "none", ignore_errors=True)
 
 
+@pytest.mark.parametrize("folder", ["run:2024-05-01T10:00", "my data, v2"], ids=["colon", "space-comma"])
+def test_a_notebook_in_a_folder_with_a_colon_or_a_comma_runs_in_the_image(tmp_path: Path, folder: str) -> None:
+    """A run folder named by its time has colons, which ``--volume SRC:DST`` cannot take."""
+    home = tmp_path / folder
+    home.mkdir()
+    (home / "data.txt").write_text("41")
+    nb = write(home / "nb.ipynb",
+               code("import os\nn = int(open('data.txt').read()) + 1\nprint(os.getcwd())\n" + CONTAINED,
+                    "app:box", f"container:{IMAGE}", "inputs:data.txt"),
+               code("print(n)", "app:back"))
+    run = run_api(nb)
+    assert run.ok, statuses(run)
+    assert text_of(cell_with(run.notebook, "int(open")) == f"{home}\nTrue"
+    assert text_of(cell_with(run.notebook, "print(n)")) == "42\n"
+
+
 # ------------------------------------------------------------------ plots, map, kernel engine
 
 PLOT = '''\
