@@ -140,7 +140,7 @@ scaled = scale(arr)
 moved = shift(arr).round(2)
 q = Point(p.y, p.x + 1)
 summary = {**conf, "norm": p.norm2(), "q": q.norm2()}
-grow = lambda n: [scale(i, conf["bins"]) for i in range(n)]
+grow = lambda n: [scale(i, conf["bins"] * factor) for i in range(n)]
 print(type(p).__name__, p, q, scaled.sum(), moved)
 summary'''
 
@@ -155,6 +155,7 @@ summary["norm"] + summary["q"], 1.0 / 3'''
 def values_notebook(path: Path, *box_tags: str) -> Path:
     return write(path,
                  md("# values across the boundary"),
+                 code("factor = 2", "parameters"),
                  code(MAKE, "app:make"),
                  code(INSIDE, "app:box", *box_tags),
                  code(OBSERVE),
@@ -165,8 +166,9 @@ def values_notebook(path: Path, *box_tags: str) -> Path:
 def test_values_cross_into_the_image_and_back_as_between_host_apps(tmp_path: Path) -> None:
     boxed, plain = tmp_path / "boxed", tmp_path / "plain"
     boxed.mkdir(), plain.mkdir()
-    in_box = run_api(values_notebook(boxed / "nb.ipynb", f"container:{IMAGE}"), workers=2)
-    on_host = run_api(values_notebook(plain / "nb.ipynb"), workers=2)
+    in_box = run_api(values_notebook(boxed / "nb.ipynb", f"container:{IMAGE}"), workers=2,
+                     parameters={"factor": 5})
+    on_host = run_api(values_notebook(plain / "nb.ipynb"), workers=2, parameters={"factor": 5})
     assert statuses(in_box) == statuses(on_host) == {"make": "completed", "box": "completed",
                                                       "after": "completed"}
     # the same cells in the same order: compare them by position (ids are random)
@@ -181,7 +183,7 @@ def test_values_cross_into_the_image_and_back_as_between_host_apps(tmp_path: Pat
                 boxed_cell.source
     # the values were used (not just equal because both are empty)
     assert "Point(4, 4)" in text_of(cell_with(in_box.notebook, AFTER))
-    assert "[0, 4, 8]" in text_of(cell_with(in_box.notebook, AFTER))
+    assert "[0, 20, 40]" in text_of(cell_with(in_box.notebook, AFTER))  # the parameter, in the image
 
 
 # ------------------------------------------------------------------ what the app sees
@@ -316,6 +318,12 @@ def test_a_missing_image_stops_the_run_naming_the_cell_and_how_to_get_it(tmp_pat
     line = _refusal(tmp_path, ("container:localhost/no-such-image",))
     assert "cell 1" in line and "container:localhost/no-such-image" in line, line
     assert "'localhost/no-such-image'" in line and "podman pull localhost/no-such-image" in line, line
+    checked = nbpipe_cli("check", tmp_path / "nb.ipynb", cwd=tmp_path)  # says so too, running nothing
+    assert checked.returncode == 2 and checked.stderr.strip() == line, checked.stderr
+    good = write(tmp_path / "good.ipynb", code(MARK, "app:first"), code("y = 2", "app:box", f"container:{IMAGE}"))
+    checked = nbpipe_cli("check", good, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert not (tmp_path / "marker.txt").exists()
 
 
 def test_no_runtime_on_path_stops_the_run(tmp_path: Path) -> None:
@@ -471,6 +479,8 @@ def test_the_digest_is_recorded_and_keys_the_cache(tmp_path: Path, alias: Any) -
     assert "container" not in cell_with(merged, "x = 20").metadata["nbpipe"]
 
     assert statuses(run_api(nb)) == dict.fromkeys(["up", "side", "box", "down"], "cached")
+    restored = cell_with(read(tmp_path / "nb.merged.ipynb"), "y = x + 1")
+    assert restored.metadata["nbpipe"]["container"] == recorded and text_of(restored) == "True"
 
     changed = retag()
     assert changed != digest
@@ -495,6 +505,38 @@ def test_a_failing_container_app_fails_alone_and_leaves_no_container(tmp_path: P
                              "after_fine": "completed"}
     assert "ValueError: bad calibration" in text_of(cell_with(run.notebook, "bad calibration"))
     assert text_of(cell_with(run.notebook, "print(z)")) == "3\n"
+    assert containers_of(os.getpid()) == []
+    assert processes_in(tmp_path) == []
+
+
+FLAKY = """\
+import os, pathlib
+tries = pathlib.Path("tries")
+tries.write_text(tries.read_text() + "x" if tries.exists() else "x")
+if len(tries.read_text()) < 2:
+    raise RuntimeError("the detector was busy")
+print("attempt", len(tries.read_text()), os.path.exists("/run/.containerenv"))"""
+
+
+def test_a_container_app_is_retried_in_the_image(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb", code(FLAKY, "app:flaky", f"container:{IMAGE}", "retries:2"))
+    run = run_api(nb)
+    assert statuses(run) == {"flaky": "completed"}
+    assert run.apps["flaky"].attempts == 2
+    assert text_of(cell_with(run.notebook, "tries =")) == "attempt 2 True\n"
+
+
+def test_an_app_that_kills_the_warm_zygote_fails_and_the_next_app_gets_a_new_container(tmp_path: Path) -> None:
+    nb = write(tmp_path / "nb.ipynb",
+               code("import os, signal, time\nprint('killing', flush=True)\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                    "time.sleep(30)", "app:rogue", f"container:{IMAGE}"),
+               code("v = 7\n" + CONTAINED, "app:later", f"container:{IMAGE}"),
+               code("print(v * 6)", "app:host"))
+    run = run_api(nb, workers=1)
+    assert statuses(run) == {"rogue": "failed", "later": "completed", "host": "completed"}
+    assert "zygote" in (run.apps["rogue"].error or {}).get("evalue", ""), run.apps["rogue"].error
+    assert text_of(cell_with(run.notebook, "v = 7")) == "True"
+    assert text_of(cell_with(run.notebook, "v * 6")) == "42\n"
     assert containers_of(os.getpid()) == []
     assert processes_in(tmp_path) == []
 
