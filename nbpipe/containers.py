@@ -20,6 +20,7 @@ Every command is an argv list; nothing passes through a shell.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -31,8 +32,8 @@ from typing import Any, ClassVar
 
 from .errors import SiteError
 
-__all__ = ["Container", "ContainerError", "NEEDS", "RUNTIMES", "Runtime", "launch_argv", "probe_image",
-           "resolve", "runtime_for"]
+__all__ = ["Container", "ContainerError", "NEEDS", "RUNTIMES", "Runtime", "container_name", "launch_argv",
+           "probe_image", "resolve", "runtime_for"]
 
 #: Where nbpipe's own package is mounted, read-only, inside every container: the
 #: code that runs there is always the driver's version.
@@ -287,6 +288,15 @@ def launch_argv(container: Container, name: str, cwd: str, command: list[str],
     return runtime.argv(Launch(container, name, cwd, env), command)
 
 
+#: Numbers the containers this process starts: runs in threads of one process share it.
+_NUMBERS = itertools.count(1)
+
+
+def container_name(kind: str = "") -> str:
+    """A name no other container of this machine's nbpipe runs has: ``nbpipe-[KIND-]PID-N``."""
+    return f"nbpipe-{kind + '-' if kind else ''}{os.getpid()}-{next(_NUMBERS)}"
+
+
 def stop_container(container: Container, name: str) -> None:
     RUNTIMES[container.runtime].stop(container.executable, name)
 
@@ -303,7 +313,7 @@ _PROBE = (
 def probe_image(container: Container, cwd: str, needs: dict[str, str]) -> dict[str, Any]:
     """Start the image once, ask its ``python3`` what it has; ContainerError if it lacks what
     nbpipe's task runtime needs."""
-    name = f"nbpipe-probe-{os.getpid()}-{_short(container.image)}"
+    name = container_name("probe")
     argv = launch_argv(container, name, cwd, ["python3", "-c", _PROBE, json.dumps(needs)])
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -438,10 +448,6 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
-
-
-def _short(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def host_python() -> str:

@@ -260,20 +260,27 @@ def test_a_plot_made_in_the_image_shows_as_a_png_in_the_merged_notebook(tmp_path
     assert not [o for o in outputs if o["output_type"] == "stream"], outputs  # no font-cache chatter
 
 
+HELPERS = '''\
+%%writefile helpers.py
+def square(v):
+    return v * v'''
+
 MAPPED = '''\
 import os
-sq = c * c
+from helpers import square
+sq = square(c)
 print("item", c, os.path.exists("/run/.containerenv"))'''
 
 
 def test_a_map_app_runs_every_item_in_the_image(tmp_path: Path) -> None:
     nb = write(tmp_path / "nb.ipynb",
                code("chunks = [2, 3, 5]", "app:prepare"),
+               code(HELPERS, "app:prepare"),
                code(MAPPED, "app:sq", "map:c=chunks", f"container:{IMAGE}"),
                code("print(sum(sq), sq)", "app:total"))
     run = run_api(nb, workers=2)
     assert run.ok, statuses(run)
-    shown = text_of(cell_with(run.notebook, "sq = c * c"))
+    shown = text_of(cell_with(run.notebook, "sq = square(c)"))
     for c in (2, 3, 5):
         assert f"item {c} True" in shown, shown
     assert text_of(cell_with(run.notebook, "sum(sq)")) == "38 [4, 9, 25]\n"
@@ -507,6 +514,25 @@ def test_a_failing_container_app_fails_alone_and_leaves_no_container(tmp_path: P
     assert text_of(cell_with(run.notebook, "print(z)")) == "3\n"
     assert containers_of(os.getpid()) == []
     assert processes_in(tmp_path) == []
+
+
+def test_two_runs_at_once_in_one_process_each_get_their_own_containers(tmp_path: Path) -> None:
+    """As from a notebook that starts two pipelines in threads: container names must not clash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for side in ("left", "right"):
+        (tmp_path / side).mkdir()
+        paths.append(write(tmp_path / side / "nb.ipynb",
+                           code(f"import time\ntime.sleep(1)\nside = {side!r}\n" + CONTAINED, "app:box",
+                                f"container:{IMAGE}"),
+                           code("print(side)", "app:host")))
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(run_api, paths))
+    for side, run in zip(("left", "right"), runs):
+        assert run.ok, (side, run.apps["box"].error)
+        assert text_of(cell_with(run.notebook, "print(side)")) == f"{side}\n"
+    assert containers_of(os.getpid()) == []
 
 
 FLAKY = """\

@@ -11,7 +11,6 @@ server is started.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import stop
-from ..containers import Container, launch_argv, stop_container
+from ..containers import Container, container_name, launch_argv, stop_container
 from ..store import Store
 from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
@@ -58,7 +57,6 @@ class LocalExecutor:
         # its first task comes (any engine: the child runs the task as the engine says).
         self._zygotes: dict[Any, _Zygote] = {}
         self._restarts: dict[Any, int] = {}
-        self._names = itertools.count(1)
         if engine == "ipython":
             self._zygotes[None] = _Zygote(_host_command(self._preload))
 
@@ -133,7 +131,7 @@ class LocalExecutor:
                 self._restarts[where] = self._restarts.get(where, 0) + 1
                 zygote.close()
             command = _host_command(self._preload) if spec.container is None else \
-                _ContainerCommand(spec, self._preload, f"nbpipe-{os.getpid()}-{next(self._names)}")
+                _ContainerCommand(spec, self._preload, container_name())
             self._zygotes[where] = _Zygote(command, restarted=zygote is not None)
             return self._zygotes[where]
 
