@@ -632,22 +632,44 @@ def test_a_signal_while_a_container_app_runs_leaves_no_container_and_no_process(
                 and Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
 
 
-@pytest.fixture(scope="module")
-def slow_start(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """An image derived from the test image whose Python, started in a directory holding
-    ``slow-start``, sleeps a minute before it runs anything (a ``.pth`` file): a probe or
-    a zygote that is still starting. Removed after the test."""
-    name = f"localhost/nbpipe-ctest-slow-{os.getpid()}"
+def derived_image(tmp_path_factory: pytest.TempPathFactory, kind: str, pth: str) -> Any:
+    """An image derived from the test image with one ``.pth`` line (run by every start of
+    its Python, before anything else): ``localhost/nbpipe-ctest-KIND-PID``, removed after."""
+    name = f"localhost/nbpipe-ctest-{kind}-{os.getpid()}"
     where = _podman("run", "--rm", "--pull=never", IMAGE, "python3", "-c",
                     "import site; print(site.getsitepackages()[0])")
     assert where.returncode == 0, where.stderr
-    context = tmp_path_factory.mktemp("slow-image")
-    (context / "slow.pth").write_text("import os, time; time.sleep(60) if os.path.exists('slow-start') else None\n")
-    (context / "Containerfile").write_text(f"FROM {IMAGE}\nCOPY slow.pth {where.stdout.strip()}/zz-slow.pth\n")
+    context = tmp_path_factory.mktemp(kind)
+    (context / "zz.pth").write_text(pth + "\n")
+    (context / "Containerfile").write_text(f"FROM {IMAGE}\nCOPY zz.pth {where.stdout.strip()}/zz-{kind}.pth\n")
     built = _podman("build", "--pull=never", "-t", name, str(context), timeout=300)
     assert built.returncode == 0, built.stderr
     yield name
     _podman("rmi", "--force", name)
+
+
+@pytest.fixture(scope="module")
+def slow_start(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Python in this image, started in a directory holding ``slow-start``, sleeps a minute
+    first: a probe, or a zygote, that is still starting."""
+    yield from derived_image(tmp_path_factory, "slow",
+                             "import os, time; time.sleep(60) if os.path.exists('slow-start') else None")
+
+
+@pytest.fixture(scope="module")
+def chatty(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Python in this image greets on stdout when it starts, as some images' site hooks do."""
+    yield from derived_image(tmp_path_factory, "chatty", "import sys; print('Welcome to the analysis image!')")
+
+
+def test_an_image_whose_python_greets_on_start_still_runs_apps(tmp_path: Path, chatty: str) -> None:
+    nb = write(tmp_path / "nb.ipynb", code("a = 1", "app:host"),
+               code("b = a + 1\n" + CONTAINED, "app:box", f"container:{chatty}"), code("print(b)", "app:back"))
+    done = nbpipe_cli("execute", nb, cwd=tmp_path, timeout=90)  # (it used to hang: a subprocess)
+    assert done.returncode == 0, done.stderr
+    merged = read(tmp_path / "nb.merged.ipynb")
+    assert text_of(cell_with(merged, "b = a + 1")) == "True"
+    assert text_of(cell_with(merged, "print(b)")) == "2\n"
 
 
 def _stop_when(proc: subprocess.Popen[str], ready: Any, sig: int) -> str:

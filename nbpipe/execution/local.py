@@ -273,7 +273,7 @@ class _Zygote:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            message = json.loads(line)
+            message = _message(line)
             key = message.get("key", "")
             task = self._tasks.get(key)
             if task is None:
@@ -334,6 +334,16 @@ class _Zygote:
         self._reader.join(timeout=GRACE_SECONDS)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+
+
+def _message(line: bytes) -> dict[str, Any]:
+    """A line of the zygote's protocol; anything else (an image whose Python greets on
+    stdout when it starts, before the zygote owns its stdout) is no message."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}
 
 
 def _died(returncode: int | None) -> str:
