@@ -221,6 +221,24 @@ def test_the_app_sees_the_notebook_and_run_dirs_at_the_same_paths_as_the_invokin
         shutil.rmtree(run.run_dir or tmp_path / "none", ignore_errors=True)
 
 
+def test_a_site_mounts_a_folder_beside_the_notebook_and_nothing_else_of_the_host(tmp_path: Path) -> None:
+    project, shared, private = tmp_path / "project", tmp_path / "shared", tmp_path / "private"
+    for folder in (project, shared, private):
+        folder.mkdir()
+    (shared / "calib.txt").write_text("1.5")
+    (private / "secret.txt").write_text("x")
+    (project / "nbpipe.toml").write_text("[sites.box]\nengine = 'local'\n[sites.box.containers]\n"
+                                         "mounts = ['../shared']\n")
+    nb = write(project / "nb.ipynb",
+               code(f"import os\ncal = float(open({str(shared / 'calib.txt')!r}).read())\n"
+                    f"print(cal, os.path.exists({str(private)!r}))", "app:box", f"container:{IMAGE}"),
+               code("print(cal * 2)", "app:host"))
+    run = run_api(nb, site="box")
+    assert run.ok, statuses(run)
+    assert text_of(cell_with(run.notebook, "cal = ")) == "1.5 False\n"
+    assert text_of(cell_with(run.notebook, "cal * 2")) == "3.0\n"
+
+
 @pytest.mark.parametrize("folder", ["run:2024-05-01T10:00", "my data, v2"], ids=["colon", "space-comma"])
 def test_a_notebook_in_a_folder_with_a_colon_or_a_comma_runs_in_the_image(tmp_path: Path, folder: str) -> None:
     """A run folder named by its time has colons, which ``--volume SRC:DST`` cannot take."""
