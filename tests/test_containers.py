@@ -447,6 +447,8 @@ def test_the_notebook_default_and_the_tag_choose_the_image_the_tag_first(tmp_pat
         cell = cell_with(run.notebook, source)
         assert text_of(cell) == "True", source
         assert cell.metadata["nbpipe"]["container"]["image"] == image
+    assert run.notebook.metadata["nbpipe"]["provenance"]["containers"] == {
+        f"{IMAGE}:latest": image_id(IMAGE), ident: image_id(IMAGE)}
 
 
 def test_a_site_default_runs_untagged_apps_in_the_image(tmp_path: Path) -> None:
@@ -609,15 +611,17 @@ pathlib.Path("running").write_text(f"{os.getpid()} {child.pid}")
 time.sleep(300)'''
 
 
-@pytest.mark.parametrize("sig, code_", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143,
-                                                                           marks=pytest.mark.slow)],
-                         ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig, code_, engine", [
+    (signal.SIGINT, 130, "ipython"),
+    pytest.param(signal.SIGTERM, 143, "ipython", marks=pytest.mark.slow),
+    pytest.param(signal.SIGINT, 130, "kernel", marks=pytest.mark.slow),
+], ids=["SIGINT", "SIGTERM", "SIGINT-kernel"])
 def test_a_signal_while_a_container_app_runs_leaves_no_container_and_no_process(
-        tmp_path: Path, sig: int, code_: int) -> None:
+        tmp_path: Path, sig: int, code_: int, engine: str) -> None:
     nb = write(tmp_path / "nb.ipynb",
                code("print('quick done')", "app:quick"),
                code(SLEEPER, "app:slow", f"container:{IMAGE}"))
-    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb), "--engine", engine], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     flag, deadline = tmp_path / "running", time.time() + 120
     try:
