@@ -318,6 +318,23 @@ def test_the_kernel_engine_runs_a_container_app_in_a_kernel_in_the_image(tmp_pat
     assert text_of(cell_with(run.notebook, "n + 1")) == "7\n"
 
 
+@pytest.mark.slow
+def test_a_parsl_worker_runs_a_container_app_in_the_image(tmp_path: Path) -> None:
+    pytest.importorskip("parsl", reason="the Parsl engine needs the parsl extra: pip install -e '.[parsl]'")
+    from sitekit import PARSL_LOCAL
+
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)
+    nb = write(tmp_path / "nb.ipynb",
+               code("import numpy as np\nweights = np.array([1.0, 2.0, 3.0])", "app:host"),
+               code("total = float(weights.sum())\n" + CONTAINED, "app:box", f"container:{IMAGE}"),
+               code("print(total)", "app:back"))
+    run = run_api(nb, site="htex")
+    assert run.ok, statuses(run)
+    assert text_of(cell_with(run.notebook, "total = ")) == "True"
+    assert text_of(cell_with(run.notebook, "print(total)")) == "6.0\n"
+    assert cell_with(run.notebook, "total = ").metadata["nbpipe"]["container"]["digest"] == image_id(IMAGE)
+
+
 # ------------------------------------------------------------------ errors before anything runs
 
 MARK = "open('marker.txt', 'w').write('ran')"
