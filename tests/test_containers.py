@@ -604,7 +604,6 @@ def test_an_app_that_kills_the_warm_zygote_fails_and_the_next_app_gets_a_new_con
     assert processes_in(tmp_path) == []
 
 
-@pytest.mark.slow
 def test_a_container_app_past_its_timeout_is_stopped_and_the_next_one_still_runs(tmp_path: Path) -> None:
     nb = write(tmp_path / "nb.ipynb",
                code("import time\nprint('started', flush=True)\ntime.sleep(120)", "app:stuck",
