@@ -184,6 +184,7 @@ def test_values_cross_into_the_image_and_back_as_between_host_apps(tmp_path: Pat
     # the values were used (not just equal because both are empty)
     assert "Point(4, 4)" in text_of(cell_with(in_box.notebook, AFTER))
     assert "[0, 20, 40]" in text_of(cell_with(in_box.notebook, AFTER))  # the parameter, in the image
+    assert containers_of(os.getpid()) == []  # the warm container went with the run
 
 
 # ------------------------------------------------------------------ what the app sees
@@ -771,6 +772,26 @@ def test_a_signal_while_the_warm_container_starts_leaves_no_container(
     assert proc.returncode == code_, err
     assert (tmp_path / "nb.merged.ipynb").exists(), err
     _nothing_left(proc, tmp_path, err)
+
+
+def test_a_killed_nbpipe_leaves_no_container_behind(tmp_path: Path) -> None:
+    """SIGKILL (a batch system's last word): nbpipe cannot clean up, so the zygote in the
+    container, seeing its input end, stops the app and ends, and the container goes."""
+    nb = write(tmp_path / "nb.ipynb", code(SLEEPER, "app:slow", f"container:{IMAGE}"))
+    proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    flag, deadline = tmp_path / "running", time.time() + 60
+    while not (flag.exists() and flag.read_text()):
+        assert proc.poll() is None and time.time() < deadline, "the container app never started"
+        time.sleep(0.1)
+    assert containers_of(proc.pid) and processes_in(tmp_path)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while (containers_of(proc.pid) or processes_in(tmp_path)) and time.time() < deadline:
+        time.sleep(0.3)
+    assert containers_of(proc.pid) == []
+    assert processes_in(tmp_path) == []
 
 
 # ------------------------------------------------------------------ the warm container
