@@ -141,6 +141,14 @@ moved = shift(arr).round(2)
 q = Point(p.y, p.x + 1)
 summary = {**conf, "norm": p.norm2(), "q": q.norm2()}
 grow = lambda n: [scale(i, conf["bins"] * factor) for i in range(n)]
+
+class Fit:  # defined in the image, used on the host
+    def __init__(self, slope):
+        self.slope = slope
+    def __call__(self, x):
+        return self.slope * x
+
+fit = Fit(np.polyfit(arr, scaled, 1)[0].round(6))
 print(type(p).__name__, p, q, scaled.sum(), moved)
 summary'''
 
@@ -148,7 +156,7 @@ OBSERVE = "import os\nos.path.exists('/run/.containerenv')"
 
 AFTER = '''\
 print(scaled, moved)
-print(grow(3), q, type(q).__name__, q.norm2())
+print(grow(3), q, type(q).__name__, q.norm2(), type(fit).__name__, fit(2))
 summary["norm"] + summary["q"], 1.0 / 3'''
 
 
@@ -184,6 +192,7 @@ def test_values_cross_into_the_image_and_back_as_between_host_apps(tmp_path: Pat
     # the values were used (not just equal because both are empty)
     assert "Point(4, 4)" in text_of(cell_with(in_box.notebook, AFTER))
     assert "[0, 20, 40]" in text_of(cell_with(in_box.notebook, AFTER))  # the parameter, in the image
+    assert "Fit 6.0" in text_of(cell_with(in_box.notebook, AFTER))
     assert containers_of(os.getpid()) == []  # the warm container went with the run
 
 
