@@ -108,8 +108,8 @@ def statuses(run: nbpipe.RunResult) -> dict[str, str]:
 
 
 def run_api(nb_path: Path, **options: Any) -> nbpipe.RunResult:
-    run = nbpipe.execute(nb_path, output=nb_path.with_name("nb.merged.ipynb"), **options)
-    return run
+    """``nbpipe.execute``, the merged notebook beside as ``nb.merged.ipynb``."""
+    return nbpipe.execute(nb_path, output=nb_path.with_name("nb.merged.ipynb"), **options)
 
 
 # ------------------------------------------------------------------ values in and out
