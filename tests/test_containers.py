@@ -41,7 +41,7 @@ def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 
 def _why_podman_cannot_run() -> str | None:
     if shutil.which("podman") is None:
-        return f"podman is not installed ({BUILD}, which installs it)"
+        return "podman is not installed (scripts/build-test-image.sh installs it and builds the test images)"
     try:
         exists = _podman("image", "exists", IMAGE)
         if exists.returncode == 1:
