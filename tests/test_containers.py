@@ -680,16 +680,19 @@ def test_a_signal_while_a_container_app_runs_leaves_no_container_and_no_process(
                 and Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
 
 
-def derived_image(tmp_path_factory: pytest.TempPathFactory, kind: str, pth: str) -> Any:
+def derived_image(tmp_path_factory: pytest.TempPathFactory, kind: str, pth: str = "", run: str = "") -> Any:
     """An image derived from the test image with one ``.pth`` line (run by every start of
-    its Python, before anything else): ``localhost/nbpipe-ctest-KIND-PID``, removed after."""
+    its Python, before anything else) or one ``RUN`` step (``{site}``: its site-packages):
+    ``localhost/nbpipe-ctest-KIND-PID``, removed after."""
     name = f"localhost/nbpipe-ctest-{kind}-{os.getpid()}"
     where = _podman("run", "--rm", "--pull=never", IMAGE, "python3", "-c",
                     "import site; print(site.getsitepackages()[0])")
     assert where.returncode == 0, where.stderr
+    site = where.stdout.strip()
     context = tmp_path_factory.mktemp(kind)
     (context / "zz.pth").write_text(pth + "\n")
-    (context / "Containerfile").write_text(f"FROM {IMAGE}\nCOPY zz.pth {where.stdout.strip()}/zz-{kind}.pth\n")
+    step = f"RUN {run.format(site=site)}" if run else f"COPY zz.pth {site}/zz-{kind}.pth"
+    (context / "Containerfile").write_text(f"FROM {IMAGE}\n{step}\n")
     built = _podman("build", "--pull=never", "-t", name, str(context), timeout=300)
     assert built.returncode == 0, built.stderr
     yield name
@@ -708,6 +711,21 @@ def slow_start(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def chatty(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Python in this image greets on stdout when it starts, as some images' site hooks do."""
     yield from derived_image(tmp_path_factory, "chatty", "import sys; print('Welcome to the analysis image!')")
+
+
+@pytest.fixture(scope="module")
+def no_ipykernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The test image without ipykernel: enough for the ipython engine, not the kernel engine."""
+    yield from derived_image(tmp_path_factory, "nokernel", run="rm -rf {site}/ipykernel {site}/ipykernel_launcher.py")
+
+
+@pytest.mark.parametrize("engine", ["ipython", "kernel"])
+def test_an_image_without_ipykernel_is_refused_before_anything_runs(
+        tmp_path: Path, no_ipykernel: str, engine: str) -> None:
+    """Both engines need it in the image: the ``ipython`` engine's shell compiles cells
+    with ipykernel's compiler, the ``kernel`` engine starts an ipykernel."""
+    line = _refusal(tmp_path, (f"container:{no_ipykernel}",), "--engine", engine)
+    assert "cell 1" in line and "pip install ipykernel" in line, line
 
 
 def test_an_image_whose_python_greets_on_start_still_runs_apps(tmp_path: Path, chatty: str) -> None:
