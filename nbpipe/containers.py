@@ -41,7 +41,8 @@ PACKAGE_MOUNT = "/opt/nbpipe-runtime"
 
 #: What the image's ``python3`` must import: nbpipe's task runtime (import name ->
 #: what to pip-install). nbpipe itself is mounted, so it need not be installed.
-NEEDS = {"papermill": "papermill", "IPython": "ipython", "nbformat": "nbformat",
+#: ipykernel on both engines: the ``ipython`` engine's shell compiles with its compiler.
+NEEDS = {"papermill": "papermill", "IPython": "ipython", "ipykernel": "ipykernel", "nbformat": "nbformat",
          "nbclient": "nbclient", "cloudpickle": "cloudpickle"}
 
 #: The oldest Python inside an image that nbpipe's runtime supports.
@@ -365,7 +366,7 @@ def resolve(pipeline: Any, site: Any, cwd: Path, engine: str) -> dict[str, Conta
     except ContainerError as exc:
         raise ContainerError(f"{_asked(pipeline, list(wanted), next(iter(wanted.values())))}: {exc}") from None
     base = (str(cwd), *(_mount(cwd, m) for m in conf.get("mounts", [])))
-    needs = {**NEEDS, **({"ipykernel": "ipykernel"} if engine == "kernel" else {})}
+    needs = dict(NEEDS)  # both engines need the same
     images: dict[str, Container] = {}
     for image, apps in by_image.items():
         try:
