@@ -91,7 +91,6 @@ def check(
     parameters: dict[str, Any] | None = None,
     output: str | Path | None = None,
     html: str | Path | bool | None = None,
-    engine: str = "ipython",
 ) -> tuple[Pipeline, Site, Checked]:
     """Every check :func:`execute` makes before anything runs; ``nbpipe check`` runs it too.
     The last one starts each container image once, to see that it can run apps."""
@@ -100,8 +99,8 @@ def check(
     chosen = get_site(site, notebook=path, sites_file=Path(sites_file) if sites_file else None)
     chosen.check(pipeline)
     checked = before_run(pipeline, path, parameters=parameters, output=output, html=html)
-    return pipeline, chosen, replace(checked, containers=resolve_containers(
-        pipeline, chosen, path.resolve().parent, _engine_for(pipeline, engine, debug=False)))
+    return pipeline, chosen, replace(checked, containers=resolve_containers(pipeline, chosen,
+                                                                            path.resolve().parent))
 
 
 def execute(
@@ -187,7 +186,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     pipeline, chosen, checked = check(path, site=site, sites_file=sites_file, parameters=parameters,
-                                      output=output, html=html, engine=engine)
+                                      output=output, html=html)
     parameters, output = checked.parameters, checked.output
     policy = Policy(policy.read, policy.write, check_refresh(pipeline, refresh), policy.verify)
     cwd = path.resolve().parent

@@ -20,8 +20,10 @@ Every command is an argv list; nothing passes through a shell.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -31,8 +33,8 @@ from typing import Any, ClassVar
 
 from .errors import SiteError
 
-__all__ = ["Container", "ContainerError", "NEEDS", "RUNTIMES", "Runtime", "launch_argv", "probe_image",
-           "resolve", "runtime_for"]
+__all__ = ["Container", "ContainerError", "NEEDS", "RUNTIMES", "Runtime", "container_name", "launch_argv",
+           "probe_image", "resolve", "runtime_for"]
 
 #: Where nbpipe's own package is mounted, read-only, inside every container: the
 #: code that runs there is always the driver's version.
@@ -40,7 +42,8 @@ PACKAGE_MOUNT = "/opt/nbpipe-runtime"
 
 #: What the image's ``python3`` must import: nbpipe's task runtime (import name ->
 #: what to pip-install). nbpipe itself is mounted, so it need not be installed.
-NEEDS = {"papermill": "papermill", "IPython": "ipython", "nbformat": "nbformat",
+#: ipykernel on both engines: the ``ipython`` engine's shell compiles with its compiler.
+NEEDS = {"papermill": "papermill", "IPython": "ipython", "ipykernel": "ipykernel", "nbformat": "nbformat",
          "nbclient": "nbclient", "cloudpickle": "cloudpickle"}
 
 #: Variables of this machine's environment that reach the apps in a container (the
@@ -136,6 +139,11 @@ class Runtime:
     def missing_image(self, image: str) -> str:
         return f"image {image!r} not found"
 
+    def failed_to_start(self, returncode: int) -> bool:
+        """Whether a run that ended with ``returncode`` failed in the runtime, before
+        the command in the image started (a bad option, a missing mount)."""
+        return False
+
 
 class Podman(Runtime):
     name = "podman"
@@ -144,15 +152,16 @@ class Podman(Runtime):
 
     def argv(self, launch: Launch, command: list[str]) -> list[str]:
         c = launch.container
-        argv = [c.executable, "run", "--rm", "--interactive", "--name", launch.name,
+        # --pull=never: the image was checked before the run; never fetch one mid-run.
+        argv = [c.executable, "run", "--rm", "--interactive", "--pull=never", "--name", launch.name,
                 # Host pids (the driver signals the apps' process groups), network and
                 # shared memory: only the file system is the image's.
                 "--pid=host", "--network=host", "--ipc=host", *self._user(),
                 "--workdir", launch.cwd, "--entrypoint", command[0],
                 "--label", "nbpipe=1"]
         for path in c.mounts:
-            argv += ["--volume", f"{path}:{path}"]
-        argv += ["--volume", f"{_package_dir()}:{PACKAGE_MOUNT}/nbpipe:ro"]
+            argv += _bind(path, path)
+        argv += _bind(_package_dir(), f"{PACKAGE_MOUNT}/nbpipe", read_only=True)
         for key, value in sorted(launch.env.items()):
             argv += ["--env", f"{key}={value}"]
         if c.gpus:
@@ -167,14 +176,33 @@ class Podman(Runtime):
     def digest(self, executable: str, image: str) -> str:
         done = _run([executable, "image", "inspect", "--format", "{{.Id}}", image])
         if done.returncode != 0:
+            engine = _run([executable, "info"])  # a client without its engine finds no image either
+            if engine.returncode != 0:
+                raise ContainerError(
+                    f"{self.name} cannot reach its engine ({_first_line(engine.stderr) or 'info failed'}); "
+                    f"start the {self.name} service, or set containers.runtime in the site to another runtime")
             raise ContainerError(f"{self.missing_image(image)}: {_first_line(done.stderr)}; get it with "
                                  f"`{self.name} pull {image}` (or build it, e.g. `{self.name} build -t {image} .`)")
         ident = done.stdout.strip()
         return ident if ident.startswith("sha256:") else f"sha256:{ident}"
 
+    def failed_to_start(self, returncode: int) -> bool:
+        return returncode == 125  # the status both give to their own errors
+
     def stop(self, executable: str, name: str) -> None:
         _run([executable, "rm", "--force", "--time", "0", name] if self.name == "podman"
              else [executable, "rm", "--force", name])
+
+
+def _bind(source: str, target: str, read_only: bool = False) -> list[str]:
+    """podman's and docker's mount of ``source`` at ``target``: ``--volume`` splits at
+    ':', so a path with one (a folder named by its time) is given as a ``--mount``,
+    whose comma-separated fields are CSV (a field with ',' or '"' is quoted)."""
+    if ":" not in source + target:
+        return ["--volume", f"{source}:{target}" + (":ro" if read_only else "")]
+    fields = ["type=bind", f"source={source}", f"destination={target}", *(["readonly"] if read_only else [])]
+    quoted = ['"' + f.replace('"', '""') + '"' if any(ch in f for ch in ',"') else f for f in fields]
+    return ["--mount", ",".join(quoted)]
 
 
 class Docker(Podman):
@@ -302,6 +330,16 @@ def prepare_launch(container: Container) -> None:
     RUNTIMES[container.runtime].prepare(container)
 
 
+#: Numbers the containers this process starts: runs in threads of one process share it.
+_NUMBERS = itertools.count(1)
+
+
+def container_name(kind: str = "") -> str:
+    """A name no other container of this machine's nbpipe runs has: ``nbpipe-[KIND-]PID-N-R``
+    (R random: a stale container of a killed run with a recycled pid never blocks a new one)."""
+    return f"nbpipe-{kind + '-' if kind else ''}{os.getpid()}-{next(_NUMBERS)}-{secrets.token_hex(3)}"
+
+
 def stop_container(container: Container, name: str) -> None:
     RUNTIMES[container.runtime].stop(container.executable, name)
 
@@ -321,15 +359,23 @@ def probe_image(container: Container, cwd: str, needs: dict[str, str]) -> dict[s
     """Start the image once, ask its ``python3`` what it has; ContainerError if it lacks what
     nbpipe's task runtime needs."""
     prepare_launch(container)
-    argv = launch_argv(container, f"nbpipe-probe-{os.getpid()}-{_short(container.image)}", cwd,
-                       ["python3", "-c", _PROBE, json.dumps(needs)])
+    name = container_name("probe")
+    argv = launch_argv(container, name, cwd, ["python3", "-c", _PROBE, json.dumps(needs)])
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=PROBE_SECONDS)
     except subprocess.TimeoutExpired:
-        stop_container(container, argv[argv.index("--name") + 1]) if "--name" in argv else None
+        stop_container(container, name)
         raise ContainerError(f"image {container.image!r}: python3 did not answer within "
                              f"{PROBE_SECONDS:g} s") from None
+    except BaseException:  # a signal: the runtime's client is killed, the container it started is not
+        stop_container(container, name)
+        raise
+    if RUNTIMES[container.runtime].failed_to_start(done.returncode):
+        error = next((line for line in done.stderr.splitlines() if line.startswith("Error")),
+                     _first_line(done.stderr))
+        raise ContainerError(f"{container.runtime} could not start a container of image {container.image!r} "
+                             f"({error}); check containers.options and containers.mounts in the site")
     try:
         found = json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -346,7 +392,7 @@ def probe_image(container: Container, cwd: str, needs: dict[str, str]) -> dict[s
     return {"python": f"{python[0]}.{python[1]}", "fresh_home": not found.get("home", True)}
 
 
-def resolve(pipeline: Any, site: Any, cwd: Path, engine: str) -> dict[str, Container]:
+def resolve(pipeline: Any, site: Any, cwd: Path) -> dict[str, Container]:
     """App -> the container it runs in, for the apps that run in one: the tag, else the
     notebook's ``container`` default, else the site's. Each image is found and probed
     once; a missing runtime or image, or an image without what the task runtime needs,
@@ -365,13 +411,12 @@ def resolve(pipeline: Any, site: Any, cwd: Path, engine: str) -> dict[str, Conta
     except ContainerError as exc:
         raise ContainerError(f"{_asked(pipeline, list(wanted), next(iter(wanted.values())))}: {exc}") from None
     base = (str(cwd), *(_mount(cwd, m) for m in conf.get("mounts", [])))
-    needs = {**NEEDS, **({"ipykernel": "ipykernel"} if engine == "kernel" else {})}
     images: dict[str, Container] = {}
     for image, apps in by_image.items():
         try:
             found = Container(runtime.name, exe, image, runtime.digest(exe, image), base,
                               options=tuple(str(o) for o in conf.get("options", [])))
-            images[image] = Container(**{**found.to_dict(), **probe_image(found, str(cwd), needs)})
+            images[image] = Container(**{**found.to_dict(), **probe_image(found, str(cwd), NEEDS)})
         except ContainerError as exc:
             raise ContainerError(f"{_asked(pipeline, apps, image)}: {exc}") from None
         if images[image].python != host_python():
@@ -448,10 +493,6 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
-
-
-def _short(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def host_python() -> str:

@@ -370,8 +370,8 @@ def _parse_option(key: str, value: str, fail: Any, tag: str) -> Any:
         return value
     if key == "container":
         if not valid_image(value):
-            raise fail("container: needs an image reference such as ghcr.io/org/image:tag, or "
-                       "the path of an image (letters, digits and . _ / : @ + - only)", tag)
+            raise fail("container: needs an image reference such as ghcr.io/org/image:tag, or the path "
+                       "of an image (letters, digits and . _ / : @ + - only, not starting with '-')", tag)
         return value
     if key in ("cpus", "gpus", "retries"):
         most = MAX_RETRIES if key == "retries" else MAX_COUNT

@@ -28,6 +28,7 @@ def _pairs(argv: list[str], flag: str) -> list[str]:
 def test_podman_and_docker_mount_both_directories_at_the_same_paths_as_the_invoking_user(runtime: str) -> None:
     argv = launch_argv(_container(runtime), "nbpipe-1-1", "/home/u/analysis", COMMAND, {"MY": "1"})
     assert argv[:2] == [f"/usr/bin/{runtime}", "run"] and "--rm" in argv and "--interactive" in argv
+    assert "--pull=never" in argv  # checked before the run; never fetched mid-run
     volumes = _pairs(argv, "--volume")
     assert "/home/u/analysis:/home/u/analysis" in volumes and "/tmp/nbpipe-run-x:/tmp/nbpipe-run-x" in volumes
     package = str(Path(__import__("nbpipe").__file__).parent)

@@ -11,10 +11,8 @@ server is started.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import stop
-from ..containers import Container, ContainerError, launch_argv, prepare_launch, stop_container
+from ..containers import Container, ContainerError, container_name, launch_argv, prepare_launch, stop_container
 from ..store import Store
 from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
@@ -59,7 +57,6 @@ class LocalExecutor:
         # its first task comes (any engine: the child runs the task as the engine says).
         self._zygotes: dict[Any, _Zygote] = {}
         self._restarts: dict[Any, int] = {}
-        self._names = itertools.count(1)
         if engine == "ipython":
             self._zygotes[None] = _Zygote(_host_command(self._preload))
 
@@ -133,9 +130,8 @@ class LocalExecutor:
             if zygote is not None:
                 self._restarts[where] = self._restarts.get(where, 0) + 1
                 zygote.close()
-            name = f"nbpipe-{os.getpid()}-{next(self._names)}-{secrets.token_hex(3)}"
             command = _host_command(self._preload) if spec.container is None else \
-                _ContainerCommand(spec, self._preload, name)
+                _ContainerCommand(spec, self._preload, container_name())
             self._zygotes[where] = _Zygote(command, restarted=zygote is not None)
             return self._zygotes[where]
 
@@ -283,7 +279,7 @@ class _Zygote:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            message = json.loads(line)
+            message = _message(line)
             key = message.get("key", "")
             task = self._tasks.get(key)
             if task is None:
@@ -344,6 +340,16 @@ class _Zygote:
         self._reader.join(timeout=GRACE_SECONDS)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+
+
+def _message(line: bytes) -> dict[str, Any]:
+    """A line of the zygote's protocol; anything else (an image whose Python greets on
+    stdout when it starts, before the zygote owns its stdout) is no message."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}
 
 
 def _died(returncode: int | None) -> str:
