@@ -144,6 +144,9 @@ class Runtime:
         the command in the image started (a bad option, a missing mount)."""
         return False
 
+    #: Characters its bind option cannot carry in a path (it splits there).
+    unbindable: ClassVar[str] = ""
+
 
 class Podman(Runtime):
     name = "podman"
@@ -216,6 +219,7 @@ class Apptainer(Runtime):
 
     name = "apptainer"
     executables = ("apptainer", "singularity")
+    unbindable = ":,"
 
     def argv(self, launch: Launch, command: list[str]) -> list[str]:
         c = launch.container
@@ -246,6 +250,7 @@ class Charliecloud(Runtime):
 
     name = "charliecloud"
     executables = ("ch-run",)
+    unbindable = ":"
 
     def argv(self, launch: Launch, command: list[str]) -> list[str]:
         c = launch.container
@@ -411,6 +416,12 @@ def resolve(pipeline: Any, site: Any, cwd: Path) -> dict[str, Container]:
     except ContainerError as exc:
         raise ContainerError(f"{_asked(pipeline, list(wanted), next(iter(wanted.values())))}: {exc}") from None
     base = (str(cwd), *(_mount(cwd, m) for m in conf.get("mounts", [])))
+    for path in base:
+        if any(ch in path for ch in runtime.unbindable):
+            raise ContainerError(
+                f"{_asked(pipeline, list(wanted), next(iter(wanted.values())))}: {runtime.name} cannot mount "
+                f"{path}: its bind option splits at {' and '.join(repr(c) for c in runtime.unbindable)}; "
+                "move the notebook (or the mount) to a folder without them, or use podman")
     images: dict[str, Container] = {}
     for image, apps in by_image.items():
         try:

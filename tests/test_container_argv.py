@@ -155,3 +155,25 @@ def test_the_batch_jobs_variables_reach_the_container_and_others_do_not(monkeypa
     env = _pairs(launch_argv(_container("podman"), "n", "/w", COMMAND), "--env")
     assert "SLURM_JOB_ID=4242" in env and "CUDA_VISIBLE_DEVICES=1" in env
     assert not any(e.startswith("AWS_") for e in env)
+
+
+@pytest.mark.parametrize("runtime, folder", [("apptainer", "run:2024-05-01"), ("apptainer", "a,b"),
+                                             ("charliecloud", "run:2024-05-01")])
+def test_a_folder_a_runtime_cannot_bind_is_refused_before_anything_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str, folder: str) -> None:
+    from nbbuild import code, write
+
+    from nbpipe import api
+
+    work = tmp_path / folder
+    work.mkdir()
+    exe = tmp_path / "bin" / RUNTIMES[runtime].executables[0]
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\nexit 1\n")  # never reached: the path is refused first
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}:{os.environ['PATH']}")
+    (work / "nbpipe.toml").write_text(f"[sites.x]\nengine = 'local'\n[sites.x.containers]\nruntime = '{runtime}'\n")
+    src = write(work / "nb.ipynb", code("x = 1", "app:a", "container:/images/x.sif"))
+    with pytest.raises(ContainerError) as info:
+        api.check(src, site="x")
+    assert f"{runtime} cannot mount {work}" in str(info.value) and "'a'" in str(info.value)
