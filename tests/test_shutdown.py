@@ -98,6 +98,7 @@ def test_a_killed_driver_takes_its_starting_zygote_with_it(tmp_path: Path) -> No
     assert_nothing_left(str(tmp_path), within=10)  # the slow import alone would take 60 s
 
 
+@pytest.mark.slow  # test_parsl.py stops a Parsl run with Ctrl-C in the default suite
 def test_ctrl_c_on_a_parsl_site_stops_the_workers_starting_zygote(tmp_path: Path) -> None:
     pytest.importorskip("parsl", reason="the Parsl engine needs the parsl extra: pip install -e '.[parsl]'")
     from sitekit import PARSL_LOCAL

@@ -155,7 +155,8 @@ def test_a_signal_while_apps_run_stops_cleanly(tmp_path: Path, sig: int, code: i
     assert_stopped(run, family, run.stop(sig), code)
 
 
-@pytest.mark.parametrize("sig,code", SIGNALS, ids=["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("sig,code", [SIGNALS[0], *(pytest.param(*s, marks=pytest.mark.slow) for s in SIGNALS[1:])],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_an_app_that_catches_the_interrupt_is_stopped_all_the_same(tmp_path: Path, sig: int, code: int) -> None:
     run = Run(tmp_path, stubborn=True)
     family = run.wait_running()
