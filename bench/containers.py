@@ -64,7 +64,7 @@ def chain(tmp: Path) -> list[tuple[str, str]]:
     marginal_host, marginal_box = (host[1] - host[0]) / 20, (boxed[1] - boxed[0]) / 20
     rows.append(("each further app in a chain: host / container",
                  f"{marginal_host * 1000:.0f} ms / {marginal_box * 1000:.0f} ms "
-                 f"(+{(marginal_box - marginal_host) * 1000:.0f} ms in the container)"))
+                 f"({(marginal_box - marginal_host) * 1000:+.0f} ms in the container)"))
     return rows
 
 
