@@ -345,6 +345,21 @@ def test_a_parsl_worker_runs_a_container_app_in_the_image(tmp_path: Path) -> Non
     assert cell_with(run.notebook, "total = ").metadata["nbpipe"]["container"]["digest"] == image_id(IMAGE)
 
 
+@pytest.mark.slow
+def test_a_dask_worker_runs_a_container_app_in_the_image(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="the Dask engine needs the dask extra: pip install -e '.[dask]'")
+    (tmp_path / "nbpipe.toml").write_text('[sites.dasklocal]\nengine = "dask"\nworkers = 2\n')
+    nb = write(tmp_path / "nb.ipynb",
+               code("import numpy as np\nweights = np.array([1.0, 2.0, 3.0])", "app:host"),
+               code("total = float(weights.sum())\n" + CONTAINED, "app:box", f"container:{IMAGE}"),
+               code("print(total)", "app:back"))
+    run = run_api(nb, site="dasklocal")
+    assert run.ok, statuses(run)
+    assert text_of(cell_with(run.notebook, "total = ")) == "True"
+    assert text_of(cell_with(run.notebook, "print(total)")) == "6.0\n"
+    assert cell_with(run.notebook, "total = ").metadata["nbpipe"]["container"]["digest"] == image_id(IMAGE)
+
+
 # ------------------------------------------------------------------ errors before anything runs
 
 MARK = "open('marker.txt', 'w').write('ran')"
