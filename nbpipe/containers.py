@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -402,12 +403,12 @@ def resolve(pipeline: Any, site: Any, cwd: Path) -> dict[str, Container]:
     notebook's ``container`` default, else the site's. Each image is found and probed
     once; a missing runtime or image, or an image without what the task runtime needs,
     is a :class:`ContainerError` naming the apps that asked for it."""
-    conf = dict(site.options.get("containers", {}))
     default = site.options.get("container")
     wanted = {app: pipeline.apps[app].spec.container or default for app in pipeline.order}
     wanted = {app: image for app, image in wanted.items() if image}
     if not wanted:
         return {}
+    conf = dict(site.options.get("containers", {}))
     by_image: dict[str, list[str]] = {}
     for app, image in wanted.items():
         by_image.setdefault(image, []).append(app)
@@ -415,17 +416,11 @@ def resolve(pipeline: Any, site: Any, cwd: Path) -> dict[str, Container]:
         runtime, exe = runtime_for(conf.get("runtime"))
     except ContainerError as exc:
         raise ContainerError(f"{_asked(pipeline, list(wanted), next(iter(wanted.values())))}: {exc}") from None
-    base = (str(cwd), *(_mount(cwd, m) for m in conf.get("mounts", [])))
-    for path in base:
-        if any(ch in path for ch in runtime.unbindable):
-            raise ContainerError(
-                f"{_asked(pipeline, list(wanted), next(iter(wanted.values())))}: {runtime.name} cannot mount "
-                f"{path}: its bind option splits at {' and '.join(repr(c) for c in runtime.unbindable)}; "
-                "move the notebook (or the mount) to a folder without them, or use podman")
     images: dict[str, Container] = {}
     for image, apps in by_image.items():
         try:
-            found = Container(runtime.name, exe, image, runtime.digest(exe, image), base,
+            mounts = _mounts(pipeline, apps, cwd, conf, runtime)
+            found = Container(runtime.name, exe, image, runtime.digest(exe, image), mounts,
                               options=tuple(str(o) for o in conf.get("options", [])))
             images[image] = Container(**{**found.to_dict(), **probe_image(found, str(cwd), NEEDS)})
         except ContainerError as exc:
@@ -436,6 +431,38 @@ def resolve(pipeline: Any, site: Any, cwd: Path) -> dict[str, Container]:
                   "load across Python versions", file=sys.stderr, flush=True)
     return {app: Container(**{**images[image].to_dict(), "gpus": pipeline.apps[app].spec.resources.gpus or 0})
             for app, image in wanted.items()}
+
+
+def _mounts(pipeline: Any, apps: list[str], cwd: Path, conf: dict[str, Any], runtime: Runtime) -> tuple[str, ...]:
+    """The host folders the apps of one image see: the notebook's, the site's ``mounts``,
+    and the existing folders of ``inputs:`` and ``outputs:`` that lie outside the notebook's."""
+    declared = [pattern for app in apps for pattern in (*pipeline.apps[app].spec.inputs,
+                                                        *pipeline.apps[app].spec.outputs)]
+    folders = [str(cwd), *(_mount(cwd, m) for m in conf.get("mounts", []))]
+    for pattern in declared:
+        folder = _folder_of(cwd, pattern)
+        if folder is not None and not any(_within(folder, f) for f in folders):
+            folders.append(folder)
+    for path in folders:
+        if any(ch in path for ch in runtime.unbindable):
+            raise ContainerError(f"{runtime.name} cannot mount {path}: its bind option splits at "
+                                 f"{' and '.join(repr(c) for c in runtime.unbindable)}; move the notebook "
+                                 "(or the mount) to a folder without them, or use podman")
+    return tuple(dict.fromkeys(folders))
+
+
+def _folder_of(cwd: Path, pattern: str) -> str | None:
+    """The deepest existing folder above the first glob character of a declared file."""
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    path = (cwd / os.path.expanduser(head)).resolve()
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            return None if folder == Path(folder.anchor) else str(folder)
+    return None
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _asked(pipeline: Any, apps: list[str], image: str) -> str:

@@ -249,6 +249,26 @@ def test_a_site_mounts_a_folder_beside_the_notebook_and_nothing_else_of_the_host
     assert text_of(cell_with(run.notebook, "cal * 2")) == "3.0\n"
 
 
+def test_declared_files_outside_the_notebook_folder_are_mounted_and_nothing_else(tmp_path: Path) -> None:
+    """``inputs:`` and ``outputs:`` by absolute path or ``..``: their folders are mounted, so
+    a container app reads and writes them as a host app does; a sibling folder stays out."""
+    project, data, results, private = (tmp_path / n for n in ("project", "data", "results", "private"))
+    for folder in (project, data, results, private):
+        folder.mkdir()
+    (data / "run1.csv").write_text("1\n2\n3\n")
+    nb = write(project / "nb.ipynb",
+               code(f"import os\nrows = [int(x) for x in open({str(data / 'run1.csv')!r})]\n"
+                    "open('../results/sum.txt', 'w').write(str(sum(rows)))\n"
+                    f"print(os.path.exists({str(private)!r}))",
+                    "app:box", f"container:{IMAGE}", f"inputs:{data}/*.csv", "outputs:../results/sum.txt"),
+               code("print(open('../results/sum.txt').read())", "app:host", "inputs:../results/sum.txt"))
+    run = run_api(nb)
+    assert run.ok, statuses(run)
+    assert text_of(cell_with(run.notebook, "rows = ")) == "False\n"
+    assert text_of(cell_with(run.notebook, "results/sum.txt').read()")) == "6\n"
+    assert (results / "sum.txt").read_text() == "6"
+
+
 @pytest.mark.parametrize("folder", ["run:2024-05-01T10:00", "my data, v2"], ids=["colon", "space-comma"])
 def test_a_notebook_in_a_folder_with_a_colon_or_a_comma_runs_in_the_image(tmp_path: Path, folder: str) -> None:
     """A run folder named by its time has colons, which ``--volume SRC:DST`` cannot take."""
