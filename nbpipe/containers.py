@@ -115,6 +115,8 @@ class Launch:
     name: str  # a name for the container, where the runtime names them
     cwd: str
     env: dict[str, str] = field(default_factory=dict)
+    #: labels for runtimes that keep them (``nbpipe.run``: the run directory's name)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class Runtime:
@@ -162,7 +164,8 @@ class Podman(Runtime):
                 # shared memory: only the file system is the image's.
                 "--pid=host", "--network=host", "--ipc=host", *self._user(),
                 "--workdir", launch.cwd, "--entrypoint", command[0],
-                "--label", "nbpipe=1"]
+                "--label", "nbpipe=1", *(f for k, v in sorted(launch.labels.items())
+                                         for f in ("--label", f"{k}={v}"))]
         for path in c.mounts:
             argv += _bind(path, path)
         argv += _bind(_package_dir(), f"{PACKAGE_MOUNT}/nbpipe", read_only=True)
@@ -324,12 +327,12 @@ def runtime_for(name: str | None) -> tuple[Runtime, str]:
 
 
 def launch_argv(container: Container, name: str, cwd: str, command: list[str],
-                env: dict[str, str] | None = None) -> list[str]:
+                env: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> list[str]:
     """The argv that runs ``command`` (``python3`` first) in the container, from ``cwd``."""
     runtime = RUNTIMES[container.runtime]
     passed = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}
     env = {**passed, "PYTHONPATH": PACKAGE_MOUNT, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return runtime.argv(Launch(container, name, cwd, env), command)
+    return runtime.argv(Launch(container, name, cwd, env, labels or {}), command)
 
 
 def prepare_launch(container: Container) -> None:

@@ -69,17 +69,21 @@ address = "127.0.0.1"
 TEST_IMAGE = "localhost/nbpipe-test"
 
 
-def container_skip_reason(image: str = TEST_IMAGE) -> str | None:
-    """Why the container tests cannot run here (no podman, podman cannot start, no test
-    image), or None."""
+def container_skip_reason(image: str = TEST_IMAGE, run: bool = False) -> str | None:
+    """Why the container tests cannot run here (no podman, no test image, and with ``run``
+    podman cannot start a container of it), or None."""
     import subprocess
 
     if shutil.which("podman") is None:
-        return "podman is not installed (scripts/build-test-image.sh installs it)"
+        return "podman is not installed (scripts/build-test-image.sh installs it and builds the test images)"
     try:
-        found = subprocess.run(["podman", "image", "exists", image], capture_output=True, timeout=60)
+        found = subprocess.run(["podman", "image", "exists", image], capture_output=True, text=True, timeout=60)
+        if found.returncode == 1:
+            return f"the test image {image} is missing: bash scripts/build-test-image.sh builds it"
+        if found.returncode != 0:
+            return f"podman cannot run here: {found.stderr.strip()}"
+        ran = subprocess.run(["podman", "run", "--rm", "--pull=never", image, "true"], capture_output=True,
+                             text=True, timeout=120) if run else None
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"podman does not answer here: {exc}"
-    if found.returncode != 0:
-        return f"the test image {image} is missing: bash scripts/build-test-image.sh builds it"
-    return None
+    return f"podman cannot start a container here: {ran.stderr.strip()}" if ran and ran.returncode else None

@@ -177,3 +177,8 @@ def test_a_folder_a_runtime_cannot_bind_is_refused_before_anything_runs(
     with pytest.raises(ContainerError) as info:
         api.check(src, site="x")
     assert f"{runtime} cannot mount {work}" in str(info.value) and "'a'" in str(info.value)
+
+
+def test_podman_containers_carry_the_runs_label() -> None:
+    argv = launch_argv(_container("podman"), "n", "/w", COMMAND, labels={"nbpipe.run": "nbpipe-run-abc"})
+    assert "nbpipe.run=nbpipe-run-abc" in _pairs(argv, "--label") and "nbpipe=1" in _pairs(argv, "--label")

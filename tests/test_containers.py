@@ -19,11 +19,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nbbuild import code, md, nbpipe_cli, read, text_of, write
+from sitekit import container_skip_reason
 
 import nbpipe
 from nbpipe.compare import normalise_outputs
@@ -39,27 +41,24 @@ def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
                           stdin=subprocess.DEVNULL)
 
 
-def _why_podman_cannot_run() -> str | None:
-    if shutil.which("podman") is None:
-        return "podman is not installed (scripts/build-test-image.sh installs it and builds the test images)"
-    try:
-        exists = _podman("image", "exists", IMAGE)
-        if exists.returncode == 1:
-            return f"the image {IMAGE} is absent; {BUILD}"
-        if exists.returncode != 0:
-            return f"podman cannot run here: {exists.stderr.strip()}"
-        ran = _podman("run", "--rm", "--pull=never", IMAGE, "true")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"podman cannot run here: {exc}"
-    return f"podman cannot start a container here: {ran.stderr.strip()}" if ran.returncode else None
+def _ours() -> set[str]:
+    done = _podman("ps", "--all", "--filter", "label=nbpipe=1", "--format", "{{.ID}} {{.Names}}")
+    return set(done.stdout.splitlines())
 
 
 @pytest.fixture(scope="module", autouse=True)
-def podman_ready() -> None:
-    """Every test of this module needs podman that can run ``localhost/nbpipe-test``."""
-    reason = _why_podman_cannot_run()
+def podman_ready() -> Iterator[None]:
+    """Every test of this module needs podman that can run ``localhost/nbpipe-test``; and
+    when they are done, no container nbpipe started is left (names say whose it was)."""
+    reason = container_skip_reason(IMAGE, run=True)
     if reason:
         pytest.skip(reason)
+    before = _ours()
+    yield
+    deadline = time.time() + 15
+    while _ours() - before and time.time() < deadline:
+        time.sleep(0.5)
+    assert sorted(_ours() - before) == []
 
 
 def need(image: str) -> None:
@@ -836,9 +835,25 @@ def test_a_signal_while_the_warm_container_starts_leaves_no_container(
     _nothing_left(proc, tmp_path, err)
 
 
-def test_a_killed_nbpipe_leaves_no_container_behind(tmp_path: Path) -> None:
+def _commands() -> list[tuple[int, list[str]]]:
+    """Each live process and its argv (the program by its name)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv and argv[0]:
+            out.append((int(pid), [os.path.basename(argv[0]), *argv[1:]]))
+    return out
+
+
+@pytest.mark.parametrize("client", [False, True], ids=["nbpipe", "nbpipe-and-podman"])
+def test_a_killed_nbpipe_leaves_no_container_behind(tmp_path: Path, client: bool) -> None:
     """SIGKILL (a batch system's last word): nbpipe cannot clean up, so the zygote in the
-    container, seeing its input end, stops the app and ends, and the container goes."""
+    container, seeing its input end, stops the app and ends, and the container goes. A
+    cancelled batch job also kills podman's client, which leaves the input open: the
+    zygote sees its driver's pid go."""
     nb = write(tmp_path / "nb.ipynb", code(SLEEPER, "app:slow", f"container:{IMAGE}"))
     proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb)], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -847,7 +862,12 @@ def test_a_killed_nbpipe_leaves_no_container_behind(tmp_path: Path) -> None:
         assert proc.poll() is None and time.time() < deadline, "the container app never started"
         time.sleep(0.1)
     assert containers_of(proc.pid) and processes_in(tmp_path)
+    clients = [pid for pid, argv in _commands() if argv[:2] == ["podman", "run"]
+               and any(a.startswith(f"nbpipe-{proc.pid}-") for a in argv)] if client else []
+    assert clients or not client
     proc.kill()
+    for pid in clients:
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30
     while (containers_of(proc.pid) or processes_in(tmp_path)) and time.time() < deadline:

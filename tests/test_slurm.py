@@ -133,14 +133,16 @@ def test_a_container_app_runs_in_podman_inside_the_slurm_job(tmp_path: Path, slu
                      "app:inside", f"container:{TEST_IMAGE}"),
                 code("print(y.tolist(), boxed)", "app:after"))
     (tmp_path / "nbpipe.toml").write_text(SLURM.format(timeout=120))
-    run = nbpipe.execute(src, site="cluster")
+    run = nbpipe.execute(src, site="cluster", keep_run_dir=True)
     assert run.ok, {n: r.error for n, r in run.apps.items()}
+    assert run.run_dir is not None
+    shutil.rmtree(run.run_dir)
     cells = {c.metadata["nbpipe"]["app"]: c for c in run.notebook.cells if c.cell_type == "code"}
     assert text_of(cells["inside"]) == f"True 30 {run.apps['inside'].job_id}\n"
     assert text_of(cells["after"]) == "[0, 2, 4, 6, 8, 10] True\n"
     assert cells["inside"].metadata["nbpipe"]["container"]["digest"].startswith("sha256:")
     assert cells["inside"].metadata["nbpipe"]["job_id"] == run.apps["inside"].job_id is not None
     assert _wait_for_empty_queue() == []
-    left = subprocess.run(["podman", "ps", "--all", "--quiet", "--filter", "label=nbpipe=1"],
+    left = subprocess.run(["podman", "ps", "--all", "--quiet", "--filter", f"label=nbpipe.run={run.run_dir.name}"],
                           capture_output=True, text=True, timeout=60)
     assert left.stdout.strip() == ""

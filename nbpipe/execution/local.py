@@ -28,6 +28,7 @@ from ..containers import Container, ContainerError, container_name, launch_argv,
 from ..store import Store
 from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
+from .zygote import process_start
 
 __all__ = ["LocalExecutor", "result_path"]
 
@@ -231,13 +232,16 @@ class _ContainerCommand(_Command):
                                       "mounts": tuple(dict.fromkeys((*container.mounts, spec.run_dir)))})
         self.name = name
         prepare_launch(self.container)
-        env = {}
+        # The zygote watches this process too: the runtime's client may die with it and
+        # leave the container's input open (see zygote._Driver).
+        env = {"NBPIPE_DRIVER": f"{os.getpid()}:{process_start(os.getpid())}"}
         if self.container.fresh_home:  # IPython, matplotlib and others write to HOME
             home = Store(spec.run_dir).container_home
             home.mkdir(parents=True, exist_ok=True)
             env["HOME"] = str(home)
         super().__init__(launch_argv(self.container, name, spec.cwd,
-                                     ["python3", "-m", "nbpipe.execution.zygote", *preload], env))
+                                     ["python3", "-m", "nbpipe.execution.zygote", *preload], env,
+                                     {"nbpipe.run": Path(spec.run_dir).name}))
 
     def cleanup(self, clean_exit: bool) -> None:
         if not clean_exit:  # the runtime's client was killed: the container may live on

@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -173,7 +174,37 @@ def _signal_children(children: dict[int, str], sig: int) -> None:
             pass
 
 
+class _Driver:
+    """The process this zygote works for, when it runs in a container.
+
+    There the driver's pipe passes through the runtime's client, which can be
+    killed with the driver (a batch job cancelled kills every process of the
+    job, but not a container podman started), leaving the pipe open. So the
+    zygote also watches the driver's pid (the container shares the host's
+    pids), with its start time against a recycled pid: ``NBPIPE_DRIVER=PID:START``.
+    """
+
+    def __init__(self, value: str) -> None:
+        pid, _, start = value.partition(":")
+        self.pid, self.start = (int(pid), start) if pid.isdigit() else (0, "")
+        self.period = 1.0 if self.pid else None
+
+    def gone(self) -> bool:
+        return bool(self.pid) and process_start(self.pid) != self.start
+
+
+def process_start(pid: int) -> str:
+    """When ``pid`` started (clock ticks since boot, from /proc), or "" if it is not running."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else ""
+
+
 def main() -> int:
+    driver = _Driver(os.environ.pop("NBPIPE_DRIVER", ""))
     watch = _StartWatch()
     # Imported here, once, so that every forked child has them for free.
     import papermill  # noqa: F401
@@ -221,9 +252,12 @@ def main() -> int:
             # printed and ends it (see task.py); SIGKILL a second later.
             _signal_children(children, signal.SIGTERM if not last_words else signal.SIGKILL)
             stop_at, last_words = time.monotonic() + 1.0, True
-        readable, _, _ = select.select([wake_r] + ([] if eof else [0]), [], [], 0.5 if eof else None)
+        readable, _, _ = select.select([wake_r] + ([] if eof else [0]), [], [],
+                                       0.5 if eof else driver.period)
         if wake_r in readable:
             os.read(wake_r, 4096)
+        if not eof and driver.gone():
+            eof, readable = True, []  # as when the pipe hangs up: nobody waits for these tasks
         if 0 in readable:
             chunk = os.read(0, 65536)
             eof = not chunk
