@@ -232,8 +232,8 @@ class _ContainerCommand(_Command):
                                       "mounts": tuple(dict.fromkeys((*container.mounts, spec.run_dir)))})
         self.name = name
         prepare_launch(self.container)
-        # The zygote watches this process too: the runtime's client may die with it and
-        # leave the container's input open (see zygote._Driver).
+        # The zygote watches this process too, should the runtime keep the container's
+        # input open once this process is gone (see zygote._Driver).
         env = {"NBPIPE_DRIVER": f"{os.getpid()}:{process_start(os.getpid())}"}
         if self.container.fresh_home:  # IPython, matplotlib and others write to HOME
             home = Store(spec.run_dir).container_home

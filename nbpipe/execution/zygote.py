@@ -177,11 +177,12 @@ def _signal_children(children: dict[int, str], sig: int) -> None:
 class _Driver:
     """The process this zygote works for, when it runs in a container.
 
-    There the driver's pipe passes through the runtime's client, which can be
-    killed with the driver (a batch job cancelled kills every process of the
-    job, but not a container podman started), leaving the pipe open. So the
-    zygote also watches the driver's pid (the container shares the host's
-    pids), with its start time against a recycled pid: ``NBPIPE_DRIVER=PID:START``.
+    There the driver's pipe passes through the runtime (podman's client and
+    conmon), which outlives a cancelled batch job: the job's processes are
+    killed, a container podman started is not. Should the runtime keep the
+    pipe open when the driver is gone, the zygote would wait for ever; so it
+    also watches the driver's pid (the container shares the host's pids), with
+    its start time against a recycled pid: ``NBPIPE_DRIVER=PID:START``.
     """
 
     def __init__(self, value: str) -> None:
