@@ -6,10 +6,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import ENGINE_PARAMS
 from nbbuild import by_id, code, md, read, text_of, write
 
 import nbpipe
-from nbpipe.api import ENGINES
 
 
 def analysis(path: Path) -> Path:
@@ -23,7 +23,7 @@ def analysis(path: Path) -> Path:
                  code("print(total)", "metrics"))
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 def test_execute_returns_the_merged_notebook_and_per_app_results(tmp_path: Path, engine: str) -> None:
     src = analysis(tmp_path / "nb.ipynb")
     ids = [c.id for c in read(src).cells]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import ENGINE_PARAMS
 from nbbuild import by_id, code, md, nbpipe_cli, read, text_of, write
 
-from nbpipe.api import ENGINES
 from nbpipe.cli import COMMANDS, parse_value
 
 # --------------------------------------------------------------------- execute
@@ -29,7 +29,7 @@ def params_notebook(path: Path) -> Path:
                  code("doubled = n * 2\nprint('doubled', doubled)", "app:double"))
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 def test_execute_with_parameters_json_and_html(tmp_path: Path, engine: str) -> None:
     src = params_notebook(tmp_path / "nb.ipynb")
     out = tmp_path / "out" / "merged.ipynb"
@@ -321,7 +321,7 @@ def _alive(pids: set[int], marker: str) -> dict[int, str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 def test_sigint_exits_130_writes_partial_notebook_and_leaves_no_process(tmp_path: Path, engine: str) -> None:
     def sleeper(name: str) -> str:
         return ("import os, pathlib, time\n"

@@ -597,6 +597,7 @@ def test_a_failing_container_app_fails_alone_and_leaves_no_container(tmp_path: P
     assert processes_in(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_in_one_process_each_get_their_own_containers(tmp_path: Path) -> None:
     """As from a notebook that starts two pipelines in threads: container names must not clash."""
     from concurrent.futures import ThreadPoolExecutor
@@ -762,6 +763,7 @@ def test_an_image_without_ipykernel_is_refused_before_anything_runs(
     assert "cell 1" in line and "pip install ipykernel" in line, line
 
 
+@pytest.mark.slow
 def test_an_image_whose_python_greets_on_start_still_runs_apps(tmp_path: Path, chatty: str) -> None:
     nb = write(tmp_path / "nb.ipynb", code("a = 1", "app:host"),
                code("b = a + 1\n" + CONTAINED, "app:box", f"container:{chatty}"), code("print(b)", "app:back"))
@@ -848,7 +850,8 @@ def _commands() -> list[tuple[int, list[str]]]:
     return out
 
 
-@pytest.mark.parametrize("client", [False, True], ids=["nbpipe", "nbpipe-and-podman"])
+@pytest.mark.parametrize("client", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["nbpipe", "nbpipe-and-podman"])
 def test_a_killed_nbpipe_leaves_no_container_behind(tmp_path: Path, client: bool) -> None:
     """SIGKILL (a batch system's last word): nbpipe cannot clean up, so the zygote in the
     container, seeing its input end, stops the app and ends, and the container goes. A

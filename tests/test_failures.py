@@ -9,13 +9,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import ENGINE_PARAMS
 from nbbuild import by_id, code, md, nbpipe_cli, notebook, read, text_of, write
 
 import nbpipe
-from nbpipe.api import ENGINES
 from nbpipe.errors import GraphError
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 def test_a_failing_app_is_isolated(tmp_path: Path, engine: str) -> None:
     src = write(tmp_path / "nb.ipynb",
                 md("# Analysis"),
@@ -60,7 +60,7 @@ def test_a_failing_app_is_isolated(tmp_path: Path, engine: str) -> None:
     assert merged.metadata["nbpipe"]["status"] == "failed"
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 def test_retries_rerun_a_failed_app(tmp_path: Path, engine: str) -> None:
     marker = tmp_path / "attempted"
     src = write(tmp_path / "nb.ipynb",
@@ -81,7 +81,7 @@ def test_retries_rerun_a_failed_app(tmp_path: Path, engine: str) -> None:
     assert run.notebook.metadata["nbpipe"]["apps"]["always"]["attempts"] == 2
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 def test_timeout_stops_an_app_and_reports_it(tmp_path: Path, engine: str) -> None:
     src = write(tmp_path / "nb.ipynb",
                 code("import time\nprint('before')\ntime.sleep(120)\nprint('AFTER-SLEEP')", "app:slow",
@@ -103,7 +103,7 @@ def test_timeout_stops_an_app_and_reports_it(tmp_path: Path, engine: str) -> Non
     assert streams == "before\n"
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 def test_an_unshippable_value_names_variable_type_apps_and_fix(tmp_path: Path, engine: str) -> None:
     src = write(tmp_path / "nb.ipynb",
                 code("gen = (i for i in range(3))", "app:make_gen"),
@@ -131,7 +131,7 @@ def test_an_unshippable_value_names_variable_type_apps_and_fix(tmp_path: Path, e
         assert "ShipError" in shown and f"{variable!r}" in shown
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 def test_declared_output_not_written_fails_the_app(tmp_path: Path, engine: str) -> None:
     src = write(tmp_path / "nb.ipynb",
                 code("x = 1", "app:make", "outputs:result.csv"),
