@@ -25,6 +25,7 @@ from .atomic import write_text
 from .cache import Keys, input_digests, provenance
 from .compile import compile_pipeline
 from .containers import Container
+from .containers import remove_run_containers
 from .containers import resolve as resolve_containers
 from .errors import OutputError, UsageError, WorkerError
 from .execution.base import AppResult, AppStatus, TaskSpec, run_ok
@@ -217,6 +218,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     finally:
         with stop.shielded():
             executor.shutdown(cancel=True)
+            remove_run_containers(checked.containers.values(), store.run_dir.name)
     stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
     merged, metrics = _merge_run(pipeline, results, store, path, parameters, chosen.name, started, memo,
                                  {app: c.describe() for app, c in checked.containers.items()})

@@ -136,6 +136,9 @@ class Runtime:
     def stop(self, executable: str, name: str) -> None:
         """Remove what :meth:`argv` started under ``name`` and may have left running."""
 
+    def remove_run(self, executable: str, run: str) -> None:
+        """Remove what is left of the containers of run ``run`` (by its label)."""
+
     def prepare(self, container: Container) -> None:
         """Make the image ready for :meth:`argv`'s mounts, on the machine that starts it."""
 
@@ -199,6 +202,11 @@ class Podman(Runtime):
     def stop(self, executable: str, name: str) -> None:
         _run([executable, "rm", "--force", "--time", "0", name] if self.name == "podman"
              else [executable, "rm", "--force", name])
+
+    def remove_run(self, executable: str, run: str) -> None:
+        left = _run([executable, "ps", "--all", "--quiet", "--filter", f"label=nbpipe.run={run}"]).stdout.split()
+        if left:
+            _run([executable, "rm", "--force", *left])
 
 
 def _bind(source: str, target: str, read_only: bool = False) -> list[str]:
@@ -333,6 +341,14 @@ def launch_argv(container: Container, name: str, cwd: str, command: list[str],
     passed = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}
     env = {**passed, "PYTHONPATH": PACKAGE_MOUNT, "PYTHONUNBUFFERED": "1", **(env or {})}
     return runtime.argv(Launch(container, name, cwd, env, labels or {}), command)
+
+
+def remove_run_containers(containers: Any, run: str) -> None:
+    """After a run: a batch job cancelled under a worker kills podman's monitor with it,
+    which leaves the container in podman's records as running; remove such leftovers
+    (on this machine: a worker node's records stay to its own podman)."""
+    for runtime, executable in sorted({(c.runtime, c.executable) for c in containers}):
+        RUNTIMES[runtime].remove_run(executable, run)
 
 
 def prepare_launch(container: Container) -> None:

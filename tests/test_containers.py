@@ -900,3 +900,20 @@ def test_container_apps_of_one_image_fork_from_one_warm_zygote(tmp_path: Path) -
     assert all("nbpipe.execution.zygote" in cmd for _, cmd in said.values()), said
     assert said["one"][0] == said["two"][0] == said["three"][0], said
     assert said["host"][0] != said["one"][0], said
+
+
+def test_what_is_left_of_a_runs_containers_is_removed_by_its_label() -> None:
+    """A batch job cancelled under a worker kills podman's monitor, which leaves the container
+    recorded as running; after the run nbpipe removes whatever carries the run's label."""
+    from nbpipe.containers import Container, remove_run_containers
+
+    run = f"nbpipe-run-test{os.getpid()}"
+    made = _podman("create", "--label", f"nbpipe.run={run}", "--label", "nbpipe=1", IMAGE, "true")
+    other = _podman("create", "--label", "nbpipe.run=someone-else", IMAGE, "true")
+    assert made.returncode == 0 and other.returncode == 0, made.stderr + other.stderr
+    try:
+        remove_run_containers([Container("podman", shutil.which("podman") or "podman", IMAGE, "sha256:x")], run)
+        left = _podman("ps", "--all", "--quiet", "--no-trunc").stdout.split()
+        assert made.stdout.strip() not in left and other.stdout.strip() in left
+    finally:
+        _podman("rm", "--force", "--ignore", made.stdout.strip(), other.stdout.strip())
