@@ -347,32 +347,24 @@ def test_the_kernel_engine_runs_a_container_app_in_a_kernel_in_the_image(tmp_pat
     assert text_of(cell_with(run.notebook, "n + 1")) == "7\n"
 
 
+#: site -> (the extra it needs, its definition)
+WORKER_SITES = {"htex": ("parsl", None),
+                "dasklocal": ("distributed", '[sites.dasklocal]\nengine = "dask"\nworkers = 2\n')}
+
+
 @pytest.mark.slow
-def test_a_parsl_worker_runs_a_container_app_in_the_image(tmp_path: Path) -> None:
-    pytest.importorskip("parsl", reason="the Parsl engine needs the parsl extra: pip install -e '.[parsl]'")
+@pytest.mark.parametrize("site", sorted(WORKER_SITES))
+def test_a_parsl_or_dask_worker_runs_a_container_app_in_the_image(tmp_path: Path, site: str) -> None:
+    module, definition = WORKER_SITES[site]
+    pytest.importorskip(module, reason=f"the site needs {module}: pip install -e '.[parsl,dask]'")
     from sitekit import PARSL_LOCAL
 
-    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)
+    (tmp_path / "nbpipe.toml").write_text(definition or PARSL_LOCAL)
     nb = write(tmp_path / "nb.ipynb",
                code("import numpy as np\nweights = np.array([1.0, 2.0, 3.0])", "app:host"),
                code("total = float(weights.sum())\n" + CONTAINED, "app:box", f"container:{IMAGE}"),
                code("print(total)", "app:back"))
-    run = run_api(nb, site="htex")
-    assert run.ok, statuses(run)
-    assert text_of(cell_with(run.notebook, "total = ")) == "True"
-    assert text_of(cell_with(run.notebook, "print(total)")) == "6.0\n"
-    assert cell_with(run.notebook, "total = ").metadata["nbpipe"]["container"]["digest"] == image_id(IMAGE)
-
-
-@pytest.mark.slow
-def test_a_dask_worker_runs_a_container_app_in_the_image(tmp_path: Path) -> None:
-    pytest.importorskip("distributed", reason="the Dask engine needs the dask extra: pip install -e '.[dask]'")
-    (tmp_path / "nbpipe.toml").write_text('[sites.dasklocal]\nengine = "dask"\nworkers = 2\n')
-    nb = write(tmp_path / "nb.ipynb",
-               code("import numpy as np\nweights = np.array([1.0, 2.0, 3.0])", "app:host"),
-               code("total = float(weights.sum())\n" + CONTAINED, "app:box", f"container:{IMAGE}"),
-               code("print(total)", "app:back"))
-    run = run_api(nb, site="dasklocal")
+    run = run_api(nb, site=site)
     assert run.ok, statuses(run)
     assert text_of(cell_with(run.notebook, "total = ")) == "True"
     assert text_of(cell_with(run.notebook, "print(total)")) == "6.0\n"
