@@ -673,7 +673,7 @@ def test_a_signal_while_a_container_app_runs_leaves_no_container_and_no_process(
         tmp_path: Path, sig: int, code_: int, engine: str) -> None:
     nb = write(tmp_path / "nb.ipynb",
                code("print('quick done')", "app:quick"),
-               code(SLEEPER, "app:slow", f"container:{IMAGE}"))
+               code(SLEEPER, "app:slow", "after:quick", f"container:{IMAGE}"))
     proc = subprocess.Popen([sys.executable, "-m", "nbpipe", "execute", str(nb), "--engine", engine], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     flag, deadline = tmp_path / "running", time.time() + 120
