@@ -28,6 +28,7 @@ from .containers import Container
 from .containers import remove_run_containers
 from .containers import resolve as resolve_containers
 from .errors import OutputError, UsageError, WorkerError
+from .events import Event
 from .execution.base import AppResult, AppStatus, TaskSpec, run_ok
 from .execution.scheduler import schedule
 from .graph import Pipeline, build_pipeline
@@ -116,7 +117,7 @@ def execute(
     sites_file: str | Path | None = None,
     debug: bool = False,
     keep_run_dir: bool = False,
-    on_event: Callable[[str, str, AppResult], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
     cache: bool | None = None,
     refresh: tuple[str, ...] | list[str] = (),
     cache_dir: str | Path | None = None,
@@ -131,7 +132,9 @@ def execute(
     :class:`~nbpipe.errors.NbpipeError` subclasses for bad input, before
     anything runs. On KeyboardInterrupt the partial merged notebook is written,
     no task process is left, and the interrupt re-raised with the
-    :class:`RunResult` as ``exc.run_result``.
+    :class:`RunResult` as ``exc.run_result``. ``on_event`` is called with a
+    frozen :class:`~nbpipe.events.Event` each time an app or a map item
+    changes state (in the thread that called ``execute``).
     """
     run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
                       engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
@@ -177,7 +180,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
              parameters: dict[str, Any] | None = None, workers: int | None = None,
              html: str | Path | bool | None = None, engine: str = "ipython",
              sites_file: str | Path | None = None, debug: bool = False, keep_run_dir: bool = False,
-             on_event: Callable[[str, str, AppResult], None] | None = None,
+             on_event: Callable[[Event], None] | None = None,
              cache_dir: str | Path | None = None, refresh: tuple[str, ...] | list[str] = (),
              policy: Policy = Policy()) -> tuple[RunResult, CacheMemo]:
     started = time.time()

@@ -22,6 +22,7 @@ from typing import Any
 from . import stop
 from .version import __version__
 from .errors import NbpipeError, UsageError
+from .events import Event, Kind
 
 __all__ = ["entry", "main"]
 
@@ -225,45 +226,60 @@ class _Progress:
         self.total, self.done, self.start = total, 0, time.time()
         self.finished: set[str] = set()
 
-    def __call__(self, kind: str, app: str, result: Any) -> None:
-        stamp = f"[{time.time() - self.start:7.1f}s]"
-        if kind == "start":
-            line = f"started   {app}"
-        elif kind == "retry":
-            line = f"retrying  {app} (attempt {result.attempts})"
-        elif kind == "split":
-            line = f"mapping   {app} over {len(result.items)} item(s)"
-        elif kind == "cached":
-            return  # the "done" line that follows says cached
-        elif kind == "item":
-            finished = sum(1 for item in result.items if item.status.final)
-            total = len(result.items)
-            if finished != total and finished % max(1, total // 10):
-                return  # about ten progress lines per map app
-            cached = sum(1 for item in result.items if item.status.value == "cached")
-            line = f"items     {app}: {finished}/{total} finished" + (f" ({cached} cached)" if cached else "")
-        elif kind == "rerun":
-            change = result.reruns[-1]
-            if app in self.finished:
-                self.finished.discard(app)
-                self.done -= 1
-            what = "re-runs" if change["reran"] else f"reads {change['variable']} from {change['app']}"
-            line = (f"app {app} {what}: app {change['app']} changed {change['variable']}, "
-                    "which nbpipe did not predict")
-        elif kind == "skip":
-            self.done += app not in self.finished  # an app that ran, below a SystemExit, counts once
-            self.finished.add(app)
-            line = f"skipped   {app}: {result.reason}"
-        else:
-            self.done += app not in self.finished  # an app that ran again counts once
-            self.finished.add(app)
-            status = result.status.value.replace("_", " ")
-            ran = result.duration is not None and result.status.value != "cached"
-            took = f" in {result.duration:.1f}s" if ran else ""
-            line = f"{status:<9} {app}{took}"
-            if result.error:
-                line += f": {result.error.get('ename')}: {_first_line(result.error.get('evalue', ''))}"
-        print(f"nbpipe {stamp} ({self.done}/{self.total}) {line}", file=sys.stderr, flush=True)
+    def __call__(self, event: Event) -> None:
+        line = self._line(event)
+        if line is not None:
+            stamp = f"[{event.time - self.start:7.1f}s]"
+            print(f"nbpipe {stamp} ({self.done}/{self.total}) {line}", file=sys.stderr, flush=True)
+
+    def _line(self, event: Event) -> str | None:
+        app = event.app
+        if event.kind is Kind.START:
+            return f"started   {app}"
+        if event.kind is Kind.RETRY:
+            return f"retrying  {app} (attempt {event.attempt})"
+        if event.kind is Kind.SPLIT:
+            return f"mapping   {app} over {event.items.total if event.items else 0} item(s)"
+        if event.kind is Kind.CACHED:
+            return None  # the "done" line that follows says cached
+        if event.kind is Kind.ITEM:
+            return _items_line(event)
+        if event.kind is Kind.RERUN:
+            return self._rerun_line(event)
+        self.done += app not in self.finished  # an app that ran again (or ran, below a SystemExit) counts once
+        self.finished.add(app)
+        if event.kind is Kind.SKIP:
+            return f"skipped   {app}: {event.reason}"
+        status = event.status.value.replace("_", " ")
+        ran = event.duration is not None and event.status.value != "cached"
+        line = f"{status:<9} {app}" + (f" in {event.duration:.1f}s" if ran else "")
+        if event.error:
+            line += f": {event.error.ename}: {_first_line(event.error.evalue)}"
+        return line
+
+    def _rerun_line(self, event: Event) -> str:
+        change = event.rerun
+        assert change is not None
+        if event.app in self.finished:
+            self.finished.discard(event.app)
+            self.done -= 1
+        what = "re-runs" if change.reran else f"reads {change.variable} from {change.changed_by}"
+        return (f"app {event.app} {what}: app {change.changed_by} changed {change.variable}, "
+                "which nbpipe did not predict")
+
+
+def _items_line(event: Event) -> str | None:
+    """About ten lines per map app, and every failed item's."""
+    items = event.items
+    assert items is not None
+    failed_now = event.item_status is not None and not event.item_status.ok
+    if items.done != items.total and items.done % max(1, items.total // 10) and not failed_now:
+        return None
+    extra = [f"{n} {what}" for n, what in ((items.failed, "failed"), (items.cached, "cached")) if n]
+    line = f"items     {event.app}: {items.done}/{items.total} finished" + (f" ({', '.join(extra)})" if extra else "")
+    if failed_now and event.error:
+        line += f"; item {event.item} ({event.label}): {event.error.ename}: {_first_line(event.error.evalue)}"
+    return line
 
 
 def _first_line(text: str) -> str:

@@ -128,7 +128,7 @@ def test_items_retried_after_a_failure_complete_the_app_and_run_downstream(tmp_p
     after = code("print('sum', sum(y))", "app:after")
     path = write(tmp_path / "r.ipynb", code("ks = [1, 2, 3]", "app:load"), flaky, after)
     events: list[tuple[str, str, str]] = []
-    run = _run(path, on_event=lambda kind, app, result: events.append((kind, app, result.status.value)))
+    run = _run(path, on_event=lambda e: events.append((e.kind.value, e.app, e.status.value)))
     assert run.ok, {n: (r.status, r.error, r.reason) for n, r in run.apps.items()}
     assert [i.status for i in run.apps["flaky"].items] == [AppStatus.COMPLETED] * 3
     assert [i.attempts for i in run.apps["flaky"].items] == [2, 2, 1]

@@ -25,6 +25,7 @@ from nbpipe.api import _make_run_dir, _spec_maker, load_pipeline
 from nbpipe.cli import _Progress
 from nbpipe.execution.base import AppResult, AppStatus, TaskResult, TaskSpec, run_ok
 from nbpipe.execution.local import LocalExecutor
+from nbpipe.events import Event
 from nbpipe.execution.scheduler import Memo, schedule
 from nbpipe.store import Store
 
@@ -92,10 +93,10 @@ class Runner:
             self.submitted.append((app, kwargs.get("item"), kwargs.get("split", False)))
             return make(app, attempt, **kwargs)
 
-        def event(kind: str, app: str, result: AppResult) -> None:
-            self.events.append((kind, app))
+        def event(e: Event) -> None:
+            self.events.append((e.kind.value, e.app))
             if on_event:
-                on_event(kind, app, result)
+                on_event(e)
 
         def map_size(app: str) -> list[str]:
             return list(json.loads(Store(self.run_dir).split_count(app).read_text())["labels"])

@@ -113,6 +113,8 @@ class _Outcome:
 
     status: AppStatus = AppStatus.PENDING
     attempts: int = 0
+    #: when the first attempt was handed to the executor (on a batch site it may wait in a queue until start_time)
+    submit_time: float | None = None
     start_time: float | None = None
     end_time: float | None = None
     host: str | None = None
@@ -141,6 +143,9 @@ class ItemResult(_Outcome):
                                 "attempts": self.attempts}
         if self.duration is not None:
             data["duration"] = round(self.duration, 6)
+        for name in ("submit_time", "start_time", "end_time"):
+            if getattr(self, name) is not None:
+                data[name] = round(getattr(self, name), 6)
         if self.host:
             data["host"] = self.host
         if self.job_id:

@@ -30,18 +30,16 @@ from typing import Any, Protocol
 import networkx as nx
 
 from ..errors import MutationError
+from ..events import Event, Items, Kind
 from ..graph import Pipeline
 from ..mutations import Dataflow, Rewire
 from .base import AppResult, AppStatus, Executor, ItemResult, TaskResult, TaskSpec
 
-__all__ = ["Event", "MapSize", "Memo", "Scheduler", "SpecFactory", "Task", "schedule"]
+__all__ = ["MapSize", "OnEvent", "Memo", "Scheduler", "SpecFactory", "Task", "schedule"]
 
-#: ``on_event(kind, app, result)``: kind is "start", "cached" (in place of
-#: "start": a plain app's result came from the memo; "done" follows with status
-#: ``cached``), "retry", "split" (a map app knows its items), "item" (one item
-#: finished, from the memo too), "done", "skip" or "rerun" (the app reads a value
-#: another app changed unpredicted: ``result.reruns[-1]``).
-Event = Callable[[str, str, AppResult], None]
+#: ``on_event(event)``: called with a frozen :class:`~nbpipe.events.Event` each time
+#: an app (or an item of a map app) changes state, in the scheduler's thread.
+OnEvent = Callable[[Event], None]
 
 
 class SpecFactory(Protocol):
@@ -91,7 +89,7 @@ def schedule(
     pipeline: Pipeline,
     executor: Executor,
     make_spec: SpecFactory,
-    on_event: Event | None = None,
+    on_event: OnEvent | None = None,
     map_size: MapSize | None = None,
     memo: Memo | None = None,
 ) -> dict[str, AppResult]:
@@ -113,10 +111,11 @@ class Scheduler:
     """The state of one run: each app's result, the tasks under way, the re-wired graph."""
 
     def __init__(self, pipeline: Pipeline, executor: Executor, make_spec: SpecFactory,
-                 on_event: Event | None = None, map_size: MapSize | None = None,
+                 on_event: OnEvent | None = None, map_size: MapSize | None = None,
                  memo: Memo | None = None) -> None:
         self.pipeline, self.executor, self.make_spec, self.memo = pipeline, executor, make_spec, memo
-        self.emit: Event = on_event or (lambda kind, app, result: None)
+        self.on_event = on_event
+        self.tally: dict[str, _Tally] = {}  # a map app's items in a final state, counted as they end
         self.map_size: MapSize = map_size or (lambda app: [])
         self.flow = Dataflow(pipeline)
         self.graph = self.flow.graph  # gains an edge for each reader re-wired to a changed value
@@ -172,7 +171,7 @@ class Scheduler:
         if self.memo is not None and ended.status is not AppStatus.CACHED:
             self.memo.store(app, item=task.item, split=task.split, task=final)
         if task.item is not None:
-            self._item_ended(app, final)
+            self._item_ended(app, task.item, final)
         elif task.split and final.status.ok:
             self._split_ended(app, final)
         else:
@@ -213,19 +212,22 @@ class Scheduler:
         self.maps[app] = len(labels)
         result.output = None
         result.items = [ItemResult(i, label) for i, label in enumerate(labels)]
-        self.emit("split", app, result)
+        self.tally[app] = _Tally(len(labels))
+        self._emit(Kind.SPLIT, app)
         if not labels:
             result.end_time = ended.end_time
             self._finish(app, AppStatus.CACHED if ended.status is AppStatus.CACHED else AppStatus.COMPLETED)
         for i in range(len(labels)):
             self._submit(Task(app, item=i))
 
-    def _item_ended(self, app: str, ended: TaskResult) -> None:
+    def _item_ended(self, app: str, item: int, ended: TaskResult) -> None:
         """One item is final: once every item is, so is the app (cached if every item was a hit)."""
         result = self.results[app]
         items: list[ItemResult] = result.items  # type: ignore[assignment]
-        self.emit("item", app, result)
-        if any(not r.status.final for r in items):
+        tally = self.tally[app]
+        tally.count(items[item].status)
+        self._emit(Kind.ITEM, app, item=item)
+        if tally.done < tally.total:
             return
         result.end_time = max(r.end_time or 0.0 for r in items)
         result.host, result.job_id = ended.host, ended.job_id
@@ -247,6 +249,11 @@ class Scheduler:
         error["item"] = first.index
         return error
 
+    def _emit(self, kind: Kind, app: str, *, item: int | None = None) -> None:
+        if self.on_event is not None:
+            tally = self.tally.get(app)
+            self.on_event(Event.of(kind, self.results[app], item=item, items=tally.snapshot() if tally else None))
+
     # ------------------------------------------------------------ submitting
 
     def _ready(self, app: str) -> bool:
@@ -266,17 +273,19 @@ class Scheduler:
         if task.item is None:
             result.attempts += 1
             attempt = result.attempts
+            result.submit_time = time.time() if attempt == 1 else result.submit_time
         else:
             record = result.items[task.item]  # type: ignore[index]
             record.status, record.attempts = AppStatus.RUNNING, record.attempts + 1
             attempt = record.attempts
+            record.submit_time = time.time() if attempt == 1 else record.submit_time
         split = task.split
         spec = self.make_spec(app, attempt, item=task.item, split=split, maps=dict(self.maps),
                               sources=self.flow.sources(app, split), watch=self.flow.watch(app, split))
         self.running[self.executor.submit(spec)] = task
         first = task.attempts == 1
         if task.item is None and not task.split or task.split and first:
-            self.emit("start" if first else "retry", app, result)
+            self._emit(Kind.START if first else Kind.RETRY, app)
 
     def _hit(self, task: Task) -> bool:
         """Ask the memo for ``task``; a hit ends it without running (taken by the main loop)."""
@@ -292,12 +301,12 @@ class Scheduler:
             result.items[task.item].status = AppStatus.RUNNING  # type: ignore[index]
         self.hits.append((task, replace(hit, status=AppStatus.CACHED)))
         if task.item is None:
-            self.emit("start" if task.split else "cached", task.app, result)
+            self._emit(Kind.START if task.split else Kind.CACHED, task.app)
         return True
 
     # ------------------------------------------------------------ final states
 
-    def _settle(self, app: str, status: AppStatus, event: str | None, **fields: Any) -> None:
+    def _settle(self, app: str, status: AppStatus, event: Kind | None, **fields: Any) -> None:
         """Every final state of an app is set here: the memo is told, then the event emitted."""
         result = self.results[app]
         result.status = status
@@ -306,10 +315,10 @@ class Scheduler:
         if self.memo is not None:
             self.memo.finish(app, result)
         if event:
-            self.emit(event, app, result)
+            self._emit(event, app)
 
     def _finish(self, app: str, status: AppStatus) -> None:
-        self._settle(app, status, "done")
+        self._settle(app, status, Kind.DONE)
         if not status.ok:
             self._skip_downstream(app)
             return
@@ -322,7 +331,7 @@ class Scheduler:
         for app in self.pipeline.order:
             if app in below and self.results[app].status is AppStatus.PENDING:
                 reason = f"{_failed(failed, self.results)} ({_chain(self.graph, failed, app)})"
-                self._settle(app, AppStatus.SKIPPED, "skip", reason=reason)
+                self._settle(app, AppStatus.SKIPPED, Kind.SKIP, reason=reason)
 
     def _stop_after(self, app: str, ended: TaskResult) -> None:
         """A cell of ``app`` raised SystemExit: serial execution stops there, so every
@@ -334,7 +343,7 @@ class Scheduler:
         for later in self.pipeline.order:
             if later != app and later not in self.unreached and self.pipeline.apps[later].spec.cells[0] > at:
                 self.unreached.add(later)
-                self._settle(later, AppStatus.SKIPPED, "skip", reason=reason, stopped_by=app,
+                self._settle(later, AppStatus.SKIPPED, Kind.SKIP, reason=reason, stopped_by=app,
                              output=None, error=None, items=None)
 
     def _skip_unreached(self) -> None:
@@ -345,7 +354,7 @@ class Scheduler:
                 failed = next((p for p in self.graph.predecessors(app) if not self.results[p].status.ok),
                               None)
                 reason = _failed(failed, self.results) if failed else "not reached"
-                self._settle(app, AppStatus.SKIPPED, "skip", reason=reason)
+                self._settle(app, AppStatus.SKIPPED, Kind.SKIP, reason=reason)
 
     def _interrupted(self) -> None:
         """Ctrl-C: running apps failed, pending ones skipped (no events: the run is over)."""
@@ -370,7 +379,7 @@ class Scheduler:
             self.results[app].error = {"ename": "MutationError", "evalue": str(exc)}
             for reader in exc.readers:
                 if self.results[reader].status is AppStatus.PENDING:
-                    self._settle(reader, AppStatus.SKIPPED, "skip", reason=str(exc))
+                    self._settle(reader, AppStatus.SKIPPED, Kind.SKIP, reason=str(exc))
             return False
         for rewire in rewires:
             self._rerun(rewire)
@@ -381,7 +390,7 @@ class Scheduler:
         change = {"app": rewire.mutator, "variable": rewire.variable,
                   "reran": result.status is not AppStatus.PENDING}
         result.reruns = [*(result.reruns or []), change]
-        self.emit("rerun", rewire.reader, result)
+        self._emit(Kind.RERUN, rewire.reader)
         below = nx.descendants(self.graph, rewire.reader)
         for app in [rewire.reader, *(a for a in self.pipeline.order if a in below)]:
             self._invalidate(app)
@@ -414,6 +423,7 @@ class Scheduler:
         if result.items is not None:
             result.items = None
             self.maps.pop(app, None)
+            self.tally.pop(app, None)
 
 
 def _exits(task: TaskResult) -> bool:
@@ -448,3 +458,18 @@ def _chain(graph: Any, failed: str, app: str) -> str:
         names = sorted(graph.edges[u, v]["names"])
         steps.append(f"{v} reads {', '.join(names)} from {u}" if names else f"{v} runs after {u}")
     return "; ".join(steps)
+
+
+class _Tally:
+    """A map app's items in a final state, counted as each ends."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.failed, self.cached = total, 0, 0, 0
+
+    def count(self, status: AppStatus) -> None:
+        self.done += 1
+        self.failed += status in (AppStatus.FAILED, AppStatus.TIMED_OUT)
+        self.cached += status is AppStatus.CACHED
+
+    def snapshot(self) -> Items:
+        return Items(self.total, self.done, self.failed, self.cached)
