@@ -47,6 +47,13 @@ __all__ = [
 ]
 
 
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext nbpipe``: the ``%nbpipe`` and ``%%nbpipe`` magics (:mod:`nbpipe.magics`)."""
+    from .magics import load_ipython_extension as load
+
+    load(shell)
+
+
 def __getattr__(name: str) -> Any:
     """The API is imported when first used: a worker (or a container) that only runs
     tasks imports ``nbpipe.execution`` without the compiler's dependencies."""

@@ -35,6 +35,10 @@ from .graph import Pipeline, build_pipeline
 from .memo import CacheMemo, Difference, Policy
 from .merge import merge
 from .parse import parse_notebook, read_notebook
+from .pull import collect as collect_pulled
+from .pull import into_namespace
+from .pull import plan as pull_plan
+from .pull import warn
 from .sites import Site, get_site
 from .store import CACHE_DIR_NAME, Store
 from .validate import Checked, before_run, check_refresh, default_output
@@ -48,9 +52,10 @@ __all__ = ["ENGINES", "AppStatus", "RunResult", "VerifyResult", "cache_dir_for",
 ENGINES = ("ipython", "kernel")
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
-    """What :func:`execute` returns."""
+    """What :func:`execute` returns. In Jupyter it shows as a summary table
+    (``_repr_html_``); its ``repr`` is one line."""
 
     notebook: Any  # the merged nbformat.NotebookNode
     output: Path
@@ -62,10 +67,21 @@ class RunResult:
 
     #: seconds from the start of the run until the first app completed
     first_result: float | None = None
+    #: ``pull=True``: the final value of every name the notebook's apps define
+    values: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return run_ok(self.apps)
+
+    def __repr__(self) -> str:
+        status = "completed" if self.ok else "failed"
+        return f"<RunResult {status} {len(self.apps)} apps in {self.duration:.1f}s -> {self.output.name}>"
+
+    def _repr_html_(self) -> str:
+        from .status import run_html
+
+        return run_html(self)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (``nbpipe execute --json``)."""
@@ -121,6 +137,7 @@ def execute(
     cache: bool | None = None,
     refresh: tuple[str, ...] | list[str] = (),
     cache_dir: str | Path | None = None,
+    pull: bool = False,
 ) -> RunResult:
     """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook.
 
@@ -134,12 +151,18 @@ def execute(
     no task process is left, and the interrupt re-raised with the
     :class:`RunResult` as ``exc.run_result``. ``on_event`` is called with a
     frozen :class:`~nbpipe.events.Event` each time an app or a map item
-    changes state (in the thread that called ``execute``).
+    changes state (in the thread that called ``execute``). ``pull=True``: the final
+    value of every name the apps define (as a serial run ends with them) is in
+    ``RunResult.values`` and, when called in IPython, in its user namespace.
     """
     run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
                       engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
                       on_event=on_event, cache_dir=cache_dir, refresh=refresh,
-                      policy=Policy(read=_use_cache(cache), write=_use_cache(cache)))
+                      policy=Policy(read=_use_cache(cache), write=_use_cache(cache)), pull=pull)
+    if pull and _inside_ipython():
+        from IPython import get_ipython
+
+        into_namespace(run.values, get_ipython().user_ns)
     return run
 
 
@@ -182,7 +205,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
              sites_file: str | Path | None = None, debug: bool = False, keep_run_dir: bool = False,
              on_event: Callable[[Event], None] | None = None,
              cache_dir: str | Path | None = None, refresh: tuple[str, ...] | list[str] = (),
-             policy: Policy = Policy()) -> tuple[RunResult, CacheMemo]:
+             policy: Policy = Policy(), pull: bool = False) -> tuple[RunResult, CacheMemo]:
     started = time.time()
     path = Path(path)
     if engine not in ENGINES:
@@ -201,7 +224,8 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     where = cache_dir_for(path.resolve().parent, chosen, cache_dir)
     if policy.read or policy.write or policy.verify:
         _check_cache_dir(where)
-    store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), where)
+    pulled = pull_plan(pipeline) if pull else {}
+    store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), where, pulled)
     images = {app: c.digest for app, c in checked.containers.items()}
     memo = CacheMemo(pipeline, store, Keys(pipeline, compiled, parameters, cwd, images), policy,
                      {"id": _run_id(started), "notebook": str(path.resolve())})
@@ -226,12 +250,14 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     merged, metrics = _merge_run(pipeline, results, store, path, parameters, chosen.name, started, memo,
                                  {app: c.describe() for app, c in checked.containers.items()})
     _write_results(merged, output, checked.html, store.run_dir)
+    values, warnings = collect_pulled(pulled, results, store)
+    warn(warnings)
     if not keep_run_dir:
         shutil.rmtree(store.run_dir, ignore_errors=True)
     ends = [r.end_time for r in results.values() if r.status.ok and r.end_time]
     run = RunResult(merged, output, results, time.time() - started, checked.html,
                     store.run_dir if keep_run_dir else None, metrics,
-                    min(ends) - started if ends else None)
+                    min(ends) - started if ends else None, values)
     if interrupt is None and stop.requested():
         interrupt = stop.Stopped(stop.requested())
     if interrupt is not None:
@@ -296,7 +322,8 @@ def _engine_for(pipeline: Pipeline, engine: str, debug: bool) -> str:
     return engine
 
 
-def _make_run_dir(pipeline: Pipeline, run_root: Path | None, cache_dir: Path) -> tuple[Store, dict[str, Any]]:
+def _make_run_dir(pipeline: Pipeline, run_root: Path | None, cache_dir: Path,
+                  pull: dict[str, list[str]]) -> tuple[Store, dict[str, Any]]:
     """A private run directory (mode 0700: shipped values stay private) holding the task
     notebooks, as a :class:`~nbpipe.store.Store` with the cache; and the task notebooks.
 
@@ -311,7 +338,7 @@ def _make_run_dir(pipeline: Pipeline, run_root: Path | None, cache_dir: Path) ->
             raise stop.Stopped(stop.requested())
         store = Store(run_dir, cache_dir)
         store.tasks.mkdir()
-        compiled = compile_pipeline(pipeline)
+        compiled = compile_pipeline(pipeline, pull)
         for name, nb in compiled.items():
             nbformat.write(nb, store.tasks / f"{name}.ipynb")
     except BaseException:

@@ -88,7 +88,9 @@ def _reader_left() -> int:
     return 128 + signal.SIGPIPE
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(notebook_optional: bool = False) -> argparse.ArgumentParser:
+    """The commands and their options; ``notebook_optional``: the %nbpipe magic's, where
+    the notebook defaults to the kernel's own (:mod:`nbpipe.magics`)."""
     parser = argparse.ArgumentParser(
         prog="nbpipe",
         description="Run a tagged Jupyter notebook as a parallel pipeline of apps and merge "
@@ -97,12 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("execute", help="run the notebook's apps and write the merged notebook")
-    _run_options(p)
+    _run_options(p, notebook_optional)
     _engine_options(p)
     p.add_argument("--no-cache", action="store_true", help="run every app and store nothing in the cache")
     p.add_argument("--refresh", action="append", default=[], metavar="APP",
                    help="run APP and every app that depends on it, whatever the cache holds (repeatable)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--pull", action="store_true", help="in Jupyter (%%nbpipe execute): put the final value of "
+                   "every name the apps define into the kernel's namespace")
     p.set_defaults(func=_execute)
 
     p = sub.add_parser("verify", help="re-run every app ignoring the cache; list the apps whose "
@@ -131,11 +135,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate tags, dataflow, parameters and output paths; "
                                      "print apps and edges")
-    _run_options(p)
+    _run_options(p, notebook_optional)
     p.set_defaults(func=_check)
 
     p = sub.add_parser("graph", help="print the app graph")
-    p.add_argument("notebook", type=Path)
+    p.add_argument("notebook", type=Path, nargs="?" if notebook_optional else None)
     p.add_argument("--format", choices=("text", "dot", "mermaid", "svg", "json"), default="text")
     p.set_defaults(func=_graph)
 
@@ -156,9 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_options(p: argparse.ArgumentParser) -> None:
+def _run_options(p: argparse.ArgumentParser, notebook_optional: bool = False) -> None:
     """What execute and check share: check validates exactly what execute would run with."""
-    p.add_argument("notebook", type=Path)
+    p.add_argument("notebook", type=Path, nargs="?" if notebook_optional else None)
     p.add_argument("-o", "--output", type=Path, help="merged notebook (default: NAME.merged.ipynb)")
     p.add_argument("--site", default="local", help="where the apps run (default: local)")
     p.add_argument("--sites", type=Path, metavar="FILE", help="a sites file (default: nbpipe.toml "
@@ -287,8 +291,9 @@ def _first_line(text: str) -> str:
     return lines[0][:300] if lines else ""
 
 
-def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """Announce the run and return :func:`nbpipe.execute`'s arguments (execute and verify)."""
+def _run_arguments(args: argparse.Namespace, on_event: Any = None) -> dict[str, Any]:
+    """Announce the run and return :func:`nbpipe.execute`'s arguments (execute and verify);
+    ``on_event``: what watches the run instead of the progress lines (the %nbpipe magic's view)."""
     from .api import load_pipeline
     from .sites import get_site
 
@@ -303,14 +308,23 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
               file=sys.stderr, flush=True)
     return dict(output=args.output, site=args.site, parameters=parameters, workers=args.workers,
                 html=args.html, engine=args.engine, sites_file=args.sites, debug=args.debug,
-                keep_run_dir=args.keep_run_dir, on_event=_Progress(len(pipeline.apps)),
+                keep_run_dir=args.keep_run_dir, on_event=on_event or _Progress(len(pipeline.apps)),
                 cache_dir=args.cache_dir)
+
+
+def _execute_arguments(args: argparse.Namespace, on_event: Any = None) -> dict[str, Any]:
+    """:func:`nbpipe.execute`'s arguments from ``nbpipe execute``'s options (the magic's too)."""
+    return dict(cache=False if args.no_cache else None, refresh=args.refresh, pull=args.pull,
+                **_run_arguments(args, on_event))
 
 
 def _execute(args: argparse.Namespace) -> int:
     from .api import execute
 
-    run = execute(args.notebook, cache=False if args.no_cache else None, refresh=args.refresh, **_run_arguments(args))
+    if args.pull:
+        raise UsageError("--pull puts the values into a Jupyter kernel's namespace: use it in the "
+                         "%nbpipe execute magic (or nbpipe.execute(..., pull=True) in Python)")
+    run = execute(args.notebook, **_execute_arguments(args))
     _report_run(run)
     if args.json:
         print(json.dumps(run.summary(), indent=1))

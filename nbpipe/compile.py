@@ -30,22 +30,25 @@ from .state import prelude_for
 __all__ = ["INTERNAL_TAG", "compile_app", "compile_pipeline", "write_compiled"]
 
 
-def compile_pipeline(pipeline: Pipeline) -> dict[str, Any]:
+def compile_pipeline(pipeline: Pipeline, pull: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Return one task notebook per app, in the pipeline's order.
 
     A ``map:`` app has a second notebook, ``NAME.split``: its first step,
-    which stores the elements of the iterable for the item tasks.
+    which stores the elements of the iterable for the item tasks. ``pull``
+    (app -> names, :func:`nbpipe.pull.plan`): the save step also ships these
+    names for the driver (``--pull``).
     """
     out = {}
     for name in pipeline.order:
         app = pipeline.apps[name]
         if app.spec.map is not None:
             out[f"{name}.split"] = compile_app(pipeline, app, split=True)
-        out[name] = compile_app(pipeline, app)
+        out[name] = compile_app(pipeline, app, pull=(pull or {}).get(name, ()))
     return out
 
 
-def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
+def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False,
+                pull: list[str] | tuple[str, ...] = ()) -> Any:
     """Build the task notebook of one app (or of the split step of a map: app)."""
     parsed = pipeline.parsed
     source = parsed.nb
@@ -95,7 +98,8 @@ def compile_app(pipeline: Pipeline, app: AppNode, split: bool = False) -> Any:
         nb.cells.append(copy_cell(index))
     ships = json.dumps({k: list(v) for k, v in sorted(app.ships.items())})
     metrics = json.dumps(list(app.metric_names)) if app.metric_names else "None"
-    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.leave(globals(), {ships}, {metrics})"))
+    pulled = f", pull={sorted(pull)!r}" if pull else ""
+    nb.cells.append(_internal(f"__import__('nbpipe.runtime').runtime.leave(globals(), {ships}, {metrics}{pulled})"))
     return _numbered_in_kernels(nb) if parsed.language == "python" else nb
 
 

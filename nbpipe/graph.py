@@ -69,6 +69,18 @@ class Pipeline:
     setup_names: frozenset[str]
     #: what the analysis cannot see, one line per cell and call (``nbpipe check`` prints them)
     warnings: tuple[str, ...] = ()
+    #: name -> the app of the last cell defining it: its value is the one a serial run ends with
+    last_definer: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        name = self.parsed.path.name if self.parsed.path else "notebook"
+        return (f"<Pipeline {name}: {len(self.apps)} app(s), {self.graph.number_of_edges()} edge(s): "
+                f"{_shorten(' -> '.join(self.order), 120)}>")
+
+    def _repr_html_(self) -> str:
+        from .status import pipeline_html
+
+        return pipeline_html(self)
 
     def upstream(self, app: str) -> set[str]:
         return set(nx.ancestors(self.graph, app))
@@ -245,7 +257,12 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
         apps[name] = AppNode(spec, reads[name], frozenset(defines[name]),
                              {k: tuple(v) for k, v in ships[name].items()}, metric_names,
                              item_reads if spec.map else None, used, modules)
-    return Pipeline(parsed, graph, apps, order, parameter_names, setup_names, _warnings(parsed, names))
+    last = {n: str(app_of[indices[-1]]) for n, indices in definers.items()}
+    return Pipeline(parsed, graph, apps, order, parameter_names, setup_names, _warnings(parsed, names), last)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _parameters_read(indices: list[int], names: Mapping[int, CellNames], parameters: frozenset[str],

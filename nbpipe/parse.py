@@ -90,6 +90,9 @@ PREFIX_ALIASES = {
 #: App names that name blocks, not apps.
 RESERVED_NAMES = frozenset({"parameters", "setup", "metrics", "skip", "injected-parameters"})
 METRICS_APP = "metrics"
+#: A cell running the ``%nbpipe`` magic (``%nbpipe ...``, ``r = %nbpipe ...``, ``%%nbpipe``): in a
+#: pipeline it would run the pipeline from inside itself, so it is skipped as if tagged ``skip``
+_RUNS_NBPIPE = re.compile(r"(?m)^(?:[A-Za-z_][\w, ]*=\s*)?%%?nbpipe\b|run_(?:line|cell)_magic\(\s*['\"]nbpipe['\"]")
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,8 @@ def parse_notebook(nb: Any, path: str | Path | None = None) -> ParsedNotebook:
             cells.append(CellInfo(index, cell.id, cell.cell_type, cell.source, tags, ""))
             continue
         parsed = _parse_cell_tags(index, cell.id, tags)
+        if _RUNS_NBPIPE.search(cell.source):
+            parsed = {"role": "skip", "app": None}
         role = parsed.pop("role")
         app = parsed.pop("app")
         where = (index, cell.id)

@@ -26,7 +26,7 @@ from .serializers import Unshippable, pickler_class, shared_roots
 from .store import Store
 from .state import generator_file, generator_state, is_generator, set_generator_state
 
-__all__ = ["BUNDLE", "bundle_path", "enter", "leave", "split"]
+__all__ = ["BUNDLE", "PULL", "bundle_path", "enter", "leave", "load_pulled", "rebind", "split"]
 
 CONTEXT_NAME = "__nbpipe__"
 
@@ -41,6 +41,8 @@ _shared: dict[int, tuple[str, ...]] = {}
 #: The file holding every name an app (or an item of a map app) ships, in one
 #: pickle, so that names sharing objects in the producer share them in the consumer.
 BUNDLE = "bundle"
+#: The file holding, for ``--pull``, the final values of the names an app defines last
+PULL = "pull"
 
 
 def bundle_path(run_dir: str | Path, app: str, item: int | None = None) -> Path:
@@ -161,6 +163,12 @@ def _bind_globals(value: Any, namespace: dict[str, Any]) -> None:
         pass
 
 
+def rebind(value: Any, namespace: dict[str, Any]) -> None:
+    """A function or class of the notebook that came by value: make it look its globals
+    up in ``namespace`` (:func:`_bind_globals`); ``--pull`` uses it in the driver."""
+    _bind_globals(value, namespace)
+
+
 def _rebound(function: types.FunctionType, namespace: dict[str, Any]) -> types.FunctionType:
     if function.__module__ != "__main__" or function.__globals__ is namespace:
         return function
@@ -219,8 +227,10 @@ class _Bundles:
         return (producer, None) in self.loaded
 
 
-def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[str] | None = None) -> None:
-    """Ship the names in ``ships`` (name -> consuming apps), in one bundle; record metrics."""
+def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[str] | None = None,
+          pull: list[str] | tuple[str, ...] = ()) -> None:
+    """Ship the names in ``ships`` (name -> consuming apps), in one bundle; record metrics;
+    ``pull``: also ship these names' values for the driver (``--pull``, :func:`_ship_pulled`)."""
     if not _context:
         return
     run_dir, app, item = _context["run_dir"], _context["app"], _context.get("item")
@@ -238,6 +248,8 @@ def leave(namespace: dict[str, Any], ships: dict[str, list[str]], metrics: list[
             consumers.setdefault(name, ["(apps reading it later)"])
     if bundle:
         _ship_bundle(bundle, bundle_path(run_dir, app, item), app, consumers)
+    if pull:
+        _ship_pulled({n: namespace[n] for n in pull if n in namespace}, Store(run_dir).value(app, PULL, item))
     if metrics:
         values = {m: _jsonable(namespace[m]) for m in metrics if m in namespace}
         path = Store(run_dir).metrics(app)
@@ -286,6 +298,33 @@ def _ship_bundle(bundle: dict[str, Any], path: Path, app: str, consumers: dict[s
     _store(path, data, buffers)
 
 
+def _ship_pulled(values: dict[str, Any], path: Path) -> None:
+    """Ship ``values`` for the driver, by value (it has none of the bundles a reference
+    would name); a value that cannot be pickled is left out, with the reason, and the
+    app goes on: the driver warns about it."""
+    try:
+        _store(path, *_pickle({"values": values, "skipped": {}}, by_reference=False))
+        return
+    except Exception:
+        pass
+    kept, skipped = {}, {}
+    for name, value in values.items():
+        try:
+            _pickle(value, by_reference=False)
+            kept[name] = value
+        except Exception as exc:
+            skipped[name] = (str(exc).strip() or f"{_type_name(value)}: {type(exc).__name__}").splitlines()[0]
+    _store(path, *_pickle({"values": kept, "skipped": skipped}, by_reference=False))
+
+
+def load_pulled(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """What :func:`_ship_pulled` wrote: the values, and the names left out with why."""
+    if not path.exists():
+        return {}, {}
+    data = _load(path)
+    return dict(data["values"]), dict(data["skipped"])
+
+
 def _ship(value: Any, path: Path, name: str, app: str, consumers: list[str]) -> None:
     _store(path, *_pickled(value, name, app, consumers))
 
@@ -302,11 +341,12 @@ def _pickled(value: Any, name: str, app: str, consumers: list[str]) -> tuple[byt
                         consumers=list(consumers), reason=f"{type(exc).__name__}: {exc}") from None
 
 
-def _pickle(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def _pickle(value: Any, by_reference: bool = True) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """The pickle of ``value``; views of an array other views of which it holds
-    ship as views (a second pass, only then)."""
+    ship as views (a second pass, only then). ``by_reference``: what :data:`_shared`
+    lists goes as a reference to its bundle or setup name."""
     # Only a Pickler with a persistent_id is asked about every int and float.
-    pickler_type = _shared_pickler() if _shared else pickler_class()
+    pickler_type = _shared_pickler() if _shared and by_reference else pickler_class()
     views: frozenset[int] = frozenset()
     while True:
         buffers: list[pickle.PickleBuffer] = []
