@@ -75,7 +75,7 @@ class Pipeline:
     def __repr__(self) -> str:
         name = self.parsed.path.name if self.parsed.path else "notebook"
         return (f"<Pipeline {name}: {len(self.apps)} app(s), {self.graph.number_of_edges()} edge(s): "
-                f"{_shorten(' -> '.join(self.order), 120)}>")
+                f"{_shorten(', '.join(self.order), 120)}>")
 
     def _repr_html_(self) -> str:
         from .status import pipeline_html

@@ -15,6 +15,8 @@ Bad input is one line (``UsageError: nbpipe: ...``), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shlex
 import tempfile
@@ -56,17 +58,29 @@ class NbpipeMagics(Magics):  # type: ignore[misc]
                 return _run(argv, self.shell)
             except NbpipeError as exc:  # the cell's parameters are named as such, not by the scratch file
                 raise MagicUsageError("nbpipe: " + str(exc).replace(str(body), "the %%nbpipe cell")) from None
-            except SystemExit as exc:  # argparse said why (on stderr), or printed --help
-                if exc.code:
-                    raise MagicUsageError("nbpipe: see the usage above; "
-                                          "%nbpipe execute --help lists the options") from None
-                return None
+
+
+def _parse(argv: list[str]) -> Any:
+    """The command's arguments, by the CLI's own parser; argparse's complaint as one line."""
+    from . import cli
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return cli._parser(notebook_optional=True).parse_args(argv)
+    except SystemExit as exc:
+        if not exc.code:
+            raise  # --help was printed
+        lines = said.getvalue().strip().splitlines() or ["bad arguments"]
+        raise NbpipeError(f"{lines[-1].removeprefix('nbpipe: error: ')}; "
+                          f"%nbpipe {argv[0]} --help lists the options") from None
 
 
 def _run(argv: list[str], shell: Any) -> Any:
-    from . import cli
-
-    args = cli._parser(notebook_optional=True).parse_args(argv)
+    try:
+        args = _parse(argv)
+    except SystemExit:
+        return None  # after --help
     if args.notebook is None:
         args.notebook = kernel_notebook(shell)
     if args.command == "execute":
@@ -84,9 +98,10 @@ def _execute(args: Any) -> Any:
     from .api import execute, load_pipeline
     from .status import LiveView
 
-    with LiveView(load_pipeline(args.notebook)) as view:
-        run = execute(args.notebook, **cli._execute_arguments(args, on_event=view))
-    return run
+    view = LiveView(load_pipeline(args.notebook))
+    arguments = cli._execute_arguments(args, on_event=view)
+    with view:
+        return execute(args.notebook, **arguments)
 
 
 def kernel_notebook(shell: Any) -> Path:

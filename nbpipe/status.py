@@ -115,11 +115,12 @@ class Board:
 class LiveView:
     """A cell's status view of a run: pass it as ``on_event``, inside ``with``.
 
-    Events only change the :class:`Board`; a thread redraws the view at most
-    every :data:`INTERVAL` seconds, and every :data:`HEARTBEAT` while an app
-    runs (its elapsed time moves), so a burst of map items costs a few
-    redraws and a long app still shows it is alive. The last redraw, when the
-    block ends, shows the final state.
+    The view appears with the first event (a run refused before it starts
+    shows only its error). Events only change the :class:`Board`; a thread
+    redraws the view at most every :data:`INTERVAL` seconds, and every
+    :data:`HEARTBEAT` while an app runs (its elapsed time moves), so a burst
+    of map items costs a few redraws and a long app still shows it is alive.
+    The last redraw, when the block ends, shows the final state.
     """
 
     def __init__(self, pipeline: Any) -> None:
@@ -131,9 +132,6 @@ class LiveView:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> LiveView:
-        from IPython.display import HTML, display
-
-        self._handle = display(HTML(self.board.html()), display_id=True)
         self._thread = threading.Thread(target=self._redraw, name="nbpipe-status", daemon=True)
         self._thread.start()
         return self
@@ -141,20 +139,22 @@ class LiveView:
     def __call__(self, event: Event) -> None:
         with self._lock:
             self.board.update(event)
+        if self._handle is None:
+            self._show()
         self._changed.set()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         self._stop.set()
         self._changed.set()
         if self._thread is not None:
             self._thread.join()
-        with self._lock:
-            self.board.ended = time.time()
-        self._show()
+        self.board.ended = time.time()
+        if self._handle is not None or kind is None or issubclass(kind, KeyboardInterrupt):
+            self._show()
 
     def _redraw(self) -> None:
         while not self._stop.is_set():
-            if self._changed.wait(HEARTBEAT) or self.board.running:
+            if (self._changed.wait(HEARTBEAT) or self.board.running) and self._handle is not None:
                 self._changed.clear()
                 if self._stop.is_set():
                     return
@@ -162,11 +162,14 @@ class LiveView:
                 time.sleep(INTERVAL)
 
     def _show(self) -> None:
-        from IPython.display import HTML
+        from IPython.display import HTML, display
 
         with self._lock:
-            markup = self.board.html()
-        self._handle.update(HTML(markup))
+            markup = HTML(self.board.html())
+            if self._handle is None:
+                self._handle = display(markup, display_id=True)
+                return
+        self._handle.update(markup)
 
 
 def run_html(run: Any) -> str:
