@@ -64,6 +64,8 @@ def test_a_driver_notebook_runs_the_magic_with_a_status_view_and_pulls_the_value
         code("run"),
         code("%nbpipe execute", "raises-exception"),
         code("%nbpipe execute missing.ipynb", "raises-exception"),
+        code(f"%%nbpipe execute other.ipynb -o cell.ipynb --pull\nn: {N + 1}  # the cell is YAML"),
+        code("print('cell', result)"),
     )
     executed = _papermill(driver, tmp_path)
 
@@ -97,6 +99,10 @@ def test_a_driver_notebook_runs_the_magic_with_a_status_view_and_pulls_the_value
     assert unnamed.startswith("UsageError: nbpipe: name the notebook") and "JPY_SESSION_NAME" in unnamed
     assert missing.strip() == "UsageError: nbpipe: missing.ipynb: no such notebook"
     assert "Traceback" not in unnamed + missing
+
+    # %%nbpipe: the cell's body is a YAML block of parameters
+    assert text_of(executed.cells[8]).strip() == f"cell {sum(x * x for x in range(N + 1)) + N + 1}"
+    assert read(tmp_path / "cell.ipynb").metadata["nbpipe"]["parameters"]["n"] == N + 1
 
 
 def test_the_kernel_notebook_found_by_jpy_session_name_runs_itself_without_recursion(
