@@ -26,7 +26,7 @@ from typing import Any
 from IPython.core.error import UsageError as MagicUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from .errors import NbpipeError
+from .errors import NbpipeError, UsageError
 
 __all__ = ["NbpipeMagics", "kernel_notebook", "load_ipython_extension"]
 
@@ -72,7 +72,7 @@ def _parse(argv: list[str]) -> Any:
         if not exc.code:
             raise  # --help was printed
         lines = said.getvalue().strip().splitlines() or ["bad arguments"]
-        raise NbpipeError(f"{lines[-1].removeprefix('nbpipe: error: ')}; "
+        raise UsageError(f"{lines[-1].removeprefix('nbpipe: error: ')}; "
                           f"%nbpipe {argv[0]} --help lists the options") from None
 
 
@@ -114,7 +114,7 @@ def kernel_notebook(shell: Any) -> Path:
     found = session_notebook(os.environ.get("JPY_SESSION_NAME", ""), Path.cwd())
     if found is not None:
         return found
-    raise NbpipeError("name the notebook (e.g. %nbpipe execute analysis.ipynb): this kernel's own "
+    raise UsageError("name the notebook (e.g. %nbpipe execute analysis.ipynb): this kernel's own "
                       "notebook is not known here (neither JPY_SESSION_NAME nor VS Code's "
                       "__vsc_ipynb_file__ names one)")
 

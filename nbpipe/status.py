@@ -78,21 +78,14 @@ class Board:
         row.status, row.attempt = event.status, max(row.attempt, event.attempt)
         row.items = event.items or row.items
         row.host = event.host or row.host
-        if event.kind in (Kind.START, Kind.CACHED) or event.kind is Kind.RERUN and event.status is AppStatus.RUNNING:
+        if event.kind in (Kind.START, Kind.CACHED):  # a re-wired app that runs again starts again
             row.started, row.duration, row.note = event.time, None, ""
-        if event.kind is Kind.RETRY:
-            row.note = f"retrying (attempt {event.attempt})"
-        elif event.kind is Kind.SKIP:
-            row.note = event.reason or ""
-        elif event.kind is Kind.RERUN and event.rerun:
-            row.note = f"re-wired: {event.rerun.changed_by} changed {event.rerun.variable}"
         elif event.kind is Kind.DONE:
-            row.duration = event.duration if event.status is not AppStatus.CACHED else 0.0
+            row.duration = 0.0 if event.status is AppStatus.CACHED else event.duration
             if row.duration is None and row.started is not None:
                 row.duration = event.time - row.started
-            row.note = f"{event.error.ename}: {_first_line(event.error.evalue)}" if event.error else ""
-        elif event.kind is Kind.ITEM and event.error and event.item_status is not None and not event.item_status.ok:
-            row.note = f"item {event.item} ({event.label}): {event.error.ename}: {_first_line(event.error.evalue)}"
+        row.note = _note(event) or row.note
+
 
     def html(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -170,6 +163,23 @@ class LiveView:
                 self._handle = display(markup, display_id=True)
                 return
         self._handle.update(markup)
+
+
+def _note(event: Event) -> str | None:
+    """What the last column says after ``event``: why the app (an item) failed, was
+    skipped, is tried again or re-wired; None: what it said before still holds."""
+    error = f"{event.error.ename}: {_first_line(event.error.evalue)}" if event.error else ""
+    if event.kind is Kind.RETRY:
+        return f"retrying (attempt {event.attempt})"
+    if event.kind is Kind.SKIP:
+        return event.reason or ""
+    if event.kind is Kind.RERUN and event.rerun:
+        return f"re-wired: {event.rerun.changed_by} changed {event.rerun.variable}"
+    if event.kind is Kind.ITEM and error and event.item_status is not None and not event.item_status.ok:
+        return f"item {event.item} ({event.label}): {error}"
+    if event.kind is Kind.DONE and error:
+        return error
+    return None
 
 
 def run_html(run: Any) -> str:

@@ -66,6 +66,8 @@ def test_a_driver_notebook_runs_the_magic_with_a_status_view_and_pulls_the_value
         code("%nbpipe execute missing.ipynb", "raises-exception"),
         code(f"%%nbpipe execute other.ipynb -o cell.ipynb --pull\nn: {N + 1}  # the cell is YAML"),
         code("print('cell', result)"),
+        code("import pathlib\n__vsc_ipynb_file__ = str(pathlib.Path('other.ipynb').resolve())\n%nbpipe check"),
+        code("%nbpipe graph"),
     )
     executed = _papermill(driver, tmp_path)
 
@@ -103,6 +105,12 @@ def test_a_driver_notebook_runs_the_magic_with_a_status_view_and_pulls_the_value
     # %%nbpipe: the cell's body is a YAML block of parameters
     assert text_of(executed.cells[8]).strip() == f"cell {sum(x * x for x in range(N + 1)) + N + 1}"
     assert read(tmp_path / "cell.ipynb").metadata["nbpipe"]["parameters"]["n"] == N + 1
+
+    # VS Code names the notebook in the namespace; graph returns the pipeline, shown as tables
+    assert text_of(executed.cells[9]).startswith(f"{(tmp_path / 'other.ipynb').resolve()}: 5 app(s), 4 edge(s); ok")
+    graph = executed.cells[10].outputs[0]
+    assert graph["data"]["text/plain"].startswith("<Pipeline other.ipynb: 5 app(s)")
+    assert 'data-edge="load->report"' in _html(graph)
 
 
 def test_the_kernel_notebook_found_by_jpy_session_name_runs_itself_without_recursion(
