@@ -141,6 +141,7 @@ def test_the_status_view_is_one_display_updated_in_place_at_most_four_times_a_se
           code("items = list(range(24))", "app:make"),
           code("value = item * 2", "map:item=items", "app:each"),
           code("total = sum(value)", "app:sum"))
+    write(tmp_path / "bad.ipynb", code("x = 1", "app:a", "timeout:soon"))
     manager, client = start_new_kernel(kernel_name=KERNEL, cwd=str(tmp_path))
     try:
         client.execute_interactive("%load_ext nbpipe", timeout=60)
@@ -149,12 +150,23 @@ def test_the_status_view_is_one_display_updated_in_place_at_most_four_times_a_se
         reply = client.execute_interactive("%nbpipe execute other.ipynb", timeout=120,
                                            output_hook=messages.append)
         elapsed = time.monotonic() - started
-        refused = client.execute_interactive("%nbpipe execute missing.ipynb", timeout=60)
+        refused = {}
+        for line in ("%nbpipe execute missing.ipynb", "%nbpipe execute bad.ipynb",
+                     "%nbpipe execute other.ipynb --site nowhere", "%nbpipe execute other.ipynb --sitee x"):
+            said: list[dict[str, Any]] = []
+            reply_to = client.execute_interactive(line, timeout=60, output_hook=said.append)
+            refused[line] = (reply_to["content"]["status"],
+                             "".join(m["content"].get("text", "") for m in said if m["msg_type"] == "stream"))
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
     assert reply["content"]["status"] == "ok"
-    assert refused["content"]["status"] == "error"  # bad input stops a "Run all"
+    for line, (status, text) in refused.items():
+        assert status == "error", line  # bad input stops a "Run all"
+        assert text.startswith("UsageError: nbpipe: ") and text.count("\n") == 1, (line, text)
+    assert "timeout:" in refused["%nbpipe execute bad.ipynb"][1]
+    assert "nowhere" in refused["%nbpipe execute other.ipynb --site nowhere"][1]
+    assert "unrecognized arguments: --sitee x" in refused["%nbpipe execute other.ipynb --sitee x"][1]
     shows = [m for m in messages if m["msg_type"] == "display_data"]
     updates = [m for m in messages if m["msg_type"] == "update_display_data"]
     assert len(shows) == 1
