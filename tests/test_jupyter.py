@@ -193,7 +193,7 @@ def test_session_notebook_resolves_the_names_jupyter_server_gives(tmp_path: Path
     assert magics.session_notebook("", folder) is None
 
 
-def test_pull_in_the_api_returns_the_final_value_of_every_name(tmp_path: Path, capsys: Any) -> None:
+def test_pull_in_the_api_returns_the_final_value_of_every_name(tmp_path: Path, capsys: Any, engine: str) -> None:
     path = write(
         tmp_path / "nb.ipynb",
         code("n = 2", "parameters"),
@@ -203,7 +203,7 @@ def test_pull_in_the_api_returns_the_final_value_of_every_name(tmp_path: Path, c
         code("z = len(x)\nx = 'last'", "app:third"),
         code("pending = (i for i in range(3))", "app:lazy"),
     )
-    run = nbpipe.execute(path, pull=True, parameters={"n": 4})
+    run = nbpipe.execute(path, pull=True, parameters={"n": 4}, engine=engine)
     assert run.ok
     # x's last definer wins; parameters and setup names come with the last plain app
     assert run.values == {"x": "last", "y": 40, "z": 2, "n": 4, "scale": 10, "math": __import__("math")}
