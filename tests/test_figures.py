@@ -182,7 +182,15 @@ def test_ten_thousand_items_make_a_bounded_number_of_bars() -> None:
     assert t is not None
     assert len(t["rows"]) == 4 and len(t["bars"]) <= layout.MAX_BARS
     assert sum(b["count"] for b in t["bars"]) == 10_000  # every item is in a bar
-    assert any(b["status"] == "failed" for b in t["bars"])  # a merged bar shows its worst item
+    (failed,) = [b for b in t["bars"] if b["status"] == "failed"]  # the failed item stays a bar of its own
+    assert failed["count"] == 1 and failed["name"] == "work[77]"
+    mixed = big_map(10_000)
+    for item in mixed["apps"]["work"]["items"]:
+        if item["index"] // 4 % 2:  # statuses alternate on each lane: bars of one status would be too many
+            item["status"] = "failed"
+    t = layout.timeline(mixed)
+    assert t is not None and len(t["bars"]) <= layout.MAX_BARS
+    assert len(t["bars"]) == 4 and {b["status"] for b in t["bars"]} == {"failed"}  # a merged bar: its worst
     html = render_figures(notebook(code("x = 1"), nbpipe=big_map(10_000)))
     assert html.count("<rect") < 100
     small = layout.timeline(big_map(100))
@@ -251,3 +259,14 @@ def test_the_report_draws_the_graph_and_the_timeline_in_a_browser(tmp_path: Path
     subprocess.run([*browse, "--window-size=1000,1400", f"--screenshot={shot}",
                     (tmp_path / "report.html").as_uri()], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_a_node_says_how_many_items_of_a_map_failed() -> None:
+    items = [{"index": i, "status": "failed" if i == 2 else "completed"} for i in range(4)]
+    meta = graph_meta(["load", "inv", "total"], [("load", "inv"), ("inv", "total")],
+                      inv={"status": "failed", "duration": 0.4, "items": items}, total={"status": "skipped"})
+    d = layout.dag(meta)
+    assert d is not None
+    nodes = {n["name"]: n for n in d["nodes"]}
+    assert nodes["inv"]["detail"] == "1 of 4 items failed · 0.40 s" and nodes["inv"]["items"] == 4
+    assert (nodes["total"]["status"], nodes["total"]["detail"]) == ("skipped", "skipped")
