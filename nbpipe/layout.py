@@ -327,7 +327,7 @@ def timeline(meta: dict[str, Any], width: float = PLOT_W) -> dict[str, Any] | No
     height = TOP + len(rows) * row_h + AXIS_H
     return {"width": round(width), "height": round(height), "row_h": row_h, "left": LEFT, "top": TOP,
             "rows": [{**r, "y": round(TOP + i * row_h, 1)} for i, r in enumerate(rows)],
-            "bars": bars, "queue": queue, "ticks": _ticks(span, scale, TOP + len(rows) * row_h),
+            "bars": bars, "queue": queue, "ticks": _ticks(span, scale),
             "axis_y": round(TOP + len(rows) * row_h, 1), "span": span,
             "label": f"Timeline of {len(timed)} tasks over {_seconds(span)} on {len({r['host'] for r in rows})} hosts"}
 
@@ -444,17 +444,26 @@ def _name_bars(bars: list[dict[str, Any]], right: float, row_h: float) -> None:
                 bar.update(text=bar["name"], tx=round(bar["x"] + bar["w"] + 4, 1))
 
 
-def _ticks(span: float, scale: float, y: float) -> list[dict[str, Any]]:
-    """Round times (1, 2 or 5 × 10^k seconds) every 80 px or more."""
+CLOCK_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def _ticks(span: float, scale: float) -> list[dict[str, Any]]:
+    """Round times every 80 px or more: 1, 2 or 5 × 10^k seconds, or whole minutes and hours."""
     raw = span / max(1.0, (span * scale) / 80.0)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    if raw > 30:
+        step = next((s for s in CLOCK_STEPS if s >= raw), math.ceil(raw / 86400) * 86400)
+    digits = max(0, -math.floor(math.log10(step)))
     ticks, n = [], 0
     while n * step <= span * 1.0001:
         t = n * step
-        label = f"{t:g} s" if step >= 1 or t == 0 else f"{t:.{max(0, -math.floor(math.log10(step)))}f} s"
-        if step >= 60:
-            label = _seconds(t)
+        label = _clock(t) if step >= 60 else f"{t:.{digits}f} s"
         ticks.append({"x": round(LEFT + t * scale, 1), "label": label})
         n += 1
     return ticks
+
+
+def _clock(seconds: float) -> str:
+    hours, minutes = divmod(round(seconds) // 60, 60)
+    return f"{minutes} min" if not hours else f"{hours} h {minutes:02d}" if minutes else f"{hours} h"

@@ -270,3 +270,27 @@ def test_a_node_says_how_many_items_of_a_map_failed() -> None:
     nodes = {n["name"]: n for n in d["nodes"]}
     assert nodes["inv"]["detail"] == "1 of 4 items failed · 0.40 s" and nodes["inv"]["items"] == 4
     assert (nodes["total"]["status"], nodes["total"]["detail"]) == ("skipped", "skipped")
+
+
+@pytest.mark.parametrize(("span", "first_steps"), [
+    (2.45, ["0.0 s", "0.5 s", "1.0 s"]),
+    (0.004, ["0.0000 s", "0.0005 s", "0.0010 s"]),
+    (95.0, ["0 s", "20 s", "40 s"]),
+    (5400.0, ["0 min", "10 min", "20 min"]),
+    (3 * 86400.0, ["0 min", "12 h", "24 h"]),
+    (4000.0, ["0 min", "10 min", "20 min"]),
+])
+def test_the_time_axis_has_round_ticks_across_the_plot(span: float, first_steps: list[str]) -> None:
+    t = layout.timeline(tasks_meta(("run", "h", 0, 0, span)))
+    assert t is not None
+    labels = [tick["label"] for tick in t["ticks"]]
+    assert labels[:3] == first_steps
+    xs = [tick["x"] for tick in t["ticks"]]
+    assert xs[0] == t["left"] and xs[-1] <= t["width"] and len(xs) >= 4
+    assert all(b - a >= 80 for a, b in zip(xs, xs[1:]))  # labels never run into each other
+
+
+def test_a_notebook_from_an_older_nbpipe_renders_without_figures() -> None:
+    old = {"status": "completed", "site": "local", "apps": {"load": {"status": "completed", "duration": 1.0}}}
+    html = render_figures(notebook(code("x = 1"), nbpipe=old))
+    assert "How this notebook was run" in html and "nbpipe-figure" not in html.split("</style>")[-1]
