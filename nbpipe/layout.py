@@ -296,6 +296,7 @@ def _label(e: dict[str, Any]) -> str:
 # -- the timeline ------------------------------------------------------------------
 
 PLOT_W, LEFT, TOP, AXIS_H = 880.0, 110.0, 8.0, 26.0
+HOST_CHARS = 15  # what fits left of the plot
 
 
 def timeline(meta: dict[str, Any], width: float = PLOT_W) -> dict[str, Any] | None:
@@ -359,7 +360,7 @@ def _lanes(tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int,
         by_host[t["host"]].append(i)
     rows: list[dict[str, Any]] = []
     lane_of: dict[int, int] = {}
-    for host in sorted(by_host, key=lambda h: min(tasks[i]["start"] for i in by_host[h])):
+    for shade, host in enumerate(sorted(by_host, key=lambda h: min(tasks[i]["start"] for i in by_host[h]))):
         free: list[tuple[float, int]] = []  # (end of its last task, lane), a heap
         lanes = 0
         for i in sorted(by_host[host], key=lambda i: (tasks[i]["start"], tasks[i]["end"])):
@@ -369,7 +370,14 @@ def _lanes(tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int,
                 lane, lanes = lanes, lanes + 1
             lane_of[i] = len(rows) + lane
             heapq.heappush(free, (max(tasks[i]["end"], tasks[i]["start"]), lane))
-        rows += [{"host": host, "lane": n, "label": host if n == 0 else "", "first": n == 0} for n in range(lanes)]
+        rows += [{"host": host, "lane": n, "label": "", "first": n == 0, "band": shade % 2 == 0} for n in range(lanes)]
+    short = {h: h.split(".")[0] or h for h in by_host}
+    if len(set(short.values())) < len(short):  # two domains with one host name: keep them whole
+        short = {h: h for h in by_host}
+    for row in rows:
+        if row["first"]:
+            name = short[row["host"]]
+            row["label"] = name if len(name) <= HOST_CHARS else name[:HOST_CHARS - 1] + "…"
     return rows, lane_of
 
 

@@ -294,3 +294,12 @@ def test_a_notebook_from_an_older_nbpipe_renders_without_figures() -> None:
     old = {"status": "completed", "site": "local", "apps": {"load": {"status": "completed", "duration": 1.0}}}
     html = render_figures(notebook(code("x = 1"), nbpipe=old))
     assert "How this notebook was run" in html and "nbpipe-figure" not in html.split("</style>")[-1]
+
+
+def test_hosts_are_labelled_by_their_short_names_when_those_are_unique() -> None:
+    t = layout.timeline(tasks_meta(("a", "cn-0412.cluster.example.org", 0, 0, 1), ("b", "cn-0413.cluster", 0, 0, 1),
+                                   ("c", "a-very-long-host-name-indeed", 0, 0, 1)))
+    assert t is not None
+    assert [r["label"] for r in t["rows"]] == ["cn-0412", "cn-0413", "a-very-long-ho…"]
+    same = layout.timeline(tasks_meta(("a", "node1.site-a", 0, 0, 1), ("b", "node1.site-b", 0, 0, 1)))
+    assert same is not None and [r["label"] for r in same["rows"]] == ["node1.site-a", "node1.site-b"]
