@@ -44,7 +44,10 @@ def dag(meta: dict[str, Any], cell_ids: Collection[str] | None = None) -> dict[s
         return None
     names = [a["name"] for a in apps]
     edges = [e for e in graph.get("edges", []) if e.get("from") in names and e.get("to") in names]
-    layers, chains = _layers(names, [(e["from"], e["to"]) for e in edges])
+    try:
+        layers, chains = _layers(names, [(e["from"], e["to"]) for e in edges])
+    except ValueError:  # a cycle: not a graph nbpipe wrote
+        return None
     _reduce_crossings(layers, chains)
     boxes = {a["name"]: _box(a, meta.get("apps", {}).get(a["name"], {}), cell_ids) for a in apps}
     ports = _ports(chains, layers, boxes)
@@ -72,6 +75,8 @@ def _layers(names: list[str], pairs: list[tuple[str, str]]
     g = nx.DiGraph()
     g.add_nodes_from(names)
     g.add_edges_from(pairs)
+    if not nx.is_directed_acyclic_graph(g):
+        raise ValueError("the app graph has a cycle")
     rank = {n: i for i, gen in enumerate(nx.topological_generations(g)) for n in gen}
     order = {n: i for i, n in enumerate(names)}
     layers: list[list[str]] = [[] for _ in range(max(rank.values()) + 1)]

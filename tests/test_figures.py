@@ -303,3 +303,8 @@ def test_hosts_are_labelled_by_their_short_names_when_those_are_unique() -> None
     assert [r["label"] for r in t["rows"]] == ["cn-0412", "cn-0413", "a-very-long-ho…"]
     same = layout.timeline(tasks_meta(("a", "node1.site-a", 0, 0, 1), ("b", "node1.site-b", 0, 0, 1)))
     assert same is not None and [r["label"] for r in same["rows"]] == ["node1.site-a", "node1.site-b"]
+
+
+def test_a_graph_with_a_cycle_in_hand_edited_metadata_is_not_drawn() -> None:
+    assert layout.dag(graph_meta(["a", "b"], [("a", "b"), ("b", "a")])) is None
+    assert layout.dag(graph_meta(["a", "b"], [("a", "b")])) is not None
