@@ -40,7 +40,7 @@ class Parameter:
     """One parameter of the notebook, as its ``parameters`` cell sets it."""
 
     name: str
-    #: the default's source text, as written (whitespace runs folded to one space)
+    #: the default's source text, as written (one written over lines: on one line)
     default: str
     #: the annotation or type comment, else the type of a literal default; None: unknown
     type: str | None
@@ -48,7 +48,7 @@ class Parameter:
     help: str
     #: index of the cell that sets it
     cell: int
-    #: the default's value when it is a literal (or arithmetic on numbers); see ``known``
+    #: the default's value, when ``known``: a literal, or arithmetic on numbers
     value: Any = None
     known: bool = False
 
@@ -161,9 +161,14 @@ def _cell_parameters(source: str, index: int) -> list[Parameter]:
             annotation = annotation or (typed.group("type") if typed else None)
             known, evaluated = _evaluate(value)
             kind = annotation or (_type_name(evaluated) if known else None)
-            segment = ast.get_source_segment(text, value) or ast.unparse(value)
-            out.append(Parameter(name, " ".join(segment.split()), kind, help_text, index, evaluated, known))
+            out.append(Parameter(name, _default_text(text, value), kind, help_text, index, evaluated, known))
     return out
+
+
+def _default_text(text: str, value: ast.expr) -> str:
+    """The default as written when it fits on its line, else as Python writes it on one."""
+    segment = ast.get_source_segment(text, value)
+    return segment if segment is not None and "\n" not in segment else ast.unparse(value)
 
 
 def _assignments(stmt: ast.stmt) -> list[tuple[str, ast.expr, str | None]]:
