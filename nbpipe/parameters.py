@@ -157,6 +157,8 @@ def _cell_parameters(source: str, index: int) -> list[Parameter]:
         for name, value, annotation in _assignments(stmt):
             comment = comments.get(stmt.end_lineno or stmt.lineno, "")
             typed = _TYPE_COMMENT.fullmatch(comment)
+            if typed and typed.group("type") == "ignore":  # mypy's, not a type
+                typed, comment = None, typed.group("help")
             help_text = typed.group("help") if typed else comment
             annotation = annotation or (typed.group("type") if typed else None)
             known, evaluated = _evaluate(value)
@@ -234,7 +236,7 @@ def _arithmetic(node: ast.expr) -> int | float:
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
         left, right = _arithmetic(node.left), _arithmetic(node.right)
         if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and (
-                right < 0 or left.bit_length() * right > _MAX_BITS):
+                left.bit_length() * right > _MAX_BITS):  # a negative power is a float: no bound
             raise ValueError("too large to work out")
         result = _OPERATORS[type(node.op)](left, right)
         if type(result) not in (int, float) or (isinstance(result, int) and result.bit_length() > _MAX_BITS):

@@ -15,6 +15,7 @@ import pytest
 from nbbuild import code, md, nbpipe_cli, notebook, read, text_of, write
 
 import nbpipe
+from nbpipe.cli import main
 from nbpipe.errors import ParameterWarning
 from nbpipe.parameters import declared
 from nbpipe.parse import parse_notebook
@@ -231,3 +232,21 @@ def test_merged_metadata_records_every_value_and_its_source(tmp_path: Path) -> N
                                                                         "n_samples": 1000}
     injected = [c for c in merged.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "n_samples" not in injected[0].source  # given values only, as papermill
+
+
+@pytest.mark.parametrize("source", [
+    "x = " + "[" * 5000 + "]" * 5000,  # deeper than Python parses
+    "x = " + "1 + " * 5000 + "1",
+    "x = 9 ** 9 ** 9",  # worked out, it would take minutes
+    "%%bash\necho hi",
+    "%matplotlib inline\nn = 10 ** -3  # type: ignore",
+    "x = (-8) ** 0.5\ny = 1 / 0\nz = 1e400",
+    "a.b = 1\nc[0] = 2\nd += 1",
+])
+def test_any_parameters_cell_is_listed_without_error(tmp_path: Path, source: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    src = analysis(tmp_path / "nb.ipynb", source)
+    assert main(["check", str(src), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["parameters"]
+    assert all(isinstance(p["value"], (int, float, str)) for p in listed)
+    json.dumps(listed, allow_nan=False)  # plain JSON: what the merged notebook would record
