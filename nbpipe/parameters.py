@@ -68,7 +68,7 @@ class Parameter:
                 "cell": self.cell, "value": self.recorded, "known": self.known}
 
 
-class GivenParameters(dict):  # type: ignore[type-arg]
+class GivenParameters(dict[str, Any]):
     """Parameter values with where each came from (``-p n``, a YAML file), so that a
     warning about one names where it was given. A plain mapping works as well: its
     names are said to come from ``parameters``."""
