@@ -241,6 +241,7 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         out.give(read_parameters_file(path), str(path))
     for name, value in args.parameter:
         shown = name if name.isprintable() else repr(name)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."  # its message stays one short line
         out.give(check_parameters({name: parse_value(value)}, origin=f"-p {shown}"), f"-p {shown}")
     return out
 

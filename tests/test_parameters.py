@@ -137,6 +137,8 @@ def test_a_hostile_name_is_shown_safely(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     [line] = warning_lines(proc.stderr)
     assert len(line) < 400 and "..." in line
+    proc = nbpipe_cli("check", "nb.ipynb", "-p", long_name + "-", "1", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr) < 400, proc.stderr  # refused in one short line
     (tmp_path / "p.yaml").write_text('"seed\\e[2J": 1\n')
     proc = nbpipe_cli("check", "nb.ipynb", "-f", "p.yaml", cwd=tmp_path)
     assert proc.returncode == 2
