@@ -114,9 +114,8 @@ def check(
 
 
 def _caller_level() -> int:
-    """The ``stacklevel`` at which a warning names the first caller outside nbpipe (a
-    notebook cell): Python shows a warning once per line that gives it, so each cell
-    that passes a misspelt parameter shows its own."""
+    """The ``stacklevel`` at which a warning names the first caller outside nbpipe: the
+    line of the script or notebook cell that passed the parameter, not nbpipe's own."""
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):

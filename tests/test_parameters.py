@@ -58,6 +58,7 @@ def test_a_misspelt_name_is_injected_anyway_and_recorded(tmp_path: Path) -> None
     proc = nbpipe_cli("execute", "nb.ipynb", "-p", "n_sampels", "100", "--workers", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0].startswith("nbpipe: warning: -p n_sampels: ")
+    assert len(warning_lines(proc.stderr)) == 1  # once, before the run
     merged = read(tmp_path / "nb.merged.ipynb")
     printed = json.loads(text_of(merged.cells[-1]))
     assert printed["n_sampels"] == 100 and printed["n_samples"] == 1000
@@ -252,3 +253,20 @@ def test_any_parameters_cell_is_listed_without_error(tmp_path: Path, source: str
     listed = json.loads(capsys.readouterr().out)["parameters"]
     assert all(isinstance(p["value"], (int, float, str)) for p in listed)
     json.dumps(listed, allow_nan=False)  # plain JSON: what the merged notebook would record
+
+
+def test_in_jupyter_each_cell_that_passes_a_misspelt_name_shows_the_warning(tmp_path: Path) -> None:
+    """A driver notebook in a real kernel: the warning shows under the cell that called
+    execute(), and again under the next cell that does."""
+    import papermill
+
+    inner = analysis(tmp_path / "inner.ipynb")
+    call = f"run = nbpipe.execute({str(inner)!r}, parameters={{'n_sampels': 10}}, workers=1)\nassert run.ok"
+    write(tmp_path / "driver.ipynb", code("import nbpipe"), code(call), code(call))
+    papermill.execute_notebook(str(tmp_path / "driver.ipynb"), str(tmp_path / "driver.out.ipynb"),
+                               kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    ran = read(tmp_path / "driver.out.ipynb")
+    for cell in ran.cells[1:]:
+        shown = [o["text"] for o in cell.outputs if o.get("name") == "stderr"]
+        assert any("ParameterWarning: parameters: the notebook has no parameter 'n_sampels'; "
+                   "did you mean 'n_samples'?" in text for text in shown), cell.outputs
