@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -111,14 +112,31 @@ def check(
     html: str | Path | bool | None = None,
 ) -> tuple[Pipeline, Site, Checked]:
     """Every check :func:`execute` makes before anything runs; ``nbpipe check`` runs it too.
-    The last one starts each container image once, to see that it can run apps."""
+    The last one starts each container image once, to see that it can run apps.
+
+    What is allowed but likely a mistake (a parameter the notebook does not set)
+    is given as a Python warning (:class:`~nbpipe.errors.NbpipeWarning`) and kept
+    in ``Checked.warnings``.
+    """
     path = Path(path)
     pipeline = load_pipeline(path)
     chosen = get_site(site, notebook=path, sites_file=Path(sites_file) if sites_file else None)
     chosen.check(pipeline)
     checked = before_run(pipeline, path, parameters=parameters, output=output, html=html)
+    for warning in checked.warnings:
+        warnings.warn(warning, stacklevel=_caller_level())
     return pipeline, chosen, replace(checked, containers=resolve_containers(pipeline, chosen,
                                                                             path.resolve().parent))
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` at which a warning names the first caller outside nbpipe: the
+    line of the script or notebook cell that passed the parameter, not nbpipe's own."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def execute(

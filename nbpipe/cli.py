@@ -10,12 +10,15 @@ stdout's reader left early.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The handlers stay in place while the outcome is reported: a second Ctrl-C
     # then only hurries the cleanup, it does not interrupt the report.
-    with stop.handled():
+    with stop.handled(), _warnings_as_lines():
         try:
             return int(args.func(args))
         except NbpipeError as exc:
@@ -48,6 +51,26 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as exc:
             stop.hold()
             return _interrupted(exc)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """The library's warnings (:class:`~nbpipe.errors.NbpipeWarning`) as ``nbpipe: warning:``
+    lines on stderr, every time; other warnings as Python shows them."""
+    from .errors import NbpipeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", NbpipeWarning)
+        python_shows = warnings.showwarning
+
+        def show(message: Any, category: Any, *where: Any, **more: Any) -> None:
+            if issubclass(category, NbpipeWarning):
+                print(f"nbpipe: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                python_shows(message, category, *where, **more)
+
+        warnings.showwarning = show
+        yield
 
 
 def entry() -> None:
@@ -134,8 +157,9 @@ def _parser(notebook_optional: bool = False) -> argparse.ArgumentParser:
         q.set_defaults(func=_cache, notebook=None)
 
     p = sub.add_parser("check", help="validate tags, dataflow, parameters and output paths; "
-                                     "print apps and edges")
+                                     "print apps, edges and parameters")
     _run_options(p, notebook_optional)
+    p.add_argument("--json", action="store_true", help="print what check found as JSON on stdout")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("graph", help="print the app graph")
@@ -211,15 +235,18 @@ def parse_value(value: str) -> Any:
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
-    """``-f`` files in order, then ``-p`` pairs; each name and value checked (nbpipe.validate)."""
+    """``-f`` files in order, then ``-p`` pairs; each name and value checked (nbpipe.validate),
+    each remembered with where it was given, for the warning about a name the notebook lacks."""
+    from .parameters import GivenParameters
     from .validate import check_parameters, read_parameters_file
 
-    out: dict[str, Any] = {}
+    out = GivenParameters()
     for path in args.parameters_file:
-        out.update(read_parameters_file(path))
+        out.give(read_parameters_file(path), str(path))
     for name, value in args.parameter:
         shown = name if name.isprintable() else repr(name)
-        out.update(check_parameters({name: parse_value(value)}, origin=f"-p {shown}"))
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."  # its message stays one short line
+        out.give(check_parameters({name: parse_value(value)}, origin=f"-p {shown}"), f"-p {shown}")
     return out
 
 
@@ -411,12 +438,18 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .api import check
+    from .parameters import declared
     from .state import warnings_for
 
     pipeline, _, checked = check(args.notebook, site=args.site, sites_file=args.sites,
                                  parameters=_parameters(args), output=args.output, html=args.html)
     _print_warnings(pipeline)
+    params = declared(pipeline.parsed)
+    if args.json:
+        print(json.dumps(_check_json(pipeline, checked, params), indent=1))
+        return 0
     print(_text_graph(pipeline, args.notebook))
+    print(_text_parameters(pipeline, params, checked.parameters))
     images = {c.image: c for c in checked.containers.values()}
     if images:
         print("container images (checked):")
@@ -426,6 +459,44 @@ def _check(args: argparse.Namespace) -> int:
     for warning in warnings_for(pipeline):
         print(f"warning: {warning}")
     return 0
+
+
+def _text_parameters(pipeline: Any, params: Any, given: dict[str, Any]) -> str:
+    """One line per parameter, as in the cell: ``name: type = default  # help``, with
+    ``-> value`` when one is given (papermill's ``--help-notebook``)."""
+    if params is None:
+        return f"parameters: not listed (the notebook is in {pipeline.parsed.language}, not Python)"
+    if not pipeline.parsed.cells_of("parameters"):
+        return "parameters: none (no cell is tagged 'parameters')"
+    lines = ["parameters:" if params else "parameters: none (the parameters cell assigns nothing)"]
+    for p in params:
+        line = f"  {p.name}" + (f": {_printable(p.type)}" if p.type else "") + f" = {_printable(p.default)}"
+        if p.name in given:
+            line += f" -> {_printable(json.dumps(given[p.name]))}"
+        lines.append(line + (f"  # {_printable(p.help)}" if p.help else ""))
+    return "\n".join(lines)
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    """Notebook text for a terminal line: control characters escaped, cut when long."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
+def _check_json(pipeline: Any, checked: Any, params: Any) -> dict[str, Any]:
+    """``nbpipe check --json``: the graph, the parameters and the warnings."""
+    from .parameters import effective
+    from .state import warnings_for
+
+    values, sources = effective(pipeline.parsed, checked.parameters)
+    return {
+        **pipeline.to_json(),
+        "parameters": None if params is None else [p.to_dict() for p in params],
+        "effective_parameters": values,
+        "parameter_sources": sources,
+        "containers": {app: c.describe() for app, c in checked.containers.items()},
+        "warnings": [*pipeline.warnings, *(str(w) for w in checked.warnings), *warnings_for(pipeline)],
+    }
 
 
 def _print_warnings(pipeline: Any) -> None:

@@ -22,6 +22,13 @@ cross process boundaries (worker -> driver).
     ├── OutputError                the merged notebook or report could not be written
     │                              after the run (paths are checked before it)  (exit 1)
     └── RunError                   one or more apps failed or timed out    (exit 1)
+
+Warnings are Python warnings (``warnings.warn``), so a notebook that drives a
+pipeline shows them and a caller can filter them by class; ``nbpipe``'s
+command line prints them as ``nbpipe: warning: ...`` lines::
+
+    NbpipeWarning (UserWarning)
+    └── ParameterWarning           a given parameter the notebook does not declare
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ __all__ = [
     "MutationError",
     "OutputError",
     "RunError",
+    "NbpipeWarning",
+    "ParameterWarning",
 ]
 
 
@@ -194,3 +203,54 @@ class RunError(NbpipeError):
     """One or more apps failed or timed out; the merged notebook was still written."""
 
     exit_code = 1
+
+
+class NbpipeWarning(UserWarning):
+    """Root of every warning nbpipe gives on purpose."""
+
+
+class ParameterWarning(NbpipeWarning):
+    """A parameter was given (``origin``: ``-p NAME``, a YAML file, ``parameters``) that the
+    notebook's parameters cells do not set. It is injected all the same, as papermill does:
+    a typo then defines a name nobody reads, so the message names the closest parameter."""
+
+    def __init__(self, *, name: str, origin: str, suggestion: str | None = None,
+                 parameters: tuple[str, ...] = (), has_cell: bool = True) -> None:
+        self.name = name
+        self.origin = origin
+        self.suggestion = suggestion
+        self.parameters = parameters
+        self.has_cell = has_cell
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        name = _short(repr(self.name))
+        if not self.has_cell:
+            return (f"{_short(self.origin)}: the notebook has no cell tagged 'parameters', so {name} is set "
+                    "at its top, where any cell that assigns it overrides it; tag the cell that sets "
+                    "the defaults 'parameters'")
+        message = f"{_short(self.origin)}: the notebook has no parameter {name}"
+        if self.suggestion:
+            message += f"; did you mean {self.suggestion!r}?"
+        elif self.parameters:
+            listed = ", ".join(self.parameters[:10]) + (", ..." if len(self.parameters) > 10 else "")
+            message += f"; its parameters are: {listed}"
+        else:
+            message += "; its parameters cell sets none"
+        return message + " (injected anyway)"
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_warning, (type(self), self.__dict__.copy()))
+
+
+def _rebuild_warning(cls: type[ParameterWarning], state: dict[str, Any]) -> ParameterWarning:
+    return cls(**state)
+
+
+def _short(text: str) -> str:
+    """``text`` for a one-line message: quoted where it holds what a terminal would act on, cut when long."""
+    shown = repr(text) if not text.isprintable() else text
+    return shown if len(shown) <= 80 else shown[:77] + "..."

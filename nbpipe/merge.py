@@ -19,6 +19,7 @@ from .version import __version__
 from .compile import INTERNAL_TAG
 from .execution.base import AppResult, AppStatus, ItemResult, run_ok
 from .graph import Pipeline, execution_counts
+from .parameters import effective
 from .shape import ERROR_TAG, INJECTED_TAG
 
 __all__ = ["merge"]
@@ -103,12 +104,15 @@ def merge(
         if nb is not None and "language_info" in nb.metadata:
             merged.metadata["language_info"] = copy.deepcopy(nb.metadata["language_info"])
             break
+    # every parameter's value, defaults too, and whether it is the default or was given
+    values, sources = effective(pipeline.parsed, parameters)
     merged.metadata["nbpipe"] = {
         "version": __version__,
         "site": site,
         "status": "completed" if run_ok(results) else "failed",
         "finished": datetime.now(timezone.utc).isoformat(),
-        "parameters": parameters,
+        "parameters": values,
+        "parameter_sources": sources,
         "graph": pipeline.to_json(),
         "apps": {name: {**results[name].to_dict(), **({"container": containers[name]} if name in containers
                                                          else {})} for name in pipeline.order},

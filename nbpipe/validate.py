@@ -5,7 +5,8 @@ says ok to what ``execute`` refuses:
 
 - parameters (from ``-p``, ``-f`` files and the Python API): names are
   identifiers that are not keywords, values are plain JSON data (dates become
-  strings), so papermill's injected cell is literals only;
+  strings), so papermill's injected cell is literals only; a name the
+  notebook's parameters cells do not set gives a warning (:mod:`.parameters`);
 - parameter files: UTF-8 YAML mappings, bounded in size, nesting and alias
   expansion;
 - the merged notebook and the HTML report can be written where they go;
@@ -15,7 +16,6 @@ says ok to what ``execute`` refuses:
 
 from __future__ import annotations
 
-import ast
 import datetime
 import difflib
 import functools
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import GraphError, TagError, UsageError
+from .errors import GraphError, ParameterWarning, TagError, UsageError
 from .graph import Pipeline
+from .parameters import declared, unknown
 
 __all__ = ["MAX_FILE_BYTES", "MAX_NESTING", "MAX_VALUES", "Checked", "before_run", "check_inputs", "check_refresh",
            "check_map_parameters", "check_parameters", "default_output", "output_paths",
@@ -56,16 +57,24 @@ class Checked:
     html: Path | None
     #: app -> the container it runs in (:class:`~nbpipe.containers.Container`), for those that do
     containers: dict[str, Any] = field(default_factory=dict)
+    #: what is allowed but likely a mistake: a given parameter the notebook does not set
+    warnings: tuple[ParameterWarning, ...] = ()
 
 
 def before_run(pipeline: Pipeline, notebook: Path, *, parameters: Mapping[str, Any] | None,
                output: str | Path | None, html: str | Path | bool | None) -> Checked:
-    """Every check of this module; raise the first problem as an exit-2 error."""
+    """Every check of this module; raise the first problem as an exit-2 error.
+
+    ``parameters`` may be a :class:`~nbpipe.parameters.GivenParameters`: the
+    warnings then name where each unknown one was given.
+    """
     plain = check_parameters(parameters or {})
     out, html_path = output_paths(notebook, output, html)
     check_inputs(pipeline, notebook.resolve().parent)
     check_map_parameters(pipeline, plain)
-    return Checked(plain, out, html_path)
+    warnings = unknown(pipeline.parsed, pipeline.parameter_names, plain,
+                       origins=getattr(parameters, "origins", {}))
+    return Checked(plain, out, html_path, warnings=tuple(warnings))
 
 
 # ----------------------------------------------------------------- parameters
@@ -342,18 +351,7 @@ def _readable(path: str, app: str, pattern: str) -> None:
 
 def check_map_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> None:
     """A map: over a parameter must get something to iterate over, known before the run."""
-    defaults: dict[str, Any] = {}
-    for info in pipeline.parsed.cells_of("parameters"):
-        try:
-            tree = ast.parse(info.source)
-        except (SyntaxError, ValueError, RecursionError):
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                try:
-                    defaults[node.targets[0].id] = ast.literal_eval(node.value)
-                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                    defaults.pop(node.targets[0].id, None)  # not a literal: only the run can tell
+    defaults = {p.name: p.value for p in declared(pipeline.parsed) or () if p.known}
     values = {**defaults, **parameters}
     for app in pipeline.apps.values():
         spec = app.spec

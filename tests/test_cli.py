@@ -66,7 +66,12 @@ def test_execute_parameters_file_then_p_overrides(tmp_path: Path) -> None:
     assert proc.stdout == ""  # no --json: nothing on stdout
     assert "from-cli" in (tmp_path / "nb.merged.html").read_text()  # bare --html: beside the output
     merged = read(tmp_path / "nb.merged.ipynb")  # the default output
-    assert merged.metadata["nbpipe"]["parameters"] == {"n": 4, "name": "from-cli", "flag": True}
+    # every parameter's value, defaults included (x, nothing), and where it came from
+    assert merged.metadata["nbpipe"]["parameters"] == {"n": 4, "x": 0.5, "flag": True, "nothing": "set",
+                                                       "name": "from-cli"}
+    assert merged.metadata["nbpipe"]["parameter_sources"] == {"n": "override", "x": "default",
+                                                              "flag": "override", "nothing": "default",
+                                                              "name": "override"}
     show = by_id(merged, read(src).cells[2].id)
     assert text_of(show).endswith("4 0.5 True 'set' 'from-cli'\n")
 

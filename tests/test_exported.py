@@ -21,8 +21,10 @@ def test_public_names_are_exactly_these() -> None:
         "GraphError",
         "MutationError",
         "NbpipeError",
+        "NbpipeWarning",
         "NotebookError",
         "OutputError",
+        "ParameterWarning",
         "RunError",
         "RunResult",
         "VerifyResult",
@@ -41,12 +43,17 @@ def test_public_names_are_exactly_these() -> None:
         assert hasattr(nbpipe, name), name
 
 
+ERRORS = [name for name in errors.__all__ if not name.endswith("Warning")]
+
+
 def test_every_error_is_exported_and_derives_from_one_root() -> None:
     tree = {name for name in errors.__all__}
     assert tree <= set(nbpipe.__all__)
     for name in tree:
-        assert issubclass(getattr(nbpipe, name), nbpipe.NbpipeError)
+        root = nbpipe.NbpipeWarning if name.endswith("Warning") else nbpipe.NbpipeError
+        assert issubclass(getattr(nbpipe, name), root)
         assert getattr(nbpipe, name) is getattr(errors, name)
+    assert issubclass(nbpipe.NbpipeWarning, UserWarning)  # shown by Python's default filters
 
 
 def samples() -> list[Any]:
@@ -77,7 +84,7 @@ def fields(err: Any) -> dict[str, Any]:
 
 
 def test_samples_cover_every_exported_error() -> None:
-    assert {type(e).__name__ for e in samples()} == set(errors.__all__)
+    assert {type(e).__name__ for e in samples()} == set(ERRORS)
 
 
 @pytest.mark.parametrize("err", samples(), ids=lambda e: type(e).__name__)

@@ -392,7 +392,8 @@ def test_parameters_passed(both: Any) -> None:
     assert stream(c[at + 1]) == "5\n"
     assert c[at + 2].outputs[0]["data"]["text/plain"] == "[0, 1, 4, 9, 16]"
     assert stream(c[at + 3]) == "squares: n=5 sum=30\n"
-    assert runs.merged.metadata["nbpipe"]["parameters"] == {"n": 5}
+    assert runs.merged.metadata["nbpipe"]["parameters"] == {"n": 5, "label": "squares"}  # defaults too
+    assert runs.merged.metadata["nbpipe"]["parameter_sources"] == {"n": "override", "label": "default"}
 
 
 # --------------------------------------------------------------------- 11. failure
