@@ -5,8 +5,9 @@ about each app (status, items, times, why it failed or was skipped);
 :class:`LiveView` shows it in a notebook cell and updates it in place
 (``display(..., display_id=True)``, then ``update``). :func:`run_html` draws
 the same table from a finished :class:`~nbpipe.api.RunResult`, and
-:func:`pipeline_html` the app graph of a :class:`~nbpipe.graph.Pipeline`.
-The markup is ``templates/nbpipe/status.html.j2`` and ``pipeline.html.j2``.
+:func:`pipeline_html` the app graph of a :class:`~nbpipe.graph.Pipeline`, both
+with the report's drawing of the graph (:mod:`nbpipe.layout`). The markup is
+``templates/nbpipe/status.html.j2`` and ``pipeline.html.j2`` (with ``figures.j2``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .events import Event, Items, Kind
 from .execution.base import AppResult, AppStatus
 
@@ -194,7 +196,8 @@ def run_html(run: Any) -> str:
     return _render("status.html.j2", title=str(run.output), state="completed" if run.ok else "failed",
                    state_text="completed" if run.ok else "not every app completed",
                    elapsed=_seconds(run.duration), rows=rows, site=meta.get("site"),
-                   html=str(run.html) if run.html else None, pulled=sorted(run.values))
+                   html=str(run.html) if run.html else None, pulled=sorted(run.values),
+                   dag=layout.dag(meta, cell_ids=()))
 
 
 def _items(result: AppResult) -> Items | None:
@@ -216,7 +219,7 @@ def pipeline_html(pipeline: Any) -> str:
              "reads": app["reads"]} for app in data["apps"]]
     edges = [_edge(e) for e in data["edges"]]
     return _render("pipeline.html.j2", title=pipeline.parsed.path.name if pipeline.parsed.path else "notebook",
-                   apps=apps, edges=edges)
+                   apps=apps, edges=edges, dag=layout.dag({"graph": data}, cell_ids=()))
 
 
 def _edge(edge: dict[str, Any]) -> dict[str, Any]:

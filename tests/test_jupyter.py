@@ -248,6 +248,7 @@ def test_a_run_result_shows_one_line_and_a_summary_table(tmp_path: Path) -> None
     assert 'data-app="big" data-status="completed"' in html
     assert 'data-app="broken" data-status="failed"' in html and "KeyError: &#39;missing key&#39;" in html
     assert 'data-app="after" data-status="completed"' in html
+    assert re.search(r'<svg .*<g class="nbpipe-node" data-app="broken">.*</svg>', html, flags=re.S)  # the graph
     assert len(html) < 20_000  # a summary, not the notebook
     # still a dataclass
     assert "values" in {f.name for f in dataclasses.fields(run)}
@@ -267,6 +268,7 @@ def test_a_pipeline_shows_its_apps_and_what_flows(tmp_path: Path) -> None:
     assert re.search(r'data-edge="load->use">.*?>data</td>', html, flags=re.S)
     assert re.search(r'data-edge="write->use">.*?>file table.csv</td>', html, flags=re.S)
     assert "<code>data</code> &larr; load" in html
+    assert html.count('<g class="nbpipe-node"') == 3 and "<svg" in html
 
 
 def test_the_board_counts_items_and_names_a_failed_one(tmp_path: Path) -> None:
