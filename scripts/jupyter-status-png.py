@@ -65,4 +65,5 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "docs" / "jupyter-status.png")
+    default = Path(__file__).resolve().parent.parent / "docs" / "jupyter-status.png"
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
