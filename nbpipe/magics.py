@@ -101,7 +101,9 @@ def _execute(args: Any) -> Any:
     view = LiveView(load_pipeline(args.notebook))
     arguments = cli._execute_arguments(args, on_event=view)
     with view:
-        return execute(args.notebook, **arguments)
+        run = execute(args.notebook, **arguments)
+        view.board.ok = run.ok
+    return run
 
 
 def kernel_notebook(shell: Any) -> Path:

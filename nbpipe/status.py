@@ -67,6 +67,8 @@ class Board:
     title: str
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    #: the run's verdict once known (``RunResult.ok``: apps skipped below a ``sys.exit(0)`` are fine)
+    ok: bool | None = None
 
     @classmethod
     def of(cls, pipeline: Any) -> Board:
@@ -96,7 +98,7 @@ class Board:
         if self.ended is None:
             state, text = "running", f"running: {done} of {len(statuses)} apps done"
         else:
-            ok = all(s.ok for s in statuses)
+            ok = self.ok if self.ok is not None else all(s.ok for s in statuses)
             state, text = ("completed", "completed") if ok else ("failed", "not every app completed")
         return _render("status.html.j2", title=self.title, state=state, state_text=text,
                        elapsed=_seconds((self.ended or now) - self.started),

@@ -142,6 +142,8 @@ def test_the_status_view_is_one_display_updated_in_place_at_most_four_times_a_se
           code("value = item * 2", "map:item=items", "app:each"),
           code("total = sum(value)", "app:sum"))
     write(tmp_path / "bad.ipynb", code("x = 1", "app:a", "timeout:soon"))
+    write(tmp_path / "stop.ipynb", code("x = 1", "app:a"), code("import sys\nsys.exit(0)", "app:b"),
+          code("y = 2", "app:c"))
     manager, client = start_new_kernel(kernel_name=KERNEL, cwd=str(tmp_path))
     try:
         client.execute_interactive("%load_ext nbpipe", timeout=60)
@@ -150,6 +152,8 @@ def test_the_status_view_is_one_display_updated_in_place_at_most_four_times_a_se
         reply = client.execute_interactive("%nbpipe execute other.ipynb", timeout=120,
                                            output_hook=messages.append)
         elapsed = time.monotonic() - started
+        stopped: list[dict[str, Any]] = []
+        client.execute_interactive("%nbpipe execute stop.ipynb", timeout=120, output_hook=stopped.append)
         refused = {}
         for line in ("%nbpipe execute missing.ipynb", "%nbpipe execute bad.ipynb",
                      "%nbpipe execute other.ipynb --site nowhere", "%nbpipe execute other.ipynb --sitee x"):
@@ -161,6 +165,9 @@ def test_the_status_view_is_one_display_updated_in_place_at_most_four_times_a_se
         client.stop_channels()
         manager.shutdown_kernel(now=True)
     assert reply["content"]["status"] == "ok"
+    # apps skipped below a sys.exit(0) do not make the run fail, in the view as in the RunResult
+    final = [m for m in stopped if m["msg_type"] == "update_display_data"][-1]["content"]["data"]["text/html"]
+    assert 'data-app="c" data-status="skipped"' in final and 'data-state="completed"' in final
     for line, (status, text) in refused.items():
         assert status == "error", line  # bad input stops a "Run all"
         assert text.startswith("UsageError: nbpipe: ") and text.count("\n") == 1, (line, text)
