@@ -403,6 +403,7 @@ def _insert_error_banner(pipeline: Pipeline, merged: Any, results: dict[str, App
         '<span style="color:red; font-size:1.5em">nbpipe: '
         f'{len(failed)} app(s) did not complete.</span>\n\n' + "\n".join(lines))
     banner.metadata["tags"] = [ERROR_TAG]
+    banner.metadata["nbpipe"] = {"banner": True}  # the report's run header says it instead
     merged.cells.insert(0, banner)
 
 

@@ -27,9 +27,9 @@ __all__ = ["TEMPLATES", "render_html", "report_data"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
-#: Cell tags the report honours, as Jupyter Book and nbconvert spell them.
+#: Cell tags the report honours, as Jupyter Book and nbconvert spell them (the template
+#: honours remove-output, hide-input and hide-output, and keeps the execution count).
 REMOVE_INPUT = {"remove-input", "remove_input"}
-REMOVE_OUTPUT = {"remove-output", "remove_output"}
 REMOVE_CELL = {"remove-cell", "remove_cell"}
 #: The tag nbpipe gives its banner and anchors (shape.ERROR_TAG): never removed or listed.
 _OWN_TAG = "nbpipe-error"
@@ -61,8 +61,7 @@ def _exporter(template: str, no_input: bool) -> Any:
     from traitlets.config import Config
 
     config = Config()
-    config.TagRemovePreprocessor.update(remove_input_tags=REMOVE_INPUT, remove_all_outputs_tags=REMOVE_OUTPUT,
-                                        remove_cell_tags=REMOVE_CELL)
+    config.TagRemovePreprocessor.update(remove_input_tags=REMOVE_INPUT, remove_cell_tags=REMOVE_CELL)
     if no_input:  # nbconvert's --no-input
         config.TemplateExporter.update(exclude_input=True, exclude_input_prompt=True,
                                        exclude_output_prompt=True)
