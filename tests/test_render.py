@@ -51,6 +51,8 @@ def _science_notebook(path: Path) -> Path:
         code("print(f'run {r}: mean decay time {t.mean() + r:.3f} ns')", "app:summaries", "map:r=runs"),
         code("print('the published number')", "app:quiet", "remove-input"),
         code("print('debugging noise nobody should read')", "app:noisy", "remove-output"),
+        code("print('a long log, one click away')", "app:log", "hide-output"),
+        code("print('a scratch cell')", "app:scratch", "remove-cell"),
         code("mean_lifetime = float(t.mean())\nn_over_3 = int((t > 3).sum())", "app:stats"),
         code("mean_lifetime\nn_over_3", "metrics"),
     )
@@ -248,6 +250,9 @@ def test_cell_tags_hide_and_remove_inputs_and_outputs(report: Report) -> None:
     plot = _cell(report.dom, read(report.merged), "fig, ax")
     assert re.search(r'<details class="nbpipe-hidden-input">\s*<summary>', plot)  # hide-input: folded away
     assert "data:image/png" in plot.split("</details>", 1)[1]  # ... the figure still shown
+    log = _cell(report.dom, read(report.merged), "print('a long log")
+    assert re.search(r'<details class="nbpipe-hidden-output">\s*<summary>.*a long log, one click away', log, re.S)
+    assert "a scratch cell" not in report.dom  # remove-cell
 
 
 def test_no_input_publishes_results_only(tmp_path: Path, report: Report) -> None:
@@ -340,3 +345,17 @@ def test_a_failed_app_shows_in_the_report(tmp_path: Path) -> None:
     assert 'class="nbpipe-status-completed">completed</td>' in html
     assert "ZeroDivisionError" in html and "nbpipe-error-broken" in html  # banner and anchor
     assert "<title>nb</title>" in html  # no heading: the notebook's name
+
+
+def test_any_executed_notebook_renders_and_the_api_takes_no_input(tmp_path: Path) -> None:
+    import nbpipe
+    from nbbuild import notebook
+    from nbpipe.render import render_html
+
+    plain = notebook(md("Some words.\n\n## A plain notebook"), code("1 + 1"))  # not nbpipe's: no metadata
+    html = render_html(plain, tmp_path / "plain.html").read_text()
+    assert "<title>A plain notebook</title>" in html and "nbpipe-badge nbpipe-status" not in html
+    nb = write(tmp_path / "nb.ipynb", code("print('only this' + ' shows')", "app:a"))
+    run = nbpipe.execute(nb, html=True, no_input=True)
+    page = run.html.read_text()
+    assert run.ok and "only this shows" in page and not re.search(r'class="[^"]*jp-InputArea-editor', page)
