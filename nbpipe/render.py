@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
+from .shape import ERROR_TAG
 
 __all__ = ["TEMPLATES", "render_html", "report_data"]
 
@@ -31,8 +32,6 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 #: honours remove-output, hide-input and hide-output, and keeps the execution count).
 REMOVE_INPUT = {"remove-input", "remove_input"}
 REMOVE_CELL = {"remove-cell", "remove_cell"}
-#: The tag nbpipe gives its banner and anchors (shape.ERROR_TAG): never removed or listed.
-_OWN_TAG = "nbpipe-error"
 _FAILED = ("failed", "timed_out")
 SIGNIFICANT = 4
 
@@ -140,7 +139,7 @@ def _headings(nb: Any) -> list[dict[str, Any]]:
 
     found: list[dict[str, Any]] = []
     for cell in nb.cells:
-        if cell.cell_type == "markdown" and _OWN_TAG not in cell.get("metadata", {}).get("tags", []):
+        if cell.cell_type == "markdown" and ERROR_TAG not in cell.get("metadata", {}).get("tags", []):
             reader = _Headings()
             reader.feed(markdown2html(cell.source))
             found.extend(reader.found)
