@@ -92,10 +92,17 @@ def report_data(nb: Any, name: str) -> dict[str, Any]:
                     for app, result in run.get("apps", {}).items() if result.get("status") == "skipped"],
         "counts": _counts(run.get("apps", {})),
         "metrics": [{"name": k, "value": v} for k, v in run.get("metrics", {}).items()],
-        # the header shows the title: the notebook's own title heading is hidden (a plain id only)
-        "title_id": headings[0]["id"] if headings and re.fullmatch(r"[\w.:-]+", headings[0]["id"]) else None,
+        "title_id": _title_id(headings),
         "toc": headings[1:200],
     }
+
+
+def _title_id(headings: list[dict[str, Any]]) -> str | None:
+    """The id of the notebook's title heading, which the header replaces: only a
+    heading that opens the notebook, with an id plain enough for a CSS selector."""
+    if headings and headings[0]["opens"] and re.fullmatch(r"[\w.:-]+", headings[0]["id"]):
+        return str(headings[0]["id"])
+    return None
 
 
 def _parameters(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -138,10 +145,15 @@ def _headings(nb: Any) -> list[dict[str, Any]]:
     from nbconvert.filters import markdown2html
 
     found: list[dict[str, Any]] = []
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and ERROR_TAG not in cell.get("metadata", {}).get("tags", []):
+    cells = [c for c in nb.cells if ERROR_TAG not in c.get("metadata", {}).get("tags", [])]
+    for at, cell in enumerate(cells):
+        if cell.cell_type == "markdown":
             reader = _Headings()
             reader.feed(markdown2html(cell.source))
+            for heading in reader.found:
+                heading["opens"] = False
+            if at == 0 and reader.found and cell.source.lstrip().startswith("#"):
+                reader.found[0]["opens"] = True  # the first thing the notebook says
             found.extend(reader.found)
     return found
 

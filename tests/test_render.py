@@ -361,3 +361,15 @@ def test_any_executed_notebook_renders_and_the_api_takes_no_input(tmp_path: Path
     run = nbpipe.execute(nb, html=True, no_input=True)
     page = run.html.read_text()
     assert run.ok and "only this shows" in page and not re.search(r'class="[^"]*jp-InputArea-editor', page)
+
+
+def test_the_header_replaces_only_a_title_heading_that_opens_the_notebook() -> None:
+    from nbbuild import notebook
+    from nbpipe.render import report_data
+
+    opening = report_data(notebook(md("# The title\n\nText."), md("## Later"), code("1")), "nb")
+    assert (opening["title"], opening["title_id"]) == ("The title", "The-title")
+    assert [h["text"] for h in opening["toc"]] == ["Later"]
+    late = report_data(notebook(code("1"), md("Intro.\n\n# Results")), "nb")
+    assert (late["title"], late["title_id"]) == ("Results", None)  # shown where it is
+    assert report_data(notebook(code("1")), "analysis")["title"] == "analysis"
