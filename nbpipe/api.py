@@ -156,8 +156,10 @@ def execute(
     refresh: tuple[str, ...] | list[str] = (),
     cache_dir: str | Path | None = None,
     pull: bool = False,
+    no_input: bool = False,
 ) -> RunResult:
-    """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook.
+    """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook
+    (and, with ``html``, the report; ``no_input``: the report shows results only).
 
     Apps whose key is in the cache are restored, not run (``cache=False``:
     run everything and store nothing; None: the cache is used unless the
@@ -175,7 +177,7 @@ def execute(
     """
     run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
                       engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
-                      on_event=on_event, cache_dir=cache_dir, refresh=refresh,
+                      on_event=on_event, cache_dir=cache_dir, refresh=refresh, no_input=no_input,
                       policy=Policy(read=_use_cache(cache), write=_use_cache(cache)), pull=pull)
     if pull and _inside_ipython():
         from IPython import get_ipython
@@ -223,7 +225,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
              sites_file: str | Path | None = None, debug: bool = False, keep_run_dir: bool = False,
              on_event: Callable[[Event], None] | None = None,
              cache_dir: str | Path | None = None, refresh: tuple[str, ...] | list[str] = (),
-             policy: Policy = Policy(), pull: bool = False) -> tuple[RunResult, CacheMemo]:
+             policy: Policy = Policy(), pull: bool = False, no_input: bool = False) -> tuple[RunResult, CacheMemo]:
     started = time.time()
     path = Path(path)
     if engine not in ENGINES:
@@ -267,7 +269,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
     merged, metrics = _merge_run(pipeline, results, store, path, parameters, chosen.name, started, memo,
                                  {app: c.describe() for app, c in checked.containers.items()})
-    _write_results(merged, output, checked.html, store.run_dir)
+    _write_results(merged, output, checked.html, store.run_dir, no_input=no_input, name=path.stem)
     values, warnings = collect_pulled(pulled, results, store)
     warn(warnings)
     if not keep_run_dir:
@@ -444,7 +446,8 @@ def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], store: Store, 
                  containers=containers), metrics
 
 
-def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path) -> None:
+def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path, *, no_input: bool = False,
+                   name: str | None = None) -> None:
     """The merged notebook, then the report, each whole or not at all (:mod:`.atomic`).
 
     The paths were checked before the run; if writing still fails (a full disk,
@@ -456,7 +459,7 @@ def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path) 
         if html is not None:
             from .render import render_html
 
-            render_html(merged, html)
+            render_html(merged, html, no_input=no_input, name=name)
     except OSError as exc:
         where = exc.filename or output
         raise OutputError(f"cannot write {where}: {exc.strerror}; the executed task notebooks "

@@ -175,6 +175,7 @@ def _parser(notebook_optional: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="render an executed notebook as HTML")
     p.add_argument("notebook", type=Path)
     p.add_argument("-o", "--output", type=Path, help="default: NAME.html beside the notebook")
+    p.add_argument("--no-input", action="store_true", help="results only: no code in the report")
     p.set_defaults(func=_render)
 
     p = sub.add_parser("sites", help="list the sites known here and where each is defined")
@@ -197,6 +198,7 @@ def _run_options(p: argparse.ArgumentParser, notebook_optional: bool = False) ->
                    metavar="PARAMS.yaml", help="parameters from a YAML file")
     p.add_argument("--html", nargs="?", const=True, default=None, metavar="OUT.html",
                    help="also write an HTML report (default: beside the merged notebook)")
+    p.add_argument("--no-input", action="store_true", help="the HTML report shows results only, no code")
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
@@ -324,6 +326,7 @@ def _run_arguments(args: argparse.Namespace, on_event: Any = None) -> dict[str, 
     from .api import load_pipeline
     from .sites import get_site
 
+    _check_no_input(args)
     parameters = _parameters(args)
     pipeline = load_pipeline(args.notebook)
     _print_warnings(pipeline)
@@ -336,7 +339,12 @@ def _run_arguments(args: argparse.Namespace, on_event: Any = None) -> dict[str, 
     return dict(output=args.output, site=args.site, parameters=parameters, workers=args.workers,
                 html=args.html, engine=args.engine, sites_file=args.sites, debug=args.debug,
                 keep_run_dir=args.keep_run_dir, on_event=on_event or _Progress(len(pipeline.apps)),
-                cache_dir=args.cache_dir)
+                cache_dir=args.cache_dir, no_input=args.no_input)
+
+
+def _check_no_input(args: argparse.Namespace) -> None:
+    if args.no_input and args.html is None:
+        raise UsageError("--no-input shapes the HTML report: add --html (or run nbpipe render --no-input)")
 
 
 def _execute_arguments(args: argparse.Namespace, on_event: Any = None) -> dict[str, Any]:
@@ -441,6 +449,7 @@ def _check(args: argparse.Namespace) -> int:
     from .parameters import declared
     from .state import warnings_for
 
+    _check_no_input(args)
     pipeline, _, checked = check(args.notebook, site=args.site, sites_file=args.sites,
                                  parameters=_parameters(args), output=args.output, html=args.html)
     _print_warnings(pipeline)
@@ -632,7 +641,8 @@ def _render(args: argparse.Namespace) -> int:
     from .render import render_html
 
     output = args.output or args.notebook.with_suffix(".html")
-    render_html(read_notebook(args.notebook), output)
+    render_html(read_notebook(args.notebook), output, no_input=args.no_input,
+                name=args.notebook.stem.removesuffix(".merged"))
     print(output)
     return 0
 

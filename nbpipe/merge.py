@@ -22,7 +22,7 @@ from .graph import Pipeline, execution_counts
 from .parameters import effective
 from .shape import ERROR_TAG, INJECTED_TAG
 
-__all__ = ["merge"]
+__all__ = ["merge", "reader_label"]
 
 
 def merge(
@@ -168,16 +168,12 @@ def _map_cell(cell: Any, index: int, result: AppResult, items: list[dict[int, An
         if len(groups) > SHOW_ITEMS:
             keep = {r.index for r, _ in groups[:SHOW_HEAD] + groups[-SHOW_TAIL:]} | {r.index for r in failed}
             shown = [(r, o) for r, o in groups if r.index in keep]
-        outputs: list[Any] = []
-        previous = -1
-        for record, outs in shown:
-            if record.index > previous + 1:
-                outputs.append(_label_output(f"… {record.index - previous - 1} item(s) folded: "
-                                             "their outputs are in the per-item task notebooks"))
-            outputs.append(_label_output(f"item {record.index}: {label(record)}"))
-            outputs.extend(outs)
-            previous = record.index
-        cell.outputs = outputs
+        cell.outputs = _fold(shown, label)
+        on_show = {r.index for r, _ in shown}
+        folded = [(r, o) for r, o in groups if r.index not in on_show]
+        if folded:
+            meta["folded"] = [{"item": r.index, "label": label(r), "status": statuses[r.index],
+                               "text": _folded_text(outs)} for r, outs in folded[:FOLDED_ITEMS]]
     timings = [_cell_timing(c) for _, c in ran]
     starts = [t["start_time"] for t in timings if "start_time" in t]
     ends = [t["end_time"] for t in timings if "end_time" in t]
@@ -191,6 +187,40 @@ def _map_cell(cell: Any, index: int, result: AppResult, items: list[dict[int, An
                                 **{k: v for k, v in _cell_timing(c).items() if k == "duration"}}
                                for r, c in runs]
     return meta
+
+
+#: Folded items keep their text outputs in the cell's ``metadata.nbpipe.folded``
+#: (the per-item task notebooks go with the run directory), this much of each.
+FOLDED_ITEMS, FOLDED_CHARS = 500, 500
+
+
+def _fold(shown: list[tuple[ItemResult, list[Any]]], label: Any) -> list[Any]:
+    """The shown items' outputs, each under its label, with a note where items were folded."""
+    outputs: list[Any] = []
+    previous = -1
+    for record, outs in shown:
+        if record.index > previous + 1:
+            outputs.append(_label_output(
+                f"… {record.index - previous - 1} item(s) folded: their text outputs are kept "
+                "in this cell's metadata (nbpipe.folded)", folded=[previous + 1, record.index - 1]))
+        outputs.append(_label_output(f"item {record.index}: {label(record)}"))
+        outputs.extend(outs)
+        previous = record.index
+    return outputs
+
+
+def _folded_text(outputs: list[Any]) -> str:
+    """What a folded item printed, its results' text and its error, cut at FOLDED_CHARS."""
+    parts = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            parts.append(str(out.get("text", "")))
+        elif out.get("output_type") == "error":
+            parts.append(f"{out.get('ename')}: {out.get('evalue')}\n")
+        elif "text/plain" in out.get("data", {}):
+            parts.append(str(out["data"]["text/plain"]) + "\n")
+    text = "".join(parts)
+    return text if len(text) <= FOLDED_CHARS else text[: FOLDED_CHARS - 1] + "…"
 
 
 def _apply_display_updates(merged: Any) -> None:
@@ -228,10 +258,13 @@ def _outputs_key(outputs: list[Any]) -> str:
                        for o in outputs], sort_keys=True)
 
 
-def _label_output(text: str) -> Any:
+def _label_output(text: str, *, folded: list[int] | None = None) -> Any:
+    mark: dict[str, Any] = {"item_label": True}
+    if folded is not None:
+        mark["folded"] = folded  # the first and last item folded here
     return v4.new_output("display_data", data={"text/plain": f"[{text}]",
                                                "text/markdown": f"**{text}**"},
-                         metadata={"nbpipe": {"item_label": True}})
+                         metadata={"nbpipe": mark})
 
 
 def _first_run(index: int, apps: list[str], by_app: dict[str, dict[int, Any]]) -> tuple[str, Any]:
@@ -357,7 +390,7 @@ def _insert_error_banner(pipeline: Pipeline, merged: Any, results: dict[str, App
         cell_index = (r.error or {}).get("cell")
         cell_id = pipeline.parsed.cells[cell_index].id if cell_index is not None else None
         what = f"`{(r.error or {}).get('ename', 'Error')}: {_one_line((r.error or {}).get('evalue', ''))}`"
-        where = f"[its cell {cell_index}](#nbpipe-error-{r.app})" if cell_id else "its first cell"
+        where = f"[{reader_label(merged, cell_id)}](#nbpipe-error-{r.app})" if cell_id else "its first cell"
         lines.append(f"- App **{r.app}** {r.status.value.replace('_', ' ')} at {where}: {what}")
         skipped = sorted(a for a, s in results.items() if s.status is AppStatus.SKIPPED
                          and s.reason and f"app {r.app!r}" in s.reason)
@@ -374,7 +407,20 @@ def _insert_error_banner(pipeline: Pipeline, merged: Any, results: dict[str, App
         '<span style="color:red; font-size:1.5em">nbpipe: '
         f'{len(failed)} app(s) did not complete.</span>\n\n' + "\n".join(lines))
     banner.metadata["tags"] = [ERROR_TAG]
+    banner.metadata["nbpipe"] = {"banner": True}  # the report's run header says it instead
     merged.cells.insert(0, banner)
+
+
+def reader_label(nb: Any, cell_id: str) -> str:
+    """A code cell as the reader of ``nb`` sees it: ``In [5]``, or ``the 3rd code cell``
+    when it has no execution count (never the internal cell index)."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    at = next(i for i, c in enumerate(code) if c.get("id") == cell_id)
+    if code[at].get("execution_count") is not None:
+        return f"In [{code[at].execution_count}]"
+    n = at + 1
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"the {n}{suffix} code cell"
 
 
 def _one_line(text: str, limit: int = 200) -> str:

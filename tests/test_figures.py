@@ -308,3 +308,18 @@ def test_hosts_are_labelled_by_their_short_names_when_those_are_unique() -> None
 def test_a_graph_with_a_cycle_in_hand_edited_metadata_is_not_drawn() -> None:
     assert layout.dag(graph_meta(["a", "b"], [("a", "b"), ("b", "a")])) is None
     assert layout.dag(graph_meta(["a", "b"], [("a", "b")])) is not None
+
+
+def test_hostile_metadata_is_escaped_everywhere_on_the_page() -> None:
+    """A merged notebook is a file anyone can edit: nothing in metadata.nbpipe becomes markup."""
+    evil = '<script>alert(1)</script>"\'&'
+    meta = graph_meta(["load", "fit"], [("load", "fit")])
+    meta.update(version=evil, status=evil, finished=evil, site=evil, metrics={evil: evil},
+                parameters={evil: evil}, parameter_sources={evil: evil},
+                provenance={"python": evil, "platform": evil, "packages": {evil: evil}})
+    meta["apps"]["load"].update(host=evil, job_id=evil, attempts=evil, reason=evil, status=evil)
+    cell = code("x = 1")
+    cell.metadata["nbpipe"] = {"app": evil, "status": evil, "items": evil, "attempts": 2, "ran_in": evil}
+    html = render_figures(notebook(cell, nbpipe=meta))
+    assert "<script>alert" not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 10
