@@ -7,6 +7,7 @@ runs in processes of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -171,19 +172,38 @@ def execute(
     no task process is left, and the interrupt re-raised with the
     :class:`RunResult` as ``exc.run_result``. ``on_event`` is called with a
     frozen :class:`~nbpipe.events.Event` each time an app or a map item
-    changes state (in the thread that called ``execute``). ``pull=True``: the final
-    value of every name the apps define (as a serial run ends with them) is in
-    ``RunResult.values`` and, when called in IPython, in its user namespace.
+    changes state (in the thread that called ``execute``); without one, in a
+    Jupyter kernel the cell shows a live status view (:mod:`nbpipe.status`).
+    ``pull=True``: the final value of every name the apps define (as a serial
+    run ends with them) is in ``RunResult.values`` and, when called in IPython,
+    in its user namespace.
     """
-    run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
-                      engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
-                      on_event=on_event, cache_dir=cache_dir, refresh=refresh, no_input=no_input,
-                      policy=Policy(read=_use_cache(cache), write=_use_cache(cache)), pull=pull)
+    view = _status_view(path) if on_event is None else None
+    with view or contextlib.nullcontext():
+        run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
+                          engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
+                          on_event=on_event or view, cache_dir=cache_dir, refresh=refresh, no_input=no_input,
+                          policy=Policy(read=_use_cache(cache), write=_use_cache(cache)), pull=pull)
+        if view is not None:
+            view.board.ok = run.ok
     if pull and _inside_ipython():
         from IPython import get_ipython
 
         into_namespace(run.values, get_ipython().user_ns)
     return run
+
+
+def _status_view(path: str | Path) -> Any:
+    """A live status view when this runs in a Jupyter kernel (not a terminal IPython), else None."""
+    if not _inside_ipython():
+        return None
+    from IPython import get_ipython
+
+    if getattr(get_ipython(), "kernel", None) is None:
+        return None
+    from .status import LiveView
+
+    return LiveView(load_pipeline(path))
 
 
 def _use_cache(cache: bool | None) -> bool:

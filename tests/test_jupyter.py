@@ -322,3 +322,19 @@ def test_load_ext_needs_no_compiler_import_until_used() -> None:
     probe = "import sys, nbpipe; print(hasattr(nbpipe, 'load_ipython_extension'), 'nbpipe.magics' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_execute_called_in_a_kernel_shows_the_status_view_too(tmp_path: Path) -> None:
+    write(tmp_path / "other.ipynb", code("data = [1, 2]", "app:load"), code("total = sum(data)", "app:add"))
+    driver = write(tmp_path / "driver.ipynb",
+                   code("import nbpipe\nrun = nbpipe.execute('other.ipynb', output='api.ipynb')\nprint(run.ok)"),
+                   code("seen = []\nrun = nbpipe.execute('other.ipynb', output='api.ipynb', on_event=seen.append)\n"
+                        "print(len(seen) > 0)"))
+    executed = _papermill(driver, tmp_path)
+    views = [o for o in executed.cells[0].outputs if o["output_type"] == "display_data"]
+    assert len(views) == 1, executed.cells[0].outputs
+    assert 'data-state="completed"' in _html(views[0])
+    assert 'data-app="add" data-status="completed"' in _html(views[0])
+    assert text_of(executed.cells[0]).strip().endswith("True")
+    # a caller's own on_event replaces the view
+    assert [o["output_type"] for o in executed.cells[1].outputs] == ["stream"], executed.cells[1].outputs
