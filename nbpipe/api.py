@@ -139,6 +139,7 @@ def execute(
     cache: bool | None = None,
     refresh: tuple[str, ...] | list[str] = (),
     cache_dir: str | Path | None = None,
+    on_output: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook.
 
@@ -152,11 +153,15 @@ def execute(
     no task process is left, and the interrupt re-raised with the
     :class:`RunResult` as ``exc.run_result``. ``on_event`` is called with a
     frozen :class:`~nbpipe.events.Event` each time an app or a map item
-    changes state (in the thread that called ``execute``).
+    changes state (in the thread that called ``execute``). With ``on_output``,
+    each task appends what its cells print, as they print it, to its log in the
+    run directory (:meth:`~nbpipe.store.Store.output_log`), and ``on_output`` is
+    called with the run directory before any app runs, so that a view can show
+    the logs live (:class:`nbpipe.progress.OutputTail`; the CLI's ``-v``).
     """
     run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
                       engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
-                      on_event=on_event, cache_dir=cache_dir, refresh=refresh,
+                      on_event=on_event, on_output=on_output, cache_dir=cache_dir, refresh=refresh,
                       policy=Policy(read=_use_cache(cache), write=_use_cache(cache)))
     return run
 
@@ -198,7 +203,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
              parameters: dict[str, Any] | None = None, workers: int | None = None,
              html: str | Path | bool | None = None, engine: str = "ipython",
              sites_file: str | Path | None = None, debug: bool = False, keep_run_dir: bool = False,
-             on_event: Callable[[Event], None] | None = None,
+             on_event: Callable[[Event], None] | None = None, on_output: Callable[[Path], None] | None = None,
              cache_dir: str | Path | None = None, refresh: tuple[str, ...] | list[str] = (),
              policy: Policy = Policy()) -> tuple[RunResult, CacheMemo]:
     started = time.time()
@@ -225,13 +230,16 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
                      {"id": _run_id(started), "notebook": str(path.resolve())})
     executor = _LazyExecutor(lambda: _start_executor(chosen, pipeline, store.run_dir, cwd, workers=workers,
                                                      engine=engine, debug=debug))
-    make_spec = _spec_maker(pipeline, store, cwd, parameters, engine, checked.containers)
+    make_spec = _spec_maker(pipeline, store, cwd, parameters, engine, checked.containers,
+                            verbose=on_output is not None)
 
     def map_size(app: str) -> list[str]:
         return list(json.loads(store.split_count(app).read_text())["labels"])
 
     interrupt: KeyboardInterrupt | None = None
     try:
+        if on_output is not None:
+            on_output(store.run_dir)
         results = schedule(pipeline, executor, make_spec, on_event, map_size, memo=memo)
     except KeyboardInterrupt as exc:
         # A signal that came before the scheduler had results to attach leaves none.
@@ -356,7 +364,8 @@ def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, 
 
 
 def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[str, Any],
-                engine: str, containers: dict[str, Container] | None = None) -> Callable[..., TaskSpec]:
+                engine: str, containers: dict[str, Container] | None = None,
+                verbose: bool = False) -> Callable[..., TaskSpec]:
     """What the scheduler calls to describe one task (an app, a map item or a split)."""
     containers = containers or {}
 
@@ -383,6 +392,7 @@ def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[st
             sources=sources,
             watch=watch,
             container=containers[app].to_dict() if app in containers else None,
+            verbose=verbose,
         )
 
     return make_spec
