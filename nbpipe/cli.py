@@ -276,7 +276,7 @@ def _viewed(args: argparse.Namespace, total: int) -> Iterator[dict[str, Any]]:
     terminal a live region, which is stopped however the run ends (Ctrl-C, SIGTERM too)."""
     from .progress import view_for
 
-    with view_for(total, quiet=args.quiet, verbose=args.verbose, plain=args.debug) as view:
+    with view_for(total, quiet=args.quiet, plain=args.debug) as view:
         yield dict(on_event=view, on_output=view.watch if args.verbose else None)
 
 

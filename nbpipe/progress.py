@@ -31,6 +31,7 @@ import os
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,22 +41,22 @@ from typing import Any
 from .events import Error, Event, Kind
 from .store import Store
 
-__all__ = ["Line", "Lines", "LiveView", "OutputTail", "PlainView", "View", "format_frame", "view_for"]
+__all__ = ["Line", "Lines", "LiveView", "OutputTail", "PlainView", "Printed", "View", "format_frame", "view_for"]
 
 #: How often the live region is redrawn and the output logs are read (seconds).
 REFRESH = 0.25
 
 
-def view_for(total: int, *, quiet: bool = False, verbose: bool = False, plain: bool = False) -> View:
+def view_for(total: int, *, quiet: bool = False, plain: bool = False) -> View:
     """The view for a run of ``total`` apps: live on a terminal, else plain lines.
 
-    ``plain`` (``--debug``) and ``quiet`` always give plain lines; ``verbose``:
-    the view shows what the apps print (pass its :meth:`View.watch` to
-    ``execute(on_output=...)``).
+    ``plain`` (``--debug``) and ``quiet`` always give plain lines. To make the
+    view show what the apps print, pass its :meth:`View.watch` as
+    ``execute(on_output=...)``.
     """
     if not (quiet or plain) and _terminal():
-        return LiveView(total, verbose=verbose)
-    return PlainView(total, quiet=quiet, verbose=verbose)
+        return LiveView(total)
+    return PlainView(total, quiet=quiet)
 
 
 def _terminal() -> bool:
@@ -176,6 +177,17 @@ def _first_line(text: str) -> str:
 # ---------------------------------------------------------------- what the apps print
 
 
+@dataclass(frozen=True)
+class Printed:
+    """A line an app printed; ``who``: the app, or ``app[item]`` for an item of a map app."""
+
+    who: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.who} | {self.text}"
+
+
 class _Log:
     """One task's output log, read from where the last read stopped."""
 
@@ -184,7 +196,7 @@ class _Log:
         self.offset = 0
         self.partial = b""
 
-    def read(self, final: bool = False) -> list[str]:
+    def read(self, final: bool = False) -> list[Printed]:
         """The lines written since the last read (``final``: also an unfinished last line)."""
         try:
             size = self.path.stat().st_size
@@ -200,7 +212,7 @@ class _Log:
         if final and self.partial:
             lines.append(self.partial)
             self.partial = b""
-        return [f"{self.prefix} | {line.decode('utf-8', 'replace').rstrip()}" for line in lines]
+        return [Printed(self.prefix, line.decode("utf-8", "replace").rstrip()) for line in lines]
 
 
 class OutputTail:
@@ -219,7 +231,7 @@ class OutputTail:
         self._logs: dict[tuple[str, int | None, bool], _Log] = {}
         self._followed: set[tuple[str, int | None, bool]] = set()
 
-    def follow(self, event: Event) -> list[str]:
+    def follow(self, event: Event) -> list[Printed]:
         """Follow or finish the logs ``event`` starts or ends; the last lines of those it ends."""
         app, kind = event.app, event.kind
         with self._lock:
@@ -236,17 +248,17 @@ class OutputTail:
                         for line in self._finish(key)]
             return []
 
-    def poll(self) -> list[str]:
+    def poll(self) -> list[Printed]:
         """The new lines of every followed log."""
         with self._lock:
             return [line for key in list(self._followed) for line in self._log(key).read()]
 
-    def close(self) -> list[str]:
+    def close(self) -> list[Printed]:
         """Stop following; what is left unread in every followed log."""
         with self._lock:
             return [line for key in list(self._followed) for line in self._finish(key)]
 
-    def _finish(self, key: tuple[str, int | None, bool]) -> list[str]:
+    def _finish(self, key: tuple[str, int | None, bool]) -> list[Printed]:
         if key not in self._followed:
             return []
         self._followed.discard(key)
@@ -278,17 +290,15 @@ class _Ticker:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        self._thread.join(timeout=5)
 
 
-class View:
-    """An ``on_event`` listener and a context manager; with ``verbose``, :meth:`watch`
+class View(ABC):
+    """An ``on_event`` listener and a context manager; :meth:`watch`
     (``execute(on_output=view.watch)``) makes it show what the apps print."""
 
-    def __init__(self, total: int, *, verbose: bool = False) -> None:
+    def __init__(self, total: int) -> None:
         self.lines = Lines(total)
-        self.verbose = verbose
         self.tail: OutputTail | None = None
         self._ticker: _Ticker | None = None
         # The main thread (events) and the refresh thread (output, redraws) print in turn,
@@ -306,11 +316,13 @@ class View:
             if line is not None:
                 self.show(event, line)
 
+    @abstractmethod
     def show(self, event: Event, line: Line) -> None:
-        raise NotImplementedError
+        """Show the line of ``event``."""
 
-    def output(self, lines: list[str]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def output(self, lines: list[Printed]) -> None:
+        """Show lines the apps printed."""
 
     def tick(self) -> None:
         with self._turn:
@@ -332,8 +344,8 @@ class View:
 class PlainView(View):
     """One timestamped line per event on stderr (``quiet``: only what went wrong)."""
 
-    def __init__(self, total: int, *, quiet: bool = False, verbose: bool = False) -> None:
-        super().__init__(total, verbose=verbose)
+    def __init__(self, total: int, *, quiet: bool = False) -> None:
+        super().__init__(total)
         self.quiet = quiet
 
     def watch(self, run_dir: Path) -> None:
@@ -345,9 +357,9 @@ class PlainView(View):
         if not self.quiet or line.alarming:
             self._print(line.text())
 
-    def output(self, lines: list[str]) -> None:
-        for text in lines:
-            self._print(text)
+    def output(self, lines: list[Printed]) -> None:
+        for printed in lines:
+            self._print(str(printed))
 
     @staticmethod
     def _print(text: str) -> None:
@@ -362,11 +374,11 @@ _TONES = {"completed": "green", "cached": "cyan", "failed": "bold red", "skipped
 class LiveView(View):
     """The live region on a terminal (rich), redrawn by a refresh thread."""
 
-    def __init__(self, total: int, *, verbose: bool = False, console: Any = None) -> None:
+    def __init__(self, total: int, console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        super().__init__(total, verbose=verbose)
+        super().__init__(total)
         self.board = _Board(total)
         self.console = console or Console(stderr=True, highlight=False)
         self.live = Live(console=self.console, get_renderable=self.board.render, auto_refresh=False,
@@ -387,7 +399,10 @@ class LiveView(View):
             super().__exit__(kind, exc, tb)
         finally:
             self.board.over = True
-            self.live.stop()  # the last state stays on the screen; the cursor is shown again
+            # The last state stays on the screen, unless the run never started (bad input:
+            # the error line says it all); the cursor is shown again.
+            self.live.transient = not self.board.started
+            self.live.stop()
 
     def __call__(self, event: Event) -> None:
         self.board.update(event)
@@ -407,12 +422,11 @@ class LiveView(View):
                 text.append("\n" + " " * (len(line.stamp) + 10) + line.frame)
             self.console.print(text)
 
-    def output(self, lines: list[str]) -> None:
+    def output(self, lines: list[Printed]) -> None:
         from rich.text import Text
 
-        for line in lines:
-            prefix, _, printed = line.partition(" | ")
-            self.console.print(Text(f"{prefix} | ", style="dim") + Text.from_ansi(printed))
+        for printed in lines:
+            self.console.print(Text(f"{printed.who} | ", style="dim") + Text.from_ansi(printed.text))
 
     def tick(self) -> None:
         with self._turn:
@@ -432,8 +446,10 @@ class _Board:
         self._spinner: Any = None  # one spinner, whose frame follows the clock: the heartbeat
         #: the run has ended: the last drawing shows the counts, without the spinner
         self.over = False
+        self.started = False  # an event came
 
     def update(self, event: Event) -> None:
+        self.started = True
         with self._lock:
             if event.kind is Kind.RERUN:  # back to pending: it starts again when it may
                 self._latest.pop(event.app, None)
