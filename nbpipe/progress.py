@@ -347,6 +347,9 @@ class PlainView(View):
     def __init__(self, total: int, *, quiet: bool = False) -> None:
         super().__init__(total)
         self.quiet = quiet
+        # This stderr, not the one of the moment: with --debug a cell runs in this process,
+        # and what it writes to sys.stderr meanwhile becomes its output.
+        self.stream = sys.stderr
 
     def watch(self, run_dir: Path) -> None:
         super().watch(run_dir)
@@ -361,10 +364,9 @@ class PlainView(View):
         for printed in lines:
             self._print(str(printed))
 
-    @staticmethod
-    def _print(text: str) -> None:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+    def _print(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
 
 #: rich styles of the lines that scroll above the live region, by :attr:`Line.tone`
@@ -380,7 +382,7 @@ class LiveView(View):
 
         super().__init__(total)
         self.board = _Board(total)
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(file=sys.stderr, highlight=False)
         self.live = Live(console=self.console, get_renderable=self.board.render, auto_refresh=False,
                          transient=False, redirect_stdout=True, redirect_stderr=True)
 

@@ -245,3 +245,16 @@ def test_a_failure_shows_the_failing_line_of_the_cell(tmp_path: Path, engine: st
                      r"cell 2, line 3: y = 1 / n\n", result.stderr), result.stderr
     assert re.search(r"item 0 \(5\): IndexError: list index out of range\n +cell 4, line 1: w = \[1, 2\]\[k\]",
                      result.stderr), result.stderr
+
+
+def test_verbose_with_debug_shows_each_printed_line_once(tmp_path: Path) -> None:
+    # --debug runs the cells in the driver: a line the view prints while a cell runs must
+    # not become that cell's output (which -v would then print again, and again). The items
+    # run one after the other, each within the scheduler's submit, before any ITEM event.
+    nb = write(tmp_path / "d.ipynb",
+               code("import time\nxs = [1, 2, 3]", "app:load"),
+               code("print('item', x)\ntime.sleep(0.6)\ny = x", "app:each", "map:x=xs"))
+    result = nbpipe_cli("execute", nb, "--debug", "-v", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(line for line in result.stderr.splitlines() if " | " in line) == [
+        "each[0] | item 1", "each[1] | item 2", "each[2] | item 3"]
