@@ -61,11 +61,14 @@ def view_for(total: int, *, quiet: bool = False, plain: bool = False) -> View:
 
 def _terminal() -> bool:
     """Whether stderr is a terminal that understands cursor movement."""
+    return _isatty(sys.stderr) and os.environ.get("TERM", "") not in ("dumb", "unknown")
+
+
+def _isatty(stream: Any) -> bool:
     try:
-        tty = sys.stderr.isatty()
+        return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
-    return tty and os.environ.get("TERM", "") not in ("dumb", "unknown")
 
 
 # ---------------------------------------------------------------- the lines
@@ -383,8 +386,10 @@ class LiveView(View):
         super().__init__(total)
         self.board = _Board(total)
         self.console = console or Console(file=sys.stderr, highlight=False)
+        # What the driver prints meanwhile goes above the region; stdout only when it is the
+        # terminal too (``--json | jq`` must get its JSON, and nothing else, on the pipe).
         self.live = Live(console=self.console, get_renderable=self.board.render, auto_refresh=False,
-                         transient=False, redirect_stdout=True, redirect_stderr=True)
+                         transient=False, redirect_stdout=_isatty(sys.stdout), redirect_stderr=True)
 
     def __enter__(self) -> View:
         try:
