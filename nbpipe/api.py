@@ -157,7 +157,7 @@ def execute(
     each task appends what its cells print, as they print it, to its log in the
     run directory (:meth:`~nbpipe.store.Store.output_log`), and ``on_output`` is
     called with the run directory before any app runs, so that a view can show
-    the logs live (:class:`nbpipe.progress.OutputTail`; the CLI's ``-v``).
+    the logs live (:class:`nbpipe.tail.OutputTail`; the CLI's ``-v``).
     """
     run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
                       engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,

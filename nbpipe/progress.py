@@ -17,8 +17,8 @@ state.
 - ``-v`` (either view): what the apps print appears as they print it. Each
   task appends its cells' text to its log in the run directory
   (``TaskSpec.verbose``, :meth:`~nbpipe.store.Store.output_log`), and an
-  :class:`OutputTail` reads the logs of the running tasks from the refresh
-  thread, each line prefixed with its app (and item).
+  :class:`~nbpipe.tail.OutputTail` reads the logs of the running tasks from
+  the refresh thread, each line prefixed with its app (and item).
 
 A view is a context manager: leaving it, however the run ends (an error,
 Ctrl-C, SIGTERM, which :mod:`.stop` raises in the main thread), stops its
@@ -39,9 +39,9 @@ from types import TracebackType
 from typing import Any
 
 from .events import Error, Event, Kind
-from .store import Store
+from .tail import OutputTail, Printed
 
-__all__ = ["Line", "Lines", "LiveView", "OutputTail", "PlainView", "Printed", "View", "format_frame", "view_for"]
+__all__ = ["Line", "Lines", "LiveView", "PlainView", "View", "format_frame", "view_for"]
 
 #: How often the live region is redrawn and the output logs are read (seconds).
 REFRESH = 0.25
@@ -175,105 +175,6 @@ def format_frame(error: Error | None) -> str | None:
 def _first_line(text: str) -> str:
     lines = str(text).strip().splitlines()
     return lines[0][:300] if lines else ""
-
-
-# ---------------------------------------------------------------- what the apps print
-
-
-@dataclass(frozen=True)
-class Printed:
-    """A line an app printed; ``who``: the app, or ``app[item]`` for an item of a map app."""
-
-    who: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.who} | {self.text}"
-
-
-class _Log:
-    """One task's output log, read from where the last read stopped."""
-
-    def __init__(self, path: Path, prefix: str) -> None:
-        self.path, self.prefix = path, prefix
-        self.offset = 0
-        self.partial = b""
-
-    def read(self, final: bool = False) -> list[Printed]:
-        """The lines written since the last read (``final``: also an unfinished last line)."""
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            size = self.offset
-        data = b""
-        if size > self.offset:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read(size - self.offset)
-            self.offset += len(data)
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        if final and self.partial:
-            lines.append(self.partial)
-            self.partial = b""
-        return [Printed(self.prefix, line.decode("utf-8", "replace").rstrip()) for line in lines]
-
-
-class OutputTail:
-    """Follows the output logs of the tasks under way in one run directory.
-
-    The main thread tells it the events (:meth:`follow`): a task's log is
-    followed from its start, and read to its end when the task ends; the
-    refresh thread reads what the followed logs gained (:meth:`poll`). A log
-    keeps its read position, so an app that runs again (a retry, a re-run)
-    shows only what it prints then.
-    """
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.store = Store(run_dir)
-        self._lock = threading.Lock()
-        self._logs: dict[tuple[str, int | None, bool], _Log] = {}
-        self._followed: set[tuple[str, int | None, bool]] = set()
-
-    def follow(self, event: Event) -> list[Printed]:
-        """Follow or finish the logs ``event`` starts or ends; the last lines of those it ends."""
-        app, kind = event.app, event.kind
-        with self._lock:
-            if kind is Kind.START:
-                self._followed |= {(app, None, False), (app, None, True)}
-            elif kind is Kind.SPLIT:
-                lines = self._finish((app, None, True))
-                self._followed |= {(app, i, False) for i in range(event.items.total if event.items else 0)}
-                return lines
-            elif kind is Kind.ITEM:
-                return self._finish((app, event.item, False))
-            elif kind in (Kind.DONE, Kind.SKIP):
-                return [line for key in sorted(self._followed, key=str) if key[0] == app
-                        for line in self._finish(key)]
-            return []
-
-    def poll(self) -> list[Printed]:
-        """The new lines of every followed log."""
-        with self._lock:
-            return [line for key in list(self._followed) for line in self._log(key).read()]
-
-    def close(self) -> list[Printed]:
-        """Stop following; what is left unread in every followed log."""
-        with self._lock:
-            return [line for key in list(self._followed) for line in self._finish(key)]
-
-    def _finish(self, key: tuple[str, int | None, bool]) -> list[Printed]:
-        if key not in self._followed:
-            return []
-        self._followed.discard(key)
-        return self._log(key).read(final=True)
-
-    def _log(self, key: tuple[str, int | None, bool]) -> _Log:
-        log = self._logs.get(key)
-        if log is None:
-            app, item, split = key
-            log = self._logs[key] = _Log(self.store.output_log(app, item, split),
-                                         app if item is None else f"{app}[{item}]")
-        return log
 
 
 # ---------------------------------------------------------------- the views
