@@ -41,6 +41,14 @@ class _Log:
         self.offset = 0
         self.partial = b""
 
+    def skip(self) -> None:
+        """Read on from the log's end: what an earlier run of the task left is not news."""
+        try:
+            self.offset = self.path.stat().st_size
+        except OSError:
+            pass
+        self.partial = b""
+
     def read(self, final: bool = False) -> list[Printed]:
         """The lines written since the last read (``final``: also an unfinished last line)."""
         try:
@@ -65,9 +73,9 @@ class OutputTail:
 
     The main thread tells it the events (:meth:`follow`): a task's log is
     followed from its start, and read to its end when the task ends; the
-    refresh thread reads what the followed logs gained (:meth:`poll`). A log
-    keeps its read position, so an app that runs again (a retry, a re-run)
-    shows only what it prints then.
+    refresh thread reads what the followed logs gained (:meth:`poll`). An app
+    that runs again (a retry, a re-run) appends to its log, and only what it
+    prints then is shown.
     """
 
     def __init__(self, run_dir: str | Path) -> None:
@@ -80,8 +88,10 @@ class OutputTail:
         """Follow or finish the logs ``event`` starts or ends; the last lines of those it ends."""
         app, kind = event.app, event.kind
         with self._lock:
-            if kind is Kind.START:
-                self._followed |= {(app, None, False), (app, None, True)}
+            if kind is Kind.START:  # also again, when a re-wired app runs again
+                for key in ((app, None, False), (app, None, True)):
+                    self._log(key).skip()
+                    self._followed.add(key)
             elif kind is Kind.SPLIT:
                 lines = self._finish((app, None, True))
                 self._followed |= {(app, i, False) for i in range(event.items.total if event.items else 0)}

@@ -21,6 +21,9 @@ from nbbuild import code, nbpipe_cli, write
 
 import nbpipe
 from nbpipe.events import Event, Kind
+from nbpipe.execution.base import AppStatus
+from nbpipe.store import Store
+from nbpipe.tail import OutputTail
 
 SCRIPT = shutil.which("script")
 needs_script = pytest.mark.skipif(SCRIPT is None or not sys.platform.startswith("linux"),
@@ -258,3 +261,28 @@ def test_verbose_with_debug_shows_each_printed_line_once(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert sorted(line for line in result.stderr.splitlines() if " | " in line) == [
         "each[0] | item 1", "each[1] | item 2", "each[2] | item 3"]
+
+
+def test_the_tail_gives_whole_lines_while_a_task_runs_and_the_rest_when_it_ends(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    tail = OutputTail(tmp_path)
+    now = time.time()
+    tail.follow(Event(Kind.START, "fit", AppStatus.RUNNING, now))
+    log = store.output_log("fit")
+    log.parent.mkdir()
+    log.write_text("epoch 1\nepoch 2, loss ")
+    assert [str(p) for p in tail.poll()] == ["fit | epoch 1"]
+    assert tail.poll() == []  # the unfinished line waits for its end
+    with open(log, "a") as f:
+        f.write("0.3\nlast words")
+    assert [str(p) for p in tail.poll()] == ["fit | epoch 2, loss 0.3"]
+    done = tail.follow(Event(Kind.DONE, "fit", AppStatus.COMPLETED, now))
+    assert [str(p) for p in done] == ["fit | last words"]
+    with open(log, "a") as f:
+        f.write("after the end\n")
+    assert tail.poll() == []  # no longer followed
+    # a re-run (or a retry) appends to the same log: only what it prints then is shown
+    tail.follow(Event(Kind.START, "fit", AppStatus.RUNNING, now))
+    with open(log, "a") as f:
+        f.write("second run\n")
+    assert [str(p) for p in tail.poll()] == ["fit | second run"]
