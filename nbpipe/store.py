@@ -1,8 +1,8 @@
 """Where a run's files and the cache's entries live, and how they are laid out.
 
 A run directory (private, removed after the run) holds the task notebooks,
-what the tasks print (with ``-v``), the values apps ship, the elements of ``map:`` iterables, the mutation
-reports and the metrics. The cache directory holds one entry per key, each a
+what the tasks print (with ``-v``), the values apps ship, the elements of
+``map:`` iterables, the mutation reports and the metrics. The cache directory holds one entry per key, each a
 directory with the files an app (a map item, a map split) produced and a
 manifest that checksums every one of them. This module only knows paths,
 files and checksums; what goes into an entry and what a key hashes are
