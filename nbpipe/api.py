@@ -158,6 +158,7 @@ def execute(
     cache_dir: str | Path | None = None,
     pull: bool = False,
     no_input: bool = False,
+    on_output: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook
     (and, with ``html``, the report; ``no_input``: the report shows results only).
@@ -174,16 +175,21 @@ def execute(
     frozen :class:`~nbpipe.events.Event` each time an app or a map item
     changes state (in the thread that called ``execute``); without one, in a
     Jupyter kernel the cell shows a live status view (:mod:`nbpipe.status`).
-    ``pull=True``: the final value of every name the apps define (as a serial
-    run ends with them) is in ``RunResult.values`` and, when called in IPython,
-    in its user namespace.
+    With ``on_output``, each task appends what its cells print, as they print
+    it, to its log in the run directory (:meth:`~nbpipe.store.Store.output_log`),
+    and ``on_output`` is called with the run directory before any app runs, so
+    that a view can show the logs live (:class:`nbpipe.tail.OutputTail`; the
+    CLI's ``-v``). ``pull=True``: the final value of every name the apps
+    define (as a serial run ends with them) is in ``RunResult.values`` and,
+    when called in IPython, in its user namespace.
     """
     view = _status_view(path) if on_event is None else None
     with view or contextlib.nullcontext():
         run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
                           engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
-                          on_event=on_event or view, cache_dir=cache_dir, refresh=refresh, no_input=no_input,
-                          policy=Policy(read=_use_cache(cache), write=_use_cache(cache)), pull=pull)
+                          on_event=on_event or view, on_output=on_output, cache_dir=cache_dir, refresh=refresh,
+                          no_input=no_input, policy=Policy(read=_use_cache(cache), write=_use_cache(cache)),
+                          pull=pull)
         if view is not None:
             view.board.ok = run.ok
     if pull and _inside_ipython():
@@ -243,7 +249,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
              parameters: dict[str, Any] | None = None, workers: int | None = None,
              html: str | Path | bool | None = None, engine: str = "ipython",
              sites_file: str | Path | None = None, debug: bool = False, keep_run_dir: bool = False,
-             on_event: Callable[[Event], None] | None = None,
+             on_event: Callable[[Event], None] | None = None, on_output: Callable[[Path], None] | None = None,
              cache_dir: str | Path | None = None, refresh: tuple[str, ...] | list[str] = (),
              policy: Policy = Policy(), pull: bool = False, no_input: bool = False) -> tuple[RunResult, CacheMemo]:
     started = time.time()
@@ -271,13 +277,16 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
                      {"id": _run_id(started), "notebook": str(path.resolve())})
     executor = _LazyExecutor(lambda: _start_executor(chosen, pipeline, store.run_dir, cwd, workers=workers,
                                                      engine=engine, debug=debug))
-    make_spec = _spec_maker(pipeline, store, cwd, parameters, engine, checked.containers)
+    make_spec = _spec_maker(pipeline, store, cwd, parameters, engine, checked.containers,
+                            verbose=on_output is not None)
 
     def map_size(app: str) -> list[str]:
         return list(json.loads(store.split_count(app).read_text())["labels"])
 
     interrupt: KeyboardInterrupt | None = None
     try:
+        if on_output is not None:
+            on_output(store.run_dir)
         results = schedule(pipeline, executor, make_spec, on_event, map_size, memo=memo)
     except KeyboardInterrupt as exc:
         # A signal that came before the scheduler had results to attach leaves none.
@@ -363,7 +372,7 @@ def _engine_for(pipeline: Pipeline, engine: str, debug: bool) -> str:
 
 
 def _make_run_dir(pipeline: Pipeline, run_root: Path | None, cache_dir: Path,
-                  pull: dict[str, list[str]]) -> tuple[Store, dict[str, Any]]:
+                  pull: dict[str, list[str]] | None = None) -> tuple[Store, dict[str, Any]]:
     """A private run directory (mode 0700: shipped values stay private) holding the task
     notebooks, as a :class:`~nbpipe.store.Store` with the cache; and the task notebooks.
 
@@ -378,7 +387,7 @@ def _make_run_dir(pipeline: Pipeline, run_root: Path | None, cache_dir: Path,
             raise stop.Stopped(stop.requested())
         store = Store(run_dir, cache_dir)
         store.tasks.mkdir()
-        compiled = compile_pipeline(pipeline, pull)
+        compiled = compile_pipeline(pipeline, pull or {})
         for name, nb in compiled.items():
             nbformat.write(nb, store.tasks / f"{name}.ipynb")
     except BaseException:
@@ -405,7 +414,8 @@ def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, 
 
 
 def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[str, Any],
-                engine: str, containers: dict[str, Container] | None = None) -> Callable[..., TaskSpec]:
+                engine: str, containers: dict[str, Container] | None = None,
+                verbose: bool = False) -> Callable[..., TaskSpec]:
     """What the scheduler calls to describe one task (an app, a map item or a split)."""
     containers = containers or {}
 
@@ -432,6 +442,7 @@ def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[st
             sources=sources,
             watch=watch,
             container=containers[app].to_dict() if app in containers else None,
+            verbose=verbose,
         )
 
     return make_spec

@@ -25,7 +25,6 @@ from typing import Any
 from . import stop
 from .version import __version__
 from .errors import NbpipeError, UsageError
-from .events import Event, Kind
 
 __all__ = ["entry", "main"]
 
@@ -213,6 +212,11 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
                    help="run apps one by one in this process; show tracebacks")
     p.add_argument("--keep-run-dir", action="store_true",
                    help="keep the run directory (task notebooks, shipped values, logs)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", action="store_true",
+                       help="print only warnings, errors and the line that says what was written")
+    shown.add_argument("-v", "--verbose", action="store_true",
+                       help="also show what the apps print, as they print it, each line prefixed with its app")
 
 
 def parse_value(value: str) -> Any:
@@ -252,77 +256,9 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-class _Progress:
-    """Prints one line per app event on stderr, so a long run shows it is alive."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.time()
-        self.finished: set[str] = set()
-
-    def __call__(self, event: Event) -> None:
-        line = self._line(event)
-        if line is not None:
-            stamp = f"[{event.time - self.start:7.1f}s]"
-            print(f"nbpipe {stamp} ({self.done}/{self.total}) {line}", file=sys.stderr, flush=True)
-
-    def _line(self, event: Event) -> str | None:
-        app = event.app
-        if event.kind is Kind.START:
-            return f"started   {app}"
-        if event.kind is Kind.RETRY:
-            return f"retrying  {app} (attempt {event.attempt})"
-        if event.kind is Kind.SPLIT:
-            return f"mapping   {app} over {event.items.total if event.items else 0} item(s)"
-        if event.kind is Kind.CACHED:
-            return None  # the "done" line that follows says cached
-        if event.kind is Kind.ITEM:
-            return _items_line(event)
-        if event.kind is Kind.RERUN:
-            return self._rerun_line(event)
-        self.done += app not in self.finished  # an app that ran again (or ran, below a SystemExit) counts once
-        self.finished.add(app)
-        if event.kind is Kind.SKIP:
-            return f"skipped   {app}: {event.reason}"
-        status = event.status.value.replace("_", " ")
-        ran = event.duration is not None and event.status.value != "cached"
-        line = f"{status:<9} {app}" + (f" in {event.duration:.1f}s" if ran else "")
-        if event.error:
-            line += f": {event.error.ename}: {_first_line(event.error.evalue)}"
-        return line
-
-    def _rerun_line(self, event: Event) -> str:
-        change = event.rerun
-        assert change is not None
-        if event.app in self.finished:
-            self.finished.discard(event.app)
-            self.done -= 1
-        what = "re-runs" if change.reran else f"reads {change.variable} from {change.changed_by}"
-        return (f"app {event.app} {what}: app {change.changed_by} changed {change.variable}, "
-                "which nbpipe did not predict")
-
-
-def _items_line(event: Event) -> str | None:
-    """About ten lines per map app, and every failed item's."""
-    items = event.items
-    assert items is not None
-    failed_now = event.item_status is not None and not event.item_status.ok
-    if items.done != items.total and items.done % max(1, items.total // 10) and not failed_now:
-        return None
-    extra = [f"{n} {what}" for n, what in ((items.failed, "failed"), (items.cached, "cached")) if n]
-    line = f"items     {event.app}: {items.done}/{items.total} finished" + (f" ({', '.join(extra)})" if extra else "")
-    if failed_now and event.error:
-        line += f"; item {event.item} ({event.label}): {event.error.ename}: {_first_line(event.error.evalue)}"
-    return line
-
-
-def _first_line(text: str) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0][:300] if lines else ""
-
-
-def _run_arguments(args: argparse.Namespace, on_event: Any = None) -> dict[str, Any]:
-    """Announce the run and return :func:`nbpipe.execute`'s arguments (execute and verify);
-    ``on_event``: what watches the run instead of the progress lines (the %nbpipe magic's view)."""
+def _run_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """Announce the run; return :func:`nbpipe.execute`'s arguments (execute and verify) but
+    the view, and how many apps the run has."""
     from .api import load_pipeline
     from .sites import get_site
 
@@ -331,15 +267,14 @@ def _run_arguments(args: argparse.Namespace, on_event: Any = None) -> dict[str, 
     pipeline = load_pipeline(args.notebook)
     _print_warnings(pipeline)
     site = get_site(args.site, notebook=args.notebook, sites_file=args.sites)
-    if site.engine != "local":
+    if site.engine != "local" and not args.quiet:
         # Workers of a batch site may wait in a queue: say what is happening meanwhile.
         print(f"nbpipe: starting site {site.name!r} ({site.describe}) when an app needs it; "
               f"waiting for a first worker, up to {site.start_timeout:g} s",
               file=sys.stderr, flush=True)
     return dict(output=args.output, site=args.site, parameters=parameters, workers=args.workers,
                 html=args.html, engine=args.engine, sites_file=args.sites, debug=args.debug,
-                keep_run_dir=args.keep_run_dir, on_event=on_event or _Progress(len(pipeline.apps)),
-                cache_dir=args.cache_dir, no_input=args.no_input)
+                keep_run_dir=args.keep_run_dir, cache_dir=args.cache_dir, no_input=args.no_input), len(pipeline.apps)
 
 
 def _check_no_input(args: argparse.Namespace) -> None:
@@ -348,9 +283,21 @@ def _check_no_input(args: argparse.Namespace) -> None:
 
 
 def _execute_arguments(args: argparse.Namespace, on_event: Any = None) -> dict[str, Any]:
-    """:func:`nbpipe.execute`'s arguments from ``nbpipe execute``'s options (the magic's too)."""
+    """:func:`nbpipe.execute`'s arguments from ``nbpipe execute``'s options, with ``on_event``
+    watching the run (the %nbpipe magic's status view)."""
+    arguments, _ = _run_arguments(args)
     return dict(cache=False if args.no_cache else None, refresh=args.refresh, pull=args.pull,
-                **_run_arguments(args, on_event))
+                on_event=on_event, **arguments)
+
+
+@contextlib.contextmanager
+def _viewed(args: argparse.Namespace, total: int) -> Iterator[dict[str, Any]]:
+    """The progress view (nbpipe.progress) for the run, as ``execute``'s arguments; on a
+    terminal a live region, which is stopped however the run ends (Ctrl-C, SIGTERM too)."""
+    from .progress import view_for
+
+    with view_for(total, quiet=args.quiet, plain=args.debug) as view:
+        yield dict(on_event=view, on_output=view.watch if args.verbose else None)
 
 
 def _execute(args: argparse.Namespace) -> int:
@@ -359,7 +306,10 @@ def _execute(args: argparse.Namespace) -> int:
     if args.pull:
         raise UsageError("--pull puts the values into a Jupyter kernel's namespace: use it in the "
                          "%nbpipe execute magic (or nbpipe.execute(..., pull=True) in Python)")
-    run = execute(args.notebook, **_execute_arguments(args))
+    arguments, total = _run_arguments(args)
+    with _viewed(args, total) as view:
+        run = execute(args.notebook, cache=False if args.no_cache else None, refresh=args.refresh,
+                      **arguments, **view)
     _report_run(run)
     if args.json:
         print(json.dumps(run.summary(), indent=1))
@@ -389,10 +339,11 @@ def _verify(args: argparse.Namespace) -> int:
     from .api import verify
 
     with tempfile.TemporaryDirectory(prefix="nbpipe-verify-") as scratch:
-        arguments = _run_arguments(args)
+        arguments, total = _run_arguments(args)
         if arguments["output"] is None:  # the fresh run's merged notebook is not kept unless asked for
             arguments["output"] = Path(scratch) / args.notebook.with_suffix(".verify.ipynb").name
-        checked = verify(args.notebook, **arguments)
+        with _viewed(args, total) as view:
+            checked = verify(args.notebook, **arguments, **view)
     for difference in checked.differences:
         which = f"app {difference.app}" + (f" item {difference.item}" if difference.item is not None else "")
         came = difference.cached_from.get("created") or "an earlier run"

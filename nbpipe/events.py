@@ -61,13 +61,15 @@ class Error:
     #: the failing line of that cell, as its traceback shows it (``line``: 1-based), when known
     line: int | None = None
     source: str | None = None
+    #: that cell's execution count: the ``In [N]`` the reader sees, when it has one
+    count: int | None = None
 
     @classmethod
     def of(cls, error: dict[str, Any] | None) -> Error | None:
         if not error:
             return None
         return cls(str(error.get("ename", "Error")), str(error.get("evalue", "")), error.get("cell"),
-                   error.get("line"), error.get("source"))
+                   error.get("line"), error.get("source"), error.get("count"))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Where a run's files and the cache's entries live, and how they are laid out.
 
 A run directory (private, removed after the run) holds the task notebooks,
-the values apps ship, the elements of ``map:`` iterables, the mutation
-reports and the metrics. The cache directory holds one entry per key, each a
+what the tasks print (with ``-v``), the values apps ship, the elements of
+``map:`` iterables, the mutation reports and the metrics. The cache directory holds one entry per key, each a
 directory with the files an app (a map item, a map split) produced and a
 manifest that checksums every one of them. This module only knows paths,
 files and checksums; what goes into an entry and what a key hashes are
@@ -100,6 +100,11 @@ class Store:
     def attempt(self, app: str, which: str, attempt: int, suffix: str) -> Path:
         """A file of one attempt (``.spec.json``, ``.result.json``, ``.log``)."""
         return self.tasks / f"{app}.{which}.{attempt}{suffix}"
+
+    def output_log(self, app: str, item: int | None = None, split: bool = False) -> Path:
+        """Where a task appends what its cells print, as they print it (``-v``; every attempt)."""
+        which = f"{app}.{item}" if item is not None else f"{app}.split" if split else app
+        return self.run_dir / "output" / f"{which}.log"
 
     def values(self, app: str, item: int | None = None) -> Path:
         """The directory of what ``app`` (item ``item`` of a map app) ships."""

@@ -22,7 +22,7 @@ import pytest
 from nbbuild import code, write
 
 from nbpipe.api import _make_run_dir, _spec_maker, load_pipeline
-from nbpipe.cli import _Progress
+from nbpipe.progress import PlainView
 from nbpipe.execution.base import AppResult, AppStatus, TaskResult, TaskSpec, run_ok
 from nbpipe.execution.local import LocalExecutor
 from nbpipe.events import Event
@@ -264,7 +264,7 @@ def test_progress_says_cached_for_apps_and_counts_cached_items(runner: Any,
     run(memo)
     capsys.readouterr()
     memo.drop("inc", 2)
-    run(memo, on_event=_Progress(2))
+    run(memo, on_event=PlainView(2))
     err = capsys.readouterr().err
     assert "(1/2) cached    load\n" in err
     assert "items     inc: 3/3 finished (2 cached)" in err

@@ -71,6 +71,9 @@ class TaskSpec:
     watch: list[str] = field(default_factory=list)
     #: the container the task runs in (:class:`nbpipe.containers.Container` as a dict), or None
     container: dict[str, Any] | None = None
+    #: append what the cells print, as they print it, to the run directory's output log
+    #: (:meth:`nbpipe.store.Store.output_log`), for the driver to show live (``-v``)
+    verbose: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +82,8 @@ class TaskSpec:
 @dataclass(frozen=True)
 class TaskResult:
     """What one attempt gave. ``error`` holds ``ename``, ``evalue`` and, when an
-    error came from a cell, ``cell`` (the source notebook's cell index)."""
+    error came from a cell, ``cell`` (the source notebook's cell index), ``count``
+    (its execution count), ``line`` and ``source`` (the failing line of the cell)."""
 
     app: str
     status: AppStatus

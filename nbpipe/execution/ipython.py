@@ -84,7 +84,8 @@ class IPythonEngine(Engine):
         return nb_man.nb
 
     @classmethod
-    def execute_managed_notebook(cls, nb_man: Any, kernel_name: Any, **kwargs: Any) -> None:
+    def execute_managed_notebook(cls, nb_man: Any, kernel_name: Any, stdout_file: Any = None,
+                                 stderr_file: Any = None, **kwargs: Any) -> None:
         global _used
         shell = make_shell()
         if _used:
@@ -92,7 +93,8 @@ class IPythonEngine(Engine):
             # start from a clean namespace, as a forked app does.
             reset(shell)
         _used = True
-        new_task(mark_displays="nbpipe_task" in nb_man.nb.metadata)
+        new_task(mark_displays="nbpipe_task" in nb_man.nb.metadata,
+                 stdout_file=stdout_file, stderr_file=stderr_file)
         if os.getcwd() not in sys.path:
             # A kernel starts in the notebook's directory with it on sys.path, so a
             # module beside the notebook (or one a %%writefile cell wrote) imports.

@@ -174,6 +174,8 @@ class _Recorder:
         self.pending: dict[str, list[Any]] = {}
         #: the last output, a stream still growing, and the pieces of its text
         self.tail: tuple[Any, list[str]] | None = None
+        #: stream name -> a file that gets its text as it is written (papermill's stdout_file)
+        self.tee: dict[str, Any] = {}
 
     def _append(self, output: Any) -> None:
         self.sync()
@@ -191,6 +193,10 @@ class _Recorder:
                 output.text = pieces[0]
 
     def stream(self, name: str, text: str) -> None:
+        tee = self.tee.get(name)
+        if tee is not None:
+            tee.write(text)
+            tee.flush()
         self._flush_due()
         self.pending.setdefault(name, [[], time.monotonic()])[0].append(text)
 
@@ -269,14 +275,17 @@ def is_engine_shell(shell: Any) -> bool:
     return _shell is not None and shell is _shell
 
 
-def new_task(mark_displays: bool = False) -> None:
+def new_task(mark_displays: bool = False, stdout_file: Any = None, stderr_file: Any = None) -> None:
     """Forget the displays of the previous task (display ids are per notebook).
 
     ``mark_displays``: record display ids in the outputs and keep updates as
     outputs (:func:`mark_display`), for the merge to apply across apps.
+    ``stdout_file``, ``stderr_file``: files that get the cells' printed text as
+    it is written, as papermill's options of these names do for a kernel.
     """
     _recorder.displays = {}
     _recorder.mark_displays = mark_displays
+    _recorder.tee = {name: f for name, f in (("stdout", stdout_file), ("stderr", stderr_file)) if f is not None}
 
 
 def mark_display(metadata: Any, display_id: str, update: bool) -> dict[str, Any]:

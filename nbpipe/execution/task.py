@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -39,14 +40,17 @@ def run_task(spec: TaskSpec) -> TaskResult:
     report = Store(spec.run_dir).mutation_report(spec.app, spec.item)
     report.unlink(missing_ok=True)
     parameters = {**spec.parameters, CONTEXT_NAME: context}
-    engine = {}
+    engine: dict[str, Any] = {}
+    log = _output_log(spec)
+    if log is not None:
+        engine.update(stdout_file=log, stderr_file=log)
     if spec.engine == "ipython":
         import papermill.engines
 
         from .ipython import IPythonEngine
 
         papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
-        engine = {"engine_name": "nbpipe"}
+        engine["engine_name"] = "nbpipe"
     try:
         executed = _execute(
             spec.notebook,
@@ -66,6 +70,8 @@ def run_task(spec: TaskSpec) -> TaskResult:
     except PapermillExecutionError as exc:
         status = AppStatus.FAILED
         error = {"ename": exc.ename, "evalue": exc.evalue, "cell": _failed_source_index(spec.output)}
+        if error["cell"] is not None:  # a cell of the notebook, not a generated step
+            error.update(_frame(exc))
     except CellTimeoutError:
         status = AppStatus.TIMED_OUT
         error = {"ename": "TimeoutError",
@@ -76,6 +82,9 @@ def run_task(spec: TaskSpec) -> TaskResult:
     except Exception as exc:  # a kernel that dies or cannot start is the app's failure
         status = AppStatus.FAILED
         error = {"ename": type(exc).__name__, "evalue": str(exc)}
+    finally:
+        if log is not None:
+            log.close()
     if status is AppStatus.COMPLETED and error is None:
         error = _unwritten_output(spec, before)
         status = AppStatus.FAILED if error else status
@@ -110,6 +119,39 @@ def _execute(notebook: str, output: str, **options: Any) -> Any:
             if start == KERNEL_STARTS or not str(exc).startswith(KERNEL_START_FAILURES):
                 raise
             time.sleep(0.1 * start)
+
+
+def _output_log(spec: TaskSpec) -> Any:
+    """With ``-v``: the file the cells' printed text is appended to as it comes
+    (papermill's ``stdout_file``/``stderr_file``; both engines honour them)."""
+    if not spec.verbose:
+        return None
+    from ..store import Store
+
+    path = Store(spec.run_dir).output_log(spec.app, spec.item, spec.split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a", encoding="utf-8", errors="replace")
+
+
+#: The head of a cell's frame in IPython's traceback (``Cell In[5], line 3``).
+_CELL_FRAME = re.compile(r"^\s*Cell In\[(\d+)\], line (\d+)", re.M)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _frame(exc: Any) -> dict[str, Any]:
+    """Where in the failing cell the error was raised: its execution count (the
+    ``In [N]`` the reader sees), the 1-based line and that line's text, from
+    the cell's frame in IPython's traceback. The text is the cell's own line
+    (a traceback shows ``%time x`` as IPython's translation)."""
+    count = exc.exec_count if isinstance(exc.exec_count, int) else None
+    text = _ANSI.sub("", "\n".join(str(part) for part in exc.traceback or ()))
+    frames = [(int(n), int(line)) for n, line in _CELL_FRAME.findall(text)]
+    line = next((line for n, line in frames if n == count), frames[0][1] if frames else None)
+    found: dict[str, Any] = {"count": count}
+    lines = str(exc.source or "").splitlines()
+    if line is not None and 1 <= line <= len(lines):
+        found.update(line=line, source=lines[line - 1].strip())
+    return found
 
 
 def _is_ipykernel(name: str | None) -> bool:
