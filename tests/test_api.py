@@ -88,7 +88,10 @@ def test_execute_from_inside_a_running_jupyter_kernel(tmp_path: Path) -> None:
     papermill.execute_notebook(str(driver), str(tmp_path / "driver.out.ipynb"), kernel_name="python3",
                                cwd=str(tmp_path), progress_bar=False)
     ran = read(tmp_path / "driver.out.ipynb")
-    assert text_of(ran.cells[0]) == "inner ok ['load', 'metrics', 'other', 'reduce']\n"
+    streams = [o for o in ran.cells[0].outputs if o.output_type == "stream"]
+    assert "".join(o.text for o in streams) == "inner ok ['load', 'metrics', 'other', 'reduce']\n"
+    views = [o for o in ran.cells[0].outputs if o.output_type == "display_data"]
+    assert len(views) == 1 and 'data-state="completed"' in views[0].data["text/html"]  # the live status view
     merged = read(out)
     assert merged.metadata["nbpipe"]["parameters"] == {"n": 4}
     assert "total 6" in text_of(by_id(merged, read(inner).cells[4].id))
