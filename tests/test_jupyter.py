@@ -146,7 +146,9 @@ def test_the_status_view_is_one_display_updated_in_place_at_most_four_times_a_se
           code("y = 2", "app:c"))
     manager, client = start_new_kernel(kernel_name=KERNEL, cwd=str(tmp_path))
     try:
-        client.execute_interactive("%load_ext nbpipe", timeout=60)
+        # an output_hook always: without one jupyter_client writes to this process's IPython
+        # display, which another test's in-process shell may have left in place
+        client.execute_interactive("%load_ext nbpipe", timeout=60, output_hook=lambda message: None)
         messages: list[dict[str, Any]] = []
         started = time.monotonic()
         reply = client.execute_interactive("%nbpipe execute other.ipynb", timeout=120,
