@@ -241,7 +241,8 @@ def test_accepted_values_reach_the_app_unchanged(tmp_path_factory: pytest.TempPa
     folder = tmp_path_factory.mktemp("run")
     src = write(folder / "nb.ipynb", code("import json", "setup"),
                 code(f"print(json.dumps({{k: globals()[k] for k in {sorted(plain)!r}}}))", "app:show"))
-    run = nbpipe.execute(src, parameters=values)
+    with pytest.warns(nbpipe.ParameterWarning, match="no cell tagged 'parameters'"):  # as papermill injects them
+        run = nbpipe.execute(src, parameters=values)
     assert run.ok, run.apps
     shown = run.notebook.cells[-1].outputs[0]["text"]
     import json
