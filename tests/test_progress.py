@@ -44,7 +44,9 @@ class _Terminal:
     """``nbpipe ARGS`` in a pseudo-terminal; what it draws is collected as it comes."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        command = shlex.join([sys.executable, "-m", "nbpipe", *args])
+        # exec: whatever shell ``script`` runs (dash forks) is replaced, so the
+        # driver is script's child and leads the terminal's process group alone
+        command = "exec " + shlex.join([sys.executable, "-m", "nbpipe", *args])
         self.proc = subprocess.Popen([SCRIPT or "script", "-qfec", command, "/dev/null"], cwd=cwd, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._chunks: list[bytes] = []
