@@ -42,6 +42,7 @@ from .pull import into_namespace
 from .pull import plan as pull_plan
 from .pull import warn
 from .sites import Site, get_site
+from .split import cell_durations, restore_tags, split_notebook
 from .store import CACHE_DIR_NAME, Store
 from .validate import Checked, before_run, check_refresh, default_output
 
@@ -98,9 +99,22 @@ class RunResult:
         }
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
-    """Read, parse and analyse a notebook; raise on bad tags or a bad graph."""
-    return build_pipeline(parse_notebook(read_notebook(path), path))
+def load_pipeline(path: str | Path, split: str | None = None, cache_dir: str | Path | None = None) -> Pipeline:
+    """Read, parse and analyse a notebook; raise on bad tags or a bad graph.
+
+    ``split`` (``"cells"`` or ``"auto"``) tags the notebook's cells first
+    (:mod:`nbpipe.split`); ``auto`` weighs cells by the durations recorded in
+    the cache (``cache_dir``, else where :func:`cache_dir_for` finds it).
+    """
+    nb = read_notebook(path)
+    if split is None:
+        return build_pipeline(parse_notebook(nb, path))
+    where = cache_dir_for(Path(path).resolve().parent, None, cache_dir)
+    durations = Store.of_cache(where).durations() if split == "auto" else {}
+    chosen = split_notebook(nb, split, path, durations)
+    pipeline = build_pipeline(parse_notebook(chosen.nb, path))
+    said = chosen.warning()
+    return replace(pipeline, split=chosen, warnings=((said,) if said else ()) + pipeline.warnings)
 
 
 def check(
@@ -111,6 +125,8 @@ def check(
     parameters: dict[str, Any] | None = None,
     output: str | Path | None = None,
     html: str | Path | bool | None = None,
+    split: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[Pipeline, Site, Checked]:
     """Every check :func:`execute` makes before anything runs; ``nbpipe check`` runs it too.
     The last one starts each container image once, to see that it can run apps.
@@ -120,8 +136,8 @@ def check(
     in ``Checked.warnings``.
     """
     path = Path(path)
-    pipeline = load_pipeline(path)
     chosen = get_site(site, notebook=path, sites_file=Path(sites_file) if sites_file else None)
+    pipeline = load_pipeline(path, split, cache_dir_for(path.resolve().parent, chosen, cache_dir))
     chosen.check(pipeline)
     checked = before_run(pipeline, path, parameters=parameters, output=output, html=html)
     for warning in checked.warnings:
@@ -159,6 +175,7 @@ def execute(
     pull: bool = False,
     no_input: bool = False,
     on_output: Callable[[Path], None] | None = None,
+    split: str | None = None,
 ) -> RunResult:
     """Run the tagged notebook at ``path`` on ``site`` and write the merged notebook
     (and, with ``html``, the report; ``no_input``: the report shows results only).
@@ -181,15 +198,17 @@ def execute(
     that a view can show the logs live (:class:`nbpipe.tail.OutputTail`; the
     CLI's ``-v``). ``pull=True``: the final value of every name the apps
     define (as a serial run ends with them) is in ``RunResult.values`` and,
-    when called in IPython, in its user namespace.
+    when called in IPython, in its user namespace. ``split``: ``"cells"`` runs
+    every code cell as its own app, ``"auto"`` groups the cells into apps from
+    the dataflow (:mod:`nbpipe.split`); the notebook's own app tags are ignored.
     """
-    view = _status_view(path) if on_event is None else None
+    view = _status_view(path, split) if on_event is None else None
     with view or contextlib.nullcontext():
         run, _ = _execute(path, output=output, site=site, parameters=parameters, workers=workers, html=html,
                           engine=engine, sites_file=sites_file, debug=debug, keep_run_dir=keep_run_dir,
                           on_event=on_event or view, on_output=on_output, cache_dir=cache_dir, refresh=refresh,
                           no_input=no_input, policy=Policy(read=_use_cache(cache), write=_use_cache(cache)),
-                          pull=pull)
+                          pull=pull, split=split)
         if view is not None:
             view.board.ok = run.ok
     if pull and _inside_ipython():
@@ -199,7 +218,7 @@ def execute(
     return run
 
 
-def _status_view(path: str | Path) -> Any:
+def _status_view(path: str | Path, split: str | None = None) -> Any:
     """A live status view when this runs in a Jupyter kernel (not a terminal IPython), else None."""
     if not _inside_ipython():
         return None
@@ -209,7 +228,7 @@ def _status_view(path: str | Path) -> Any:
         return None
     from .status import LiveView
 
-    return LiveView(load_pipeline(path))
+    return LiveView(load_pipeline(path, split))
 
 
 def _use_cache(cache: bool | None) -> bool:
@@ -251,7 +270,8 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
              sites_file: str | Path | None = None, debug: bool = False, keep_run_dir: bool = False,
              on_event: Callable[[Event], None] | None = None, on_output: Callable[[Path], None] | None = None,
              cache_dir: str | Path | None = None, refresh: tuple[str, ...] | list[str] = (),
-             policy: Policy = Policy(), pull: bool = False, no_input: bool = False) -> tuple[RunResult, CacheMemo]:
+             policy: Policy = Policy(), pull: bool = False, no_input: bool = False,
+             split: str | None = None) -> tuple[RunResult, CacheMemo]:
     started = time.time()
     path = Path(path)
     if engine not in ENGINES:
@@ -259,7 +279,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     pipeline, chosen, checked = check(path, site=site, sites_file=sites_file, parameters=parameters,
-                                      output=output, html=html)
+                                      output=output, html=html, split=split, cache_dir=cache_dir)
     parameters, output = checked.parameters, checked.output
     policy = Policy(policy.read, policy.write, check_refresh(pipeline, refresh), policy.verify)
     cwd = path.resolve().parent
@@ -298,6 +318,8 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
     merged, metrics = _merge_run(pipeline, results, store, path, parameters, chosen.name, started, memo,
                                  {app: c.describe() for app, c in checked.containers.items()})
+    if policy.write:
+        store.record_durations(cell_durations(merged))
     _write_results(merged, output, checked.html, store.run_dir, no_input=no_input, name=path.stem)
     values, warnings = collect_pulled(pulled, results, store)
     warn(warnings)
@@ -473,8 +495,13 @@ def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], store: Store, 
                           if containers else {})},
         "duration": round(time.time() - started, 3),
     }
-    return merge(pipeline, results, executed, parameters=parameters, site=site, extra=extra,
-                 containers=containers), metrics
+    if pipeline.split is not None:
+        extra["split"] = pipeline.split.to_json()
+    merged = merge(pipeline, results, executed, parameters=parameters, site=site, extra=extra,
+                   containers=containers)
+    if pipeline.split is not None:
+        restore_tags(merged, pipeline.split)
+    return merged, metrics
 
 
 def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path, *, no_input: bool = False,

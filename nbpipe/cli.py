@@ -164,11 +164,19 @@ def _parser(notebook_optional: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("graph", help="print the app graph")
     p.add_argument("notebook", type=Path, nargs="?" if notebook_optional else None)
     p.add_argument("--format", choices=("text", "dot", "mermaid", "svg", "json"), default="text")
+    _split_option(p)
     p.set_defaults(func=_graph)
+
+    p = sub.add_parser("tag", help="write the tags a --split would use into a copy of the notebook")
+    p.add_argument("notebook", type=Path, nargs="?" if notebook_optional else None)
+    _split_option(p, required=True)
+    p.add_argument("-o", "--output", type=Path, help="the tagged notebook (default: NAME.tagged.ipynb)")
+    p.set_defaults(func=_tag)
 
     p = sub.add_parser("compile", help="write the task notebooks and the graph; run nothing")
     p.add_argument("notebook", type=Path)
     p.add_argument("-d", "--directory", type=Path, required=True)
+    _split_option(p)
     p.set_defaults(func=_compile)
 
     p = sub.add_parser("render", help="render an executed notebook as HTML")
@@ -198,6 +206,13 @@ def _run_options(p: argparse.ArgumentParser, notebook_optional: bool = False) ->
     p.add_argument("--html", nargs="?", const=True, default=None, metavar="OUT.html",
                    help="also write an HTML report (default: beside the merged notebook)")
     p.add_argument("--no-input", action="store_true", help="the HTML report shows results only, no code")
+    _split_option(p)
+
+
+def _split_option(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--split", choices=("cells", "auto"), required=required,
+                   help="split the notebook without tags: cells, every code cell its own app; auto, "
+                        "cells grouped into apps from the dataflow (the notebook's app tags are ignored)")
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
@@ -264,7 +279,7 @@ def _run_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
     _check_no_input(args)
     parameters = _parameters(args)
-    pipeline = load_pipeline(args.notebook)
+    pipeline = load_pipeline(args.notebook, args.split, args.cache_dir)
     _print_warnings(pipeline)
     site = get_site(args.site, notebook=args.notebook, sites_file=args.sites)
     if site.engine != "local" and not args.quiet:
@@ -274,7 +289,8 @@ def _run_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
               file=sys.stderr, flush=True)
     return dict(output=args.output, site=args.site, parameters=parameters, workers=args.workers,
                 html=args.html, engine=args.engine, sites_file=args.sites, debug=args.debug,
-                keep_run_dir=args.keep_run_dir, cache_dir=args.cache_dir, no_input=args.no_input), len(pipeline.apps)
+                keep_run_dir=args.keep_run_dir, cache_dir=args.cache_dir, no_input=args.no_input,
+                split=args.split), len(pipeline.apps)
 
 
 def _check_no_input(args: argparse.Namespace) -> None:
@@ -402,13 +418,15 @@ def _check(args: argparse.Namespace) -> int:
 
     _check_no_input(args)
     pipeline, _, checked = check(args.notebook, site=args.site, sites_file=args.sites,
-                                 parameters=_parameters(args), output=args.output, html=args.html)
+                                 parameters=_parameters(args), output=args.output, html=args.html,
+                                 split=args.split)
     _print_warnings(pipeline)
     params = declared(pipeline.parsed)
     if args.json:
         print(json.dumps(_check_json(pipeline, checked, params), indent=1))
         return 0
     print(_text_graph(pipeline, args.notebook))
+    _print_split(pipeline)
     print(_text_parameters(pipeline, params, checked.parameters))
     images = {c.image: c for c in checked.containers.values()}
     if images:
@@ -464,6 +482,29 @@ def _print_warnings(pipeline: Any) -> None:
         print(f"nbpipe: warning: {warning}", file=sys.stderr)
 
 
+def _print_split(pipeline: Any) -> None:
+    """Which apps a --split chose and why (nothing for a notebook run by its own tags)."""
+    if pipeline.split is not None:
+        print("\n".join(pipeline.split.explain()))
+
+
+def _tag(args: argparse.Namespace) -> int:
+    """``nbpipe tag``: a copy of the notebook with the tags its split uses (built as a run would
+    build it, so ``nbpipe check`` accepts it)."""
+    import nbformat
+
+    from .api import load_pipeline
+    from .atomic import write_text
+
+    pipeline = load_pipeline(args.notebook, args.split)
+    _print_warnings(pipeline)
+    output = args.output or args.notebook.with_name(args.notebook.name.removesuffix(".ipynb") + ".tagged.ipynb")
+    write_text(output, nbformat.writes(pipeline.split.nb) + "\n")
+    print("\n".join(pipeline.split.explain()), file=sys.stderr)
+    print(output)
+    return 0
+
+
 def _text_graph(pipeline: Any, path: Path) -> str:
     data = pipeline.to_json()
     lines = [f"{path}: {len(data['apps'])} app(s), {len(data['edges'])} edge(s); ok"]
@@ -487,12 +528,15 @@ def _text_graph(pipeline: Any, path: Path) -> str:
 def _graph(args: argparse.Namespace) -> int:
     from .api import load_pipeline
 
-    pipeline = load_pipeline(args.notebook)
+    pipeline = load_pipeline(args.notebook, args.split)
+    _print_warnings(pipeline)
     data = pipeline.to_json()
     if args.format == "json":
-        print(json.dumps(data, indent=1))
+        split = {"split": {**pipeline.split.to_json(), "why": pipeline.split.explain()}} if pipeline.split else {}
+        print(json.dumps({**data, **split}, indent=1))
     elif args.format == "text":
         print(_text_graph(pipeline, args.notebook))
+        _print_split(pipeline)
     elif args.format == "mermaid":
         print(_mermaid(data))
     else:
@@ -580,7 +624,9 @@ def _compile(args: argparse.Namespace) -> int:
     from .api import load_pipeline
     from .compile import write_compiled
 
-    paths = write_compiled(load_pipeline(args.notebook), args.directory)
+    pipeline = load_pipeline(args.notebook, args.split)
+    _print_warnings(pipeline)
+    paths = write_compiled(pipeline, args.directory)
     for path in paths.values():
         print(path)
     print(args.directory / "graph.json")

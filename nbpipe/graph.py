@@ -71,6 +71,8 @@ class Pipeline:
     warnings: tuple[str, ...] = ()
     #: name -> the app of the last cell defining it: its value is the one a serial run ends with
     last_definer: dict[str, str] = field(default_factory=dict)
+    #: the ``nbpipe.split.Split`` that tagged the notebook (``--split cells|auto``), else None
+    split: Any = None
 
     def __repr__(self) -> str:
         name = self.parsed.path.name if self.parsed.path else "notebook"

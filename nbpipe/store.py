@@ -34,6 +34,8 @@ __all__ = ["CACHE_DIR_NAME", "Entry", "Store", "file_sha256"]
 #: The cache directory beside a notebook, unless ``NBPIPE_CACHE_DIR``,
 #: ``--cache-dir`` or a site's ``cache_dir`` says otherwise.
 CACHE_DIR_NAME = ".nbpipe-cache"
+#: The cache's record of cell durations, and how many cells it remembers.
+DURATIONS, MAX_DURATIONS = "durations.json", 20000
 _FORMAT = 1
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
         "# This file is a cache directory tag created by nbpipe.\n"
@@ -242,6 +244,38 @@ class Store:
             except OSError:
                 pass
         return tmp
+
+    # -- measured cell durations (what ``--split auto`` weighs cells by) ---------
+
+    def durations(self) -> dict[str, float]:
+        """Seconds each cell took when it last ran, by its source's digest; {} if none."""
+        try:
+            data = json.loads((self._cache() / DURATIONS).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: float(v) for k, v in data.items()
+                if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}
+
+    def record_durations(self, measured: dict[str, float]) -> None:
+        """Add what a run measured (newest last; the oldest beyond :data:`MAX_DURATIONS` go);
+        written whole, and only a warning if it cannot be."""
+        if not measured:
+            return
+        known = self.durations()
+        for key in measured:
+            known.pop(key, None)
+        known.update({k: round(v, 4) for k, v in measured.items()})
+        kept = dict(list(known.items())[-MAX_DURATIONS:])
+        try:
+            tmp = self._prepare()
+            with tempfile.NamedTemporaryFile("w", dir=tmp, suffix=".json", delete=False) as f:
+                json.dump(kept, f)
+            os.replace(f.name, self._cache() / DURATIONS)
+        except OSError as exc:
+            self._warn_once(f"cannot write the cache in {self._cache()}: {exc.strerror}; "
+                            "cell durations are not being recorded")
 
     def clean_tmp(self, older_than: float = 24 * 3600) -> None:
         """Remove entries left half-built by a run that was killed (``nbpipe cache prune``)."""
