@@ -61,7 +61,7 @@ KEPT_ROLES = frozenset({"parameters", "setup", "skip", "metrics"})
 #: A cell measured to take less than this joins its neighbour's app.
 LIGHT_SECONDS = 0.25
 #: A cell never measured counts as light up to this many statements.
-LIGHT_STATEMENTS = 5
+LIGHT_STATEMENTS = 10
 #: Calls whose result cannot ship (module, function); a generator expression cannot either.
 UNSHIPPABLE_CALLS = frozenset({
     ("", "open"), ("io", "open"), ("threading", "Lock"), ("threading", "RLock"), ("threading", "Thread"),
@@ -77,6 +77,8 @@ class Group:
     app: str
     cells: tuple[int, ...]
     why: tuple[str, ...] = ()
+    #: the apps that share nothing with this one, up- or downstream: they may run beside it
+    beside: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class Split:
             numbers = ", ".join(str(self.numbers[i]) for i in group.cells)
             lines.append(f"  {group.app}: cell{'s' if len(group.cells) > 1 else ''} {numbers}")
             lines += [f"    {why}" for why in group.why]
+            if group.beside:
+                lines.append(f"    runs beside {', '.join(group.beside)}: no value flows between them")
         return lines
 
 
@@ -225,7 +229,7 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
     functions = _functions(sources.values())
     generators = _generator_functions(sources.values())
     for name, index in cell_of.items():
-        groups.light[name] = _light(sources[index], durations, functions)
+        groups.light[name] = groups.cell_light[index] = _light(sources[index], durations, functions)
     _keep_unshippable(groups, pipeline, cell_of, sources, generators)
     groups.contract()
     chosen = groups.result()
@@ -263,9 +267,21 @@ def _only_definitions(source: str) -> bool:
     allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Pass)
     for stmt in tree.body:
         docstring = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
-        if not (isinstance(stmt, allowed) or docstring):
+        if not (isinstance(stmt, allowed) or docstring or _setup_magic(stmt)):
             return False
     return True
+
+
+#: Line magics that set up a kernel the same way in every app (``%matplotlib inline``).
+SETUP_MAGICS = frozenset({"matplotlib", "config", "load_ext"})
+
+
+def _setup_magic(stmt: ast.stmt) -> bool:
+    """``get_ipython().run_line_magic('matplotlib', ...)``: what IPython makes of a setup magic."""
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    return (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "run_line_magic" and bool(call.args)
+            and isinstance(call.args[0], ast.Constant) and call.args[0].value in SETUP_MAGICS)
 
 
 def _tree(source: str) -> ast.Module | None:
@@ -375,6 +391,7 @@ class _Groups:
         self.owner = {n: n for n in graph.nodes}
         self.why: dict[str, list[str]] = {n: [] for n in graph.nodes}
         self.light: dict[str, bool] = {}
+        self.cell_light: dict[int, bool] = {}
         self.numbers, self.sources = numbers, sources
 
     def merge(self, keep: str, other: str, why: str) -> None:
@@ -418,24 +435,44 @@ class _Groups:
         while self._chain() or self._light_sink() or self._light_source() or self._light_alone():
             pass
 
+    def _direct(self, v: str) -> list[str]:
+        """``v``'s predecessors but those it waits for anyway, through another of them."""
+        preds = set(self.q.predecessors(v))
+        implied = set().union(*(nx.ancestors(self.q, p) for p in preds)) if preds else set()
+        return sorted(preds - implied, key=self._first)
+
     def _chain(self) -> bool:
         for v in sorted(self.q.nodes, key=self._first):
-            preds = list(self.q.predecessors(v))
-            if len(preds) != 1:
+            direct = self._direct(v)
+            if len(direct) != 1:
                 continue
-            u = preds[0]
+            u = direct[0]
             if set(self.q.successors(u)) - {v} <= nx.descendants(self.q, v):
                 self.merge(u, v, self._tie(u, v, "reads {names} from this app alone, and nothing waits for it"))
                 return True
         return False
 
     def _light_sink(self) -> bool:
+        """A light app nothing reads joins the one app it waits for; light apps nothing reads
+        that wait for the same apps join each other."""
+        sinks: dict[frozenset[str], str] = {}
         for v in sorted(self.q.nodes, key=self._first):
-            preds = list(self.q.predecessors(v))
-            if len(preds) == 1 and not self.q.out_degree(v) and self.light.get(v):
-                self.merge(preds[0], v, self._tie(preds[0], v, "light, reads {names}, and nothing reads it"))
+            if self.q.out_degree(v) or not self.light.get(v):
+                continue
+            direct = self._direct(v)
+            if len(direct) == 1:
+                self.merge(direct[0], v, self._tie(direct[0], v, "light, reads {names}, and nothing reads it"))
                 return True
+            waits = frozenset(self.q.predecessors(v))
+            if waits and waits in sinks:
+                self.merge(sinks[waits], v, f"cell{'s' if len(self.members[v]) > 1 else ''} {self._cells(v)}: "
+                                            f"light, nothing reads it, and it waits for the same apps")
+                return True
+            sinks[waits] = v
         return False
+
+    def _cells(self, group: str) -> str:
+        return ", ".join(str(self.numbers[i]) for i in sorted(self.members[group]))
 
     def _light_source(self) -> bool:
         for u in sorted(self.q.nodes, key=self._first):
@@ -466,30 +503,35 @@ class _Groups:
 
     def result(self) -> tuple[Group, ...]:
         taken: set[str] = set()
+        names: dict[str, str] = {}
+        for group in sorted(self.members, key=self._first):
+            cells = sorted(self.members[group])
+            # named by the first cell that does the work, not by a constant set before it
+            first = next((i for i in cells if not self.cell_light.get(i, True)), cells[0])
+            names[group] = _app_name(first, self.sources, self.numbers, taken)
         out = []
         for group in sorted(self.members, key=self._first):
-            cells = tuple(sorted(self.members[group]))
-            name = _app_name(cells, self.sources, self.numbers, taken)
-            out.append(Group(name, cells, tuple(self.why[group])))
+            linked = nx.ancestors(self.q, group) | nx.descendants(self.q, group) | {group}
+            beside = tuple(names[g] for g in sorted(set(self.members) - linked, key=self._first))
+            out.append(Group(names[group], tuple(sorted(self.members[group])), tuple(self.why[group]), beside))
         return tuple(out)
 
 
-def _app_name(cells: tuple[int, ...], sources: Mapping[int, str], numbers: Mapping[int, int],
-              taken: set[str]) -> str:
-    """The first name the app's first cell assigns (``counts``), else ``cellN``; never twice."""
-    name = f"cell{numbers[cells[0]]}"
-    tree = _tree(sources[cells[0]])
+def _app_name(first: int, sources: Mapping[int, str], numbers: Mapping[int, int], taken: set[str]) -> str:
+    """A name cell ``first`` assigns, else ``cellN``; never twice. A name computed
+    (``pi = estimate(n)``) is preferred to a constant (``n = 10``)."""
+    tree = _tree(sources[first])
+    assigned: list[tuple[bool, str]] = []
     for stmt in tree.body if tree is not None else ():
         targets = stmt.targets if isinstance(stmt, ast.Assign) else \
             [stmt.target] if isinstance(stmt, (ast.AnnAssign, ast.AugAssign)) else []
-        found = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)
-                 and not n.id.startswith("_")]
-        if found:
-            name = found[0]
-            break
+        constant = isinstance(getattr(stmt, "value", None), (ast.Constant, ast.UnaryOp))
+        assigned += [(constant, n.id) for t in targets for n in ast.walk(t)
+                     if isinstance(n, ast.Name) and not n.id.startswith("_")]
+    name = min(assigned, key=lambda a: a[0])[1] if assigned else f"cell{numbers[first]}"
     if name in RESERVED_NAMES or name in taken or not APP_NAME.match(name):
-        name = f"{name}-{numbers[cells[0]]}" if APP_NAME.match(name) and name not in RESERVED_NAMES \
-            else f"cell{numbers[cells[0]]}"
+        name = f"{name}-{numbers[first]}" if APP_NAME.match(name) and name not in RESERVED_NAMES \
+            else f"cell{numbers[first]}"
     taken.add(name)
     return name
 
