@@ -28,6 +28,11 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
 
   Independent branches stay apart, so they run in parallel.
 
+Both splits order cells that name the same file (a string such as
+``"data/hist.npy"``) when either of them writes files (``np.save``,
+``df.to_csv``, ``open(path, "w")``, a shell command): the later cell's app
+gets ``after:`` the earlier one's, as serial execution orders them.
+
 ``parameters``, ``setup``, ``skip`` and ``metrics`` keep their meaning; every
 other nbpipe tag is dropped (:attr:`Split.dropped`, which the CLI warns
 about); tags nbpipe does not know (``remove-input``, ...) are kept.
@@ -38,6 +43,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -143,7 +149,8 @@ def split_notebook(nb: Any, mode: str, path: str | Path | None = None,
     free = [i for i in numbers if i not in kept]
     if mode == "cells":
         groups = tuple(Group(f"cell{numbers[i]}", (i,)) for i in free)
-        split = Split(mode, _tagged(base, groups, ()), groups, (), dropped, numbers)
+        order = _file_order({i: base.cells[i].source for i in free})
+        split = Split(mode, _tagged(base, groups, (), order), groups, (), dropped, numbers)
     else:
         split = _auto(base, path, free, numbers, dropped, durations or {})
     return replace(split, tags=tags)
@@ -192,11 +199,22 @@ def _code_numbers(nb: Any) -> dict[int, int]:
     return {index: index for index, cell in enumerate(nb.cells) if cell.cell_type == "code"}
 
 
-def _tagged(base: Any, groups: Iterable[Group], setup: Iterable[int]) -> Any:
+def _tagged(base: Any, groups: Iterable[Group], setup: Iterable[int],
+            order: Iterable[tuple[int, int, str]] = ()) -> Any:
+    """``base`` with each group's ``app:`` tags, ``setup`` tags, and an ``after:`` for each
+    (earlier cell, later cell) pair of ``order`` that falls in two apps."""
     nb = copy.deepcopy(base)
+    groups = list(groups)
+    app_of = {i: g.app for g in groups for i in g.cells}
     for group in groups:
         for index in group.cells:
             nb.cells[index].metadata["tags"] = [f"app:{group.app}", *nb.cells[index].metadata.get("tags", [])]
+    for i, j, _ in order:
+        if i in app_of and j in app_of and app_of[i] != app_of[j]:
+            after = f"after:{app_of[i]}"
+            first = min(c for c in app_of if app_of[c] == app_of[j])
+            if after not in nb.cells[first].metadata["tags"]:
+                nb.cells[first].metadata["tags"].append(after)
     for index in setup:
         nb.cells[index].metadata["tags"] = ["setup", *nb.cells[index].metadata.get("tags", [])]
     for cell in nb.cells:
@@ -206,10 +224,11 @@ def _tagged(base: Any, groups: Iterable[Group], setup: Iterable[int]) -> Any:
 
 
 def _pipeline(base: Any, path: str | Path | None, free: list[int], setup: Iterable[int],
-              numbers: Mapping[int, int]) -> Pipeline:
+              numbers: Mapping[int, int], order: Iterable[tuple[int, int, str]] = ()) -> Pipeline:
+    """The pipeline of one app per cell (but ``setup``), with the file ``order`` as ``after:``."""
     setup = set(setup)
     groups = [Group(f"cell{numbers[i]}", (i,)) for i in free if i not in setup]
-    return build_pipeline(parse_notebook(_tagged(base, groups, setup), path))
+    return build_pipeline(parse_notebook(_tagged(base, groups, setup, order), path))
 
 
 # ---------------------------------------------------------------- auto
@@ -218,14 +237,18 @@ def _pipeline(base: Any, path: str | Path | None, free: list[int], setup: Iterab
 def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int],
           dropped: tuple[tuple[int, str], ...], durations: Mapping[str, float]) -> Split:
     sources = {i: base.cells[i].source for i in free}
-    setup = _setup_cells(base, path, free, numbers)
+    order = _file_order(sources)
+    setup = _setup_cells(base, path, free, numbers, order)
     try:
-        pipeline = _pipeline(base, path, free, setup, numbers)
+        pipeline = _pipeline(base, path, free, setup, numbers, order)
     except NbpipeError:
         setup = {}
-        pipeline = _pipeline(base, path, free, (), numbers)
+        pipeline = _pipeline(base, path, free, (), numbers, order)
     cell_of = {f"cell{numbers[i]}": i for i in free if i not in setup}
     groups = _Groups(pipeline.graph, cell_of, numbers, sources)
+    for i, j, file in order:
+        if i not in setup and j not in setup:
+            groups.q.edges[f"cell{numbers[i]}", f"cell{numbers[j]}"]["names"].add(f"file {file}")
     functions = _functions(sources.values())
     generators = _generator_functions(sources.values())
     for name, index in cell_of.items():
@@ -233,17 +256,18 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
     _keep_unshippable(groups, pipeline, cell_of, sources, generators)
     groups.contract()
     chosen = groups.result()
-    return Split("auto", _tagged(base, chosen, setup), chosen, tuple(sorted(setup.items())), dropped, numbers)
+    return Split("auto", _tagged(base, chosen, setup, order), chosen, tuple(sorted(setup.items())), dropped, numbers)
 
 
-def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int]) -> dict[int, str]:
+def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int],
+                 order: Iterable[tuple[int, int, str]]) -> dict[int, str]:
     """The cells that only import and define, read only what such cells define, and define
     nothing another cell defines: cell index -> why it is setup."""
     candidates = {i for i in free if _only_definitions(base.cells[i].source)}
     if not candidates:
         return {}
     try:
-        pipeline = _pipeline(base, path, free, (), numbers)
+        pipeline = _pipeline(base, path, free, (), numbers, order)
     except NbpipeError:
         return {}
     app_of = {i: f"cell{numbers[i]}" for i in free}
@@ -282,6 +306,50 @@ def _setup_magic(stmt: ast.stmt) -> bool:
     return (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
             and call.func.attr == "run_line_magic" and bool(call.args)
             and isinstance(call.args[0], ast.Constant) and call.args[0].value in SETUP_MAGICS)
+
+
+#: Calls that write a file they are given (``df.to_csv(path)``, ``np.save(path, a)``, ``fig.savefig``).
+FILE_WRITERS = frozenset({"save", "savez", "savez_compressed", "savetxt", "tofile", "savefig", "dump",
+                          "to_csv", "to_parquet", "to_json", "to_pickle", "to_hdf", "to_excel", "to_feather",
+                          "to_netcdf", "to_zarr", "write", "write_text", "write_bytes", "writelines",
+                          "mkdir", "touch", "unlink", "remove", "rename", "replace", "rmtree", "copy",
+                          "copyfile", "move", "system", "getoutput"})
+#: A string that names a file: no spaces, and a short extension (``data/events.csv``).
+_PATH = re.compile(r"[\w./~-]*\.[A-Za-z0-9]{1,8}\Z")
+
+
+def _file_order(sources: Mapping[int, str]) -> list[tuple[int, int, str]]:
+    """(earlier cell, later cell, path) for cells naming the same file where either writes
+    files: serial execution orders them, so must the apps (an ``after:`` between them)."""
+    seen: dict[str, list[tuple[int, bool]]] = {}
+    for index in sorted(sources):
+        tree = _tree(sources[index])
+        if tree is None:
+            continue
+        writes = any(isinstance(n, ast.Call) and _writes(n) for n in ast.walk(tree))
+        paths = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                 and len(n.value) < 256 and _PATH.match(n.value) and not n.value.startswith(".")}
+        for path in sorted(paths):
+            seen.setdefault(path, []).append((index, writes))
+    out = []
+    for path, cells in seen.items():
+        for n, (j, j_writes) in enumerate(cells):
+            out += [(i, j, path) for i, i_writes in cells[:n] if i_writes or j_writes]
+    return out
+
+
+def _writes(call: ast.Call) -> bool:
+    func = call.func
+    if isinstance(func, ast.Attribute):
+        if func.attr in FILE_WRITERS:
+            return True
+        return func.attr == "run_cell_magic" and bool(call.args) and isinstance(call.args[0], ast.Constant) \
+            and call.args[0].value in ("bash", "sh", "script", "writefile")
+    if isinstance(func, ast.Name) and func.id == "open":
+        mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"),
+                                                              None)
+        return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and bool(set(mode.value) & set("wax+"))
+    return False
 
 
 def _tree(source: str) -> ast.Module | None:
