@@ -41,7 +41,9 @@ def entries(cache_dir: Path, notebook: Path | None = None) -> list[Entry]:
 
 
 def clear(cache_dir: Path, notebook: Path | None = None) -> Removed:
-    """Remove every entry (``notebook``'s only, if given)."""
+    """Remove every entry and the record of cell durations (``notebook``'s entries only, if given)."""
+    if notebook is None and cache_dir.is_dir():
+        Store.of_cache(cache_dir).forget_durations()
     return _remove(cache_dir, entries(cache_dir, notebook))
 
 

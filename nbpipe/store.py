@@ -277,6 +277,12 @@ class Store:
             self._warn_once(f"cannot write the cache in {self._cache()}: {exc.strerror}; "
                             "cell durations are not being recorded")
 
+    def forget_durations(self) -> None:
+        try:
+            (self._cache() / DURATIONS).unlink()
+        except OSError:
+            pass
+
     def clean_tmp(self, older_than: float = 24 * 3600) -> None:
         """Remove entries left half-built by a run that was killed (``nbpipe cache prune``)."""
         tmp = self._cache() / "tmp"
