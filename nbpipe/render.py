@@ -91,6 +91,7 @@ def report_data(nb: Any, name: str) -> dict[str, Any]:
         "title": title,
         "status": run.get("status"),
         "site": run.get("site"),
+        "split": (run.get("split") or {}).get("mode") if isinstance(run.get("split"), dict) else None,
         "duration": run.get("duration"),
         "finished": run.get("finished"),
         "version": run.get("version"),
