@@ -52,7 +52,7 @@ from typing import Any
 import networkx as nx
 import nbformat
 
-from .errors import NbpipeError, UsageError
+from .errors import NbpipeError, NotebookError, UsageError
 from .graph import Pipeline, build_pipeline
 from .names import transformed_source
 from .parse import APP_NAME, PREFIX_ALIASES, RESERVED_NAMES, ROLE_ALIASES, parse_notebook
@@ -236,27 +236,50 @@ def _pipeline(base: Any, path: str | Path | None, free: list[int], setup: Iterab
 
 def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int],
           dropped: tuple[tuple[int, str], ...], durations: Mapping[str, float]) -> Split:
+    """The grouping of the module's docstring; should its apps not build (an app would read a
+    name from two apps), the same without the setup cells' and the unshippable values' moves,
+    then one app per cell, each saying so in the explanation."""
     sources = {i: base.cells[i].source for i in free}
     order = _file_order(sources)
     setup = _setup_cells(base, path, free, numbers, order)
-    try:
-        pipeline = _pipeline(base, path, free, setup, numbers, order)
-    except NbpipeError:
-        setup = {}
-        pipeline = _pipeline(base, path, free, (), numbers, order)
+    tries = [(setup, True, ""), (setup, False, "without keeping unshippable values together"),
+             ({}, False, "one app per cell, as --split cells")]
+    problem = ""
+    for setup, unshippable, fallback in tries:
+        try:
+            pipeline = _pipeline(base, path, free, setup, numbers, order)
+            groups = _grouping(pipeline, free, numbers, sources, order, setup, durations, unshippable,
+                               contract=bool(setup) or unshippable or not fallback)
+            split = Split("auto", _tagged(base, groups, setup, order), groups, tuple(sorted(setup.items())),
+                          dropped, numbers)
+            build_pipeline(parse_notebook(split.nb, path))
+        except NbpipeError as exc:
+            problem = str(exc).splitlines()[0]
+            continue
+        if fallback:
+            return replace(split, groups=tuple(replace(g, why=(f"fell back to {fallback}: {problem}", *g.why))
+                                               for g in split.groups[:1]) + split.groups[1:])
+        return split
+    raise NotebookError(f"--split auto found no grouping that builds: {problem}")
+
+
+def _grouping(pipeline: Pipeline, free: list[int], numbers: Mapping[int, int], sources: Mapping[int, str],
+              order: list[tuple[int, int, str]], setup: Mapping[int, str], durations: Mapping[str, float],
+              unshippable: bool, contract: bool) -> tuple[Group, ...]:
+    """Group the one-app-per-cell ``pipeline`` (the module's docstring says how)."""
     cell_of = {f"cell{numbers[i]}": i for i in free if i not in setup}
     groups = _Groups(pipeline.graph, cell_of, numbers, sources)
     for i, j, file in order:
         if i not in setup and j not in setup:
             groups.q.edges[f"cell{numbers[i]}", f"cell{numbers[j]}"]["names"].add(f"file {file}")
     functions = _functions(sources.values())
-    generators = _generator_functions(sources.values())
     for name, index in cell_of.items():
         groups.light[name] = groups.cell_light[index] = _light(sources[index], durations, functions)
-    _keep_unshippable(groups, pipeline, cell_of, sources, generators)
-    groups.contract()
-    chosen = groups.result()
-    return Split("auto", _tagged(base, chosen, setup, order), chosen, tuple(sorted(setup.items())), dropped, numbers)
+    if unshippable:
+        _keep_unshippable(groups, pipeline, cell_of, sources, _generator_functions(sources.values()))
+    if contract:
+        groups.contract()
+    return groups.result()
 
 
 def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int],
