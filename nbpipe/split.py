@@ -54,7 +54,7 @@ import nbformat
 
 from .errors import NbpipeError, NotebookError, UsageError
 from .graph import Pipeline, build_pipeline
-from .names import transformed_source
+from .names import analyse_cell, transformed_source
 from .parse import APP_NAME, PREFIX_ALIASES, RESERVED_NAMES, ROLE_ALIASES, parse_notebook
 from .shape import regular
 
@@ -298,13 +298,21 @@ def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: d
     for i in free:
         for name in pipeline.apps[app_of[i]].defines:
             definers[name] = definers.get(name, 0) + 1
+    from_apps = set().union(*(pipeline.apps[app_of[i]].defines for i in free if i not in candidates))
     chosen: dict[int, str] = {}
     for i in sorted(candidates):
         upstream = set(pipeline.graph.predecessors(app_of[i]))
         if all(definers[n] == 1 for n in pipeline.apps[app_of[i]].defines) \
-                and upstream <= {app_of[c] for c in chosen}:
+                and upstream <= {app_of[c] for c in chosen} and _self_contained(base.cells[i].source, from_apps):
             chosen[i] = "only imports and definitions"
     return chosen
+
+
+def _self_contained(source: str, from_apps: set[str]) -> bool:
+    """Whether the functions and classes a cell defines, once called, read no global an app
+    defines and change no global: in setup they run in every app, where no app ships those."""
+    found = analyse_cell(source)
+    return not found.global_writes and not any(names & from_apps for _, names in found.callables)
 
 
 def _only_definitions(source: str) -> bool:
