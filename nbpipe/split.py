@@ -28,7 +28,8 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
 
   Independent branches stay apart, so they run in parallel.
 
-``parameters``, ``setup``, ``skip`` and ``metrics`` keep their meaning; every
+``parameters``, ``setup``, ``skip`` and ``metrics`` keep their meaning (the
+``metrics`` cells stay their own block, which ``auto`` groups around); every
 other nbpipe tag is dropped (:attr:`Split.dropped`, which the CLI warns
 about); tags nbpipe does not know (``remove-input``, ...) are kept.
 """
@@ -221,7 +222,7 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
         setup = {}
         pipeline = _pipeline(base, path, free, (), numbers)
     cell_of = {f"cell{numbers[i]}": i for i in free if i not in setup}
-    groups = _Groups(pipeline.graph, cell_of, numbers, sources)
+    groups = _Groups(_cell_graph(pipeline.graph, cell_of), cell_of, numbers, sources)
     functions = _functions(sources.values())
     generators = _generator_functions(sources.values())
     for name, index in cell_of.items():
@@ -230,6 +231,19 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
     groups.contract()
     chosen = groups.result()
     return Split("auto", _tagged(base, chosen, setup), chosen, tuple(sorted(setup.items())), dropped, numbers)
+
+
+def _cell_graph(graph: nx.DiGraph, cell_of: Mapping[str, int]) -> nx.DiGraph:
+    """The graph of the cell apps alone: a block the split keeps as tagged (``metrics``)
+    is left out, an edge through it kept as an edge around it, so that no merge makes
+    a cycle through it."""
+    out = graph.subgraph(cell_of).copy()
+    for block in set(graph.nodes) - set(cell_of):
+        for u in graph.predecessors(block):
+            for v in graph.successors(block):
+                if u in cell_of and v in cell_of and not out.has_edge(u, v):
+                    out.add_edge(u, v, names=set(graph.edges[block, v].get("names", ())))
+    return out
 
 
 def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int]) -> dict[int, str]:

@@ -1,0 +1,57 @@
+"""``--split auto`` and ``nbpipe tag`` on the realistic corpus (tests/corpus/).
+
+test_corpus.py runs every split against papermill; this module holds what
+needs no run: ``nbpipe tag NB --split M -o X`` writes a notebook that
+``nbpipe check X`` accepts and that runs as the split chose, for every
+corpus notebook, as stored (hand-tagged) and stripped of its tags; and the
+regression tests of the grouping rules the corpus showed wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import nbpipe
+from corpustools import corpus_names, place, read, strip_tags
+from nbpipe.cli import main
+from nbpipe.graph import Pipeline
+from nbpipe.split import MODES, split_notebook
+from nbbuild import code, write
+from nbbuild import read as read_nb
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", corpus_names())
+def test_tag_then_check_accepts_every_corpus_notebook(name: str, mode: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    for kind, nb in (("stored", read(name)), ("stripped", strip_tags(read(name)))):
+        src = place(nb, tmp_path / kind, name)
+        out = tmp_path / kind / f"{name}.tagged.ipynb"
+        assert main(["tag", str(src), "--split", mode, "-o", str(out)]) == 0, (name, kind)
+        assert main(["check", str(out)]) == 0, f"nbpipe check refuses what nbpipe tag wrote for {name} ({kind})"
+        run, written = nbpipe.load_pipeline(src, mode), nbpipe.load_pipeline(out)
+        assert _apps(written) == _apps(run), f"{name} ({kind}): the tags written are not the split a run uses"
+        assert [c.index for c in written.parsed.cells_of("setup")] == [c.index for c in run.parsed.cells_of("setup")]
+    capsys.readouterr()
+
+
+def _apps(pipeline: Pipeline) -> dict[str, tuple[int, ...]]:
+    return {app: node.spec.cells for app, node in pipeline.apps.items()}
+
+
+# ------------------------------------------------------------ grouping rules
+
+
+def test_auto_keeps_a_metrics_cell_as_its_block(tmp_path: Path) -> None:
+    """kale_iris: a ``pipeline-metrics`` cell stays the ``metrics`` block; the
+    split groups the other cells around it (it crashed on the block's app)."""
+    path = write(tmp_path / "nb.ipynb", code("import math"), code("a = math.sqrt(4)"), code("b = a + 1"),
+                 code("c = math.pi * 2"), code("print(b)", "pipeline-metrics"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    pipeline = nbpipe.load_pipeline(path, "auto")
+    assert pipeline.apps["metrics"].spec.cells == (4,)
+    assert sorted(c for g in chosen.groups for c in g.cells) == [1, 2, 3]
+    assert "metrics" not in {g.app for g in chosen.groups}
