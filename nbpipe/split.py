@@ -11,7 +11,8 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
   (:func:`nbpipe.graph.build_pipeline` over one app per cell), aiming at the
   shortest critical path with the fewest shipped values:
 
-  * a cell that only imports or defines functions and classes, reads only
+  * a cell that only imports or defines functions and classes (line magics
+    of :data:`SETUP_MAGICS`, such as ``%matplotlib inline``, allowed), reads only
     what such cells define, and defines nothing another cell defines, becomes
     ``setup`` (it runs at the start of every app);
   * a value that cannot ship (a generator, an open file, a lock: what the
@@ -63,6 +64,8 @@ KEPT_ROLES = frozenset({"parameters", "setup", "skip", "metrics"})
 LIGHT_SECONDS = 0.25
 #: A cell never measured counts as light up to this many statements.
 LIGHT_STATEMENTS = 5
+#: Line magics that only set the session up, as safe to run again in every app as an import.
+SETUP_MAGICS = frozenset({"matplotlib", "config", "load_ext", "autoreload"})
 #: Calls whose result cannot ship (module, function); a generator expression cannot either.
 UNSHIPPABLE_CALLS = frozenset({
     ("", "open"), ("io", "open"), ("threading", "Lock"), ("threading", "RLock"), ("threading", "Thread"),
@@ -277,9 +280,20 @@ def _only_definitions(source: str) -> bool:
     allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Pass)
     for stmt in tree.body:
         docstring = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
-        if not (isinstance(stmt, allowed) or docstring):
+        if not (isinstance(stmt, allowed) or docstring or _setup_magic(stmt)):
             return False
     return True
+
+
+def _setup_magic(stmt: ast.stmt) -> bool:
+    """Whether ``stmt`` is a line magic of :data:`SETUP_MAGICS` (as IPython transforms it:
+    ``get_ipython().run_line_magic('matplotlib', 'inline')``)."""
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and stmt.value.args):
+        return False
+    func, name = stmt.value.func, stmt.value.args[0]
+    return isinstance(func, ast.Attribute) and func.attr == "run_line_magic" \
+        and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Name) \
+        and func.value.func.id == "get_ipython" and isinstance(name, ast.Constant) and name.value in SETUP_MAGICS
 
 
 def _tree(source: str) -> ast.Module | None:

@@ -55,3 +55,23 @@ def test_auto_keeps_a_metrics_cell_as_its_block(tmp_path: Path) -> None:
     assert pipeline.apps["metrics"].spec.cells == (4,)
     assert sorted(c for g in chosen.groups for c in g.cells) == [1, 2, 3]
     assert "metrics" not in {g.app for g in chosen.groups}
+
+
+def test_auto_makes_an_import_cell_with_matplotlib_inline_setup(tmp_path: Path) -> None:
+    """bootstrap_ci, decay_fit, wine_clusters...: ``%matplotlib inline`` above the
+    imports kept the cell out of ``setup``, and every cell read the modules from
+    it, so the whole notebook was one chain; the two branches now run apart."""
+    path = write(tmp_path / "nb.ipynb", code("%matplotlib inline\n%load_ext autoreload\n%autoreload 2\n"
+                                             "import numpy as np"),
+                 code("a = [np.sqrt(i) for i in range(3)]"), code("b = [np.ones(i) for i in range(2)]"),
+                 code("print(a)"), code("print(b)"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    assert [i for i, _ in chosen.setup] == [0]
+    assert sorted(g.cells for g in chosen.groups) == [(1, 3), (2, 4)]
+
+
+def test_auto_keeps_a_cell_with_another_magic_out_of_setup(tmp_path: Path) -> None:
+    """A magic that changes the process (``%env``, ``%cd``, ...) is not run again in every app."""
+    path = write(tmp_path / "nb.ipynb", code("%env FLAG=on\nimport os"), code("print(os.environ['FLAG'])"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    assert chosen.setup == ()
