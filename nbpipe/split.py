@@ -16,8 +16,9 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     what such cells define, and defines nothing another cell defines, becomes
     ``setup`` (it runs at the start of every app);
   * a value that cannot ship (a generator, an open file, a lock: what the
-    defining expression shows) keeps its producer and its readers, and
-    every cell between them in the graph, in one app;
+    defining expression shows, a generator function's call included wherever
+    the function is defined) keeps its producer and its readers, and every
+    cell between them in the graph, in one app;
   * a cell whose only input is one app joins that app when nothing else
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
@@ -25,7 +26,8 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     one app that reads it. Light means a previous run measured it under
     :data:`LIGHT_SECONDS` (the cache records each cell's duration), or, never
     measured, no loop, comprehension or call of a function the notebook
-    defines, in at most :data:`LIGHT_STATEMENTS` statements.
+    defines (in any cell, one tagged ``setup`` too), in at most
+    :data:`LIGHT_STATEMENTS` statements.
 
   Independent branches stay apart, so they run in parallel.
 
@@ -226,8 +228,9 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
         pipeline = _pipeline(base, path, free, (), numbers)
     cell_of = {f"cell{numbers[i]}": i for i in free if i not in setup}
     groups = _Groups(_cell_graph(pipeline.graph, cell_of), cell_of, numbers, sources)
-    functions = _functions(sources.values())
-    generators = _generator_functions(sources.values())
+    every = [cell.source for cell in base.cells if cell.cell_type == "code"]  # tagged setup cells too
+    functions = _functions(every)
+    generators = _generator_functions(every)
     for name, index in cell_of.items():
         groups.light[name] = _light(sources[index], durations, functions)
     _keep_unshippable(groups, pipeline, cell_of, sources, generators)

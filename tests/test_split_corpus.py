@@ -75,3 +75,27 @@ def test_auto_keeps_a_cell_with_another_magic_out_of_setup(tmp_path: Path) -> No
     path = write(tmp_path / "nb.ipynb", code("%env FLAG=on\nimport os"), code("print(os.environ['FLAG'])"))
     chosen = split_notebook(read_nb(path), "auto", path)
     assert chosen.setup == ()
+
+
+def test_auto_sees_a_generator_function_defined_in_a_tagged_setup_cell(tmp_path: Path) -> None:
+    """A generator made from a function of a cell the user tagged ``setup`` (or Kale's
+    ``functions``) cannot ship either: its reader stays in the app that makes it."""
+    path = write(tmp_path / "nb.ipynb", code("def gen():\n    yield from range(5)", "functions"),
+                 code("g = gen()\nn = [i for i in range(3)]"), code("rest = [x * 2 for x in g]"),
+                 code("m = [i * 2 for i in n]"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    maker = next(g for g in chosen.groups if 1 in g.cells)
+    assert 2 in maker.cells, chosen.explain()
+    assert any("g is a generator (gen() yields)" in why for why in maker.why)
+
+
+def test_auto_weighs_a_call_of_a_setup_function_alike_tagged_or_not(tmp_path: Path) -> None:
+    """decay_fit: a cell calling ``model()`` counted as heavy when the cell defining
+    it was untagged but light when it was tagged ``setup``; the tag no longer matters."""
+    cells = [code("import math"), code("def model(t):\n    return math.exp(-t)"), code("y = model(1.0)"),
+             code("z = [model(i) for i in range(3)]"), code("print(model(y))")]
+    untagged = split_notebook(read_nb(write(tmp_path / "a.ipynb", *cells)), "auto")
+    cells[1].metadata["tags"] = ["setup"]
+    tagged = split_notebook(read_nb(write(tmp_path / "b.ipynb", *cells)), "auto")
+    assert [i for i, _ in untagged.setup] == [0, 1] and [i for i, _ in tagged.setup] == [0]
+    assert [g.cells for g in tagged.groups] == [g.cells for g in untagged.groups]
