@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
+import networkx as nx
 import pytest
 
 import nbpipe
 from corpustools import corpus_names, place, read, strip_tags
+from nbbuild import code, write
+from nbbuild import read as read_nb
 from nbpipe.cli import main
 from nbpipe.graph import Pipeline
 from nbpipe.split import MODES, split_notebook
-from nbbuild import code, write
-from nbbuild import read as read_nb
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -99,3 +99,14 @@ def test_auto_weighs_a_call_of_a_setup_function_alike_tagged_or_not(tmp_path: Pa
     tagged = split_notebook(read_nb(write(tmp_path / "b.ipynb", *cells)), "auto")
     assert [i for i, _ in untagged.setup] == [0, 1] and [i for i, _ in tagged.setup] == [0]
     assert [g.cells for g in tagged.groups] == [g.cells for g in untagged.groups]
+
+
+def test_auto_runs_the_independent_branches_of_a_corpus_notebook_apart(tmp_path: Path) -> None:
+    """wine_clusters, untagged: the PCA (cell 3) and the k-means (cell 4) both read the
+    scaled data and nothing of each other, so they are apps that can run at once."""
+    path = place(strip_tags(read("wine_clusters")), tmp_path, "wine_clusters")
+    pipeline = nbpipe.load_pipeline(path, "auto")
+    app_of = {cell: app for app, node in pipeline.apps.items() for cell in node.spec.cells}
+    pca, km = app_of[3], app_of[4]
+    assert pca != km
+    assert not nx.has_path(pipeline.graph, pca, km) and not nx.has_path(pipeline.graph, km, pca)
