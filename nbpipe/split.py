@@ -17,8 +17,10 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     ``setup`` (it runs at the start of every app);
   * a value that cannot ship (a generator, an open file, a lock: what the
     defining expression shows, a generator function's call included wherever
-    the function is defined) keeps its producer and its readers, and every
-    cell between them in the graph, in one app;
+    the function is defined; a class whose methods change its own attributes,
+    as ``Particle.count += 1``, whose every app would have its own count)
+    keeps its producer and its readers, and every cell between them in the
+    graph, in one app; such a class is never ``setup`` either;
   * a cell whose only input is one app joins that app when nothing else
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
@@ -255,7 +257,8 @@ def _cell_graph(graph: nx.DiGraph, cell_of: Mapping[str, int]) -> nx.DiGraph:
 def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int]) -> dict[int, str]:
     """The cells that only import and define, read only what such cells define, and define
     nothing another cell defines: cell index -> why it is setup."""
-    candidates = {i for i in free if _only_definitions(base.cells[i].source)}
+    candidates = {i for i in free if _only_definitions(base.cells[i].source)
+                  and not _self_changing_classes(base.cells[i].source)}
     if not candidates:
         return {}
     try:
@@ -357,7 +360,47 @@ def _unshippable(source: str, generators: frozenset[str]) -> dict[str, str]:
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
         if what:
             out.update({t.id: what for t in targets if isinstance(t, ast.Name)})
-    return out
+    return out | _self_changing_classes(source)
+
+
+def _self_changing_classes(source: str) -> dict[str, str]:
+    """The classes a cell defines whose methods change the class's own attributes
+    (``Particle.count += 1``, ``cls.seen.append(x)``, ``type(self).n = 0``): every
+    app has its own copy of a class, so what one app's instances count, another's do not see."""
+    tree = _tree(source)
+    return {stmt.name: "a class whose methods change its own attributes"
+            for stmt in (tree.body if tree is not None else ())
+            if isinstance(stmt, ast.ClassDef) and _changes_itself(stmt)}
+
+
+def _changes_itself(cls: ast.ClassDef) -> bool:
+    selves = {cls.name, "cls"}
+    for node in ast.walk(cls):
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            targets = [node.func.value]  # Particle.seen.append(...): a method of an attribute
+        else:
+            continue
+        if any(_of_class(t, selves) for t in targets):
+            return True
+    return False
+
+
+def _of_class(node: ast.expr, selves: set[str]) -> bool:
+    """Whether ``node`` is an attribute (or item of one) of the class itself: ``C.x``,
+    ``cls.x[0]``, ``type(self).x``, ``self.__class__.x``."""
+    if not isinstance(node, (ast.Attribute, ast.Subscript)):
+        return False
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Attribute) and node.attr == "__class__":
+            return True
+        node = node.value
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id == "type"
+    return isinstance(node, ast.Name) and node.id in selves
 
 
 def _unshippable_value(value: ast.expr, generators: frozenset[str]) -> str | None:

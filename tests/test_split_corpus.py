@@ -15,6 +15,7 @@ import networkx as nx
 import pytest
 
 import nbpipe
+from conftest import normalise_outputs, run_papermill
 from corpustools import corpus_names, place, read, strip_tags
 from nbbuild import code, write
 from nbbuild import read as read_nb
@@ -110,3 +111,29 @@ def test_auto_runs_the_independent_branches_of_a_corpus_notebook_apart(tmp_path:
     pca, km = app_of[3], app_of[4]
     assert pca != km
     assert not nx.has_path(pipeline.graph, pca, km) and not nx.has_path(pipeline.graph, km, pca)
+
+
+COUNTING_CLASS = "class Particle:\n    count = 0\n    def __init__(self):\n        Particle.count += 1"
+
+
+def test_auto_keeps_a_class_that_changes_itself_out_of_setup(tmp_path: Path) -> None:
+    """particles: ``Particle.count += 1`` in ``__init__``. Run again at the start of
+    every app, as ``setup``, the class would count from 0 in each one."""
+    path = write(tmp_path / "nb.ipynb", code("import math"), code(COUNTING_CLASS),
+                 code("class Plain:\n    unit = 'cm'\n    def scale(self, x):\n        self.x = x * 2"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    assert [i for i, _ in chosen.setup] == [0, 2]
+
+
+def test_auto_runs_the_users_of_a_class_that_changes_itself_in_one_app(tmp_path: Path) -> None:
+    """Each app gets its own copy of the class, so the cells that make instances and the
+    cell that reads the count run where the class is, and print what papermill prints."""
+    path = write(tmp_path / "nb.ipynb", code(COUNTING_CLASS), code("a = [Particle() for _ in range(2)]"),
+                 code("b = [Particle() for _ in range(3)]"), code("print(Particle.count, len(a), len(b))"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    assert [g.cells for g in chosen.groups] == [(0, 1, 2, 3)], chosen.explain()
+    out = tmp_path / "nb.out.ipynb"
+    assert run_papermill(path, out) is None
+    result = nbpipe.execute(path, split="auto", workers=2)
+    expected, merged = read_nb(out), read_nb(result.output)
+    assert [normalise_outputs(c.outputs) for c in merged.cells] == [normalise_outputs(c.outputs) for c in expected.cells]
