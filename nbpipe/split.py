@@ -13,8 +13,9 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
 
   * a cell that only imports or defines functions and classes (line magics
     of :data:`SETUP_MAGICS`, such as ``%matplotlib inline``, allowed), reads only
-    what such cells define, and defines nothing another cell defines, becomes
-    ``setup`` (it runs at the start of every app);
+    what such cells define, now and when its functions are called later, and
+    defines nothing another cell defines, becomes ``setup`` (it runs at the
+    start of every app);
   * a value that cannot ship (a generator, an open file, a lock: what the
     defining expression shows, a generator function's call included wherever
     the function is defined; a class whose methods change its own attributes,
@@ -54,7 +55,7 @@ import nbformat
 
 from .errors import NbpipeError, UsageError
 from .graph import Pipeline, build_pipeline
-from .names import transformed_source
+from .names import analyse_cell, transformed_source
 from .parse import APP_NAME, PREFIX_ALIASES, RESERVED_NAMES, ROLE_ALIASES, parse_notebook
 from .shape import regular
 
@@ -273,10 +274,17 @@ def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: d
     chosen: dict[int, str] = {}
     for i in sorted(candidates):
         upstream = set(pipeline.graph.predecessors(app_of[i]))
+        elsewhere = {n for c in free if c != i and c not in chosen for n in pipeline.apps[app_of[c]].defines}
         if all(definers[n] == 1 for n in pipeline.apps[app_of[i]].defines) \
-                and upstream <= {app_of[c] for c in chosen}:
+                and upstream <= {app_of[c] for c in chosen} and not _late_reads(base.cells[i].source) & elsewhere:
             chosen[i] = "only imports and definitions"
     return chosen
+
+
+def _late_reads(source: str) -> frozenset[str]:
+    """The globals the functions and classes a cell defines read when they are called
+    (a setup cell's function finds in its app only what setup cells define)."""
+    return frozenset().union(*(reads for _, reads in analyse_cell(source).callables))
 
 
 def _only_definitions(source: str) -> bool:

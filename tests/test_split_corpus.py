@@ -137,3 +137,17 @@ def test_auto_runs_the_users_of_a_class_that_changes_itself_in_one_app(tmp_path:
     result = nbpipe.execute(path, split="auto", workers=2)
     expected, merged = read_nb(out), read_nb(result.output)
     assert [normalise_outputs(c.outputs) for c in merged.cells] == [normalise_outputs(c.outputs) for c in expected.cells]
+
+
+def test_auto_keeps_a_function_reading_a_later_global_out_of_setup(tmp_path: Path) -> None:
+    """``def f(x): return x * scale`` above ``scale = 2``: made ``setup``, the app
+    calling it was not given ``scale`` and failed with a NameError."""
+    path = write(tmp_path / "nb.ipynb", code("import math"), code("def f(x):\n    return x * scale"),
+                 code("scale = 2\nA = [i for i in range(3)]"), code("B = [i + 1 for i in range(3)]"),
+                 code("r = [f(i) for i in B]\nprint(r)"), code("print(A)"),
+                 code("def g(x):\n    return math.floor(x) + len([x])"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    assert [i for i, _ in chosen.setup] == [0, 6]
+    result = nbpipe.execute(path, split="auto", workers=2)
+    assert result.ok, {a: r.error for a, r in result.apps.items() if r.error}
+    assert read_nb(result.output).cells[4].outputs[0]["text"] == f"{[(i + 1) * 2 for i in range(3)]}\n"
