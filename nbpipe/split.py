@@ -18,10 +18,11 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     start of every app);
   * a value that cannot ship (a generator, an open file, a lock: what the
     defining expression shows, a generator function's call included wherever
-    the function is defined; a class whose methods change its own attributes,
-    as ``Particle.count += 1``, whose every app would have its own count)
-    keeps its producer and its readers, and every cell between them in the
-    graph, in one app; such a class is never ``setup`` either;
+    the function is defined; a class or function whose calls change its own
+    state, as ``Particle.count += 1`` or ``def seen(x, memo={})``, whose every
+    app would have its own count) keeps its producer and its readers, and
+    every cell between them in the graph, in one app; such a definition is
+    never ``setup`` either;
   * a cell whose only input is one app joins that app when nothing else
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
@@ -259,7 +260,7 @@ def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: d
     """The cells that only import and define, read only what such cells define, and define
     nothing another cell defines: cell index -> why it is setup."""
     candidates = {i for i in free if _only_definitions(base.cells[i].source)
-                  and not _self_changing_classes(base.cells[i].source)}
+                  and not _stateful_definitions(base.cells[i].source)}
     if not candidates:
         return {}
     try:
@@ -368,22 +369,34 @@ def _unshippable(source: str, generators: frozenset[str]) -> dict[str, str]:
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
         if what:
             out.update({t.id: what for t in targets if isinstance(t, ast.Name)})
-    return out | _self_changing_classes(source)
+    return out | _stateful_definitions(source)
 
 
-def _self_changing_classes(source: str) -> dict[str, str]:
-    """The classes a cell defines whose methods change the class's own attributes
-    (``Particle.count += 1``, ``cls.seen.append(x)``, ``type(self).n = 0``): every
-    app has its own copy of a class, so what one app's instances count, another's do not see."""
+def _stateful_definitions(source: str) -> dict[str, str]:
+    """The classes and functions a cell defines that keep state their calls change: a
+    class whose methods change its own attributes (``Particle.count += 1``,
+    ``cls.seen.append(x)``, ``type(self).n = 0``), a function with a mutable default
+    (``memo={}``) or one that changes its own attributes (``f.calls += 1``). Every app
+    has its own copy, so what one app's calls count, another's do not see."""
     tree = _tree(source)
-    return {stmt.name: "a class whose methods change its own attributes"
-            for stmt in (tree.body if tree is not None else ())
-            if isinstance(stmt, ast.ClassDef) and _changes_itself(stmt)}
+    out: dict[str, str] = {}
+    for stmt in tree.body if tree is not None else ():
+        if isinstance(stmt, ast.ClassDef) and _changes_itself(stmt, {stmt.name, "cls"}):
+            out[stmt.name] = "a class whose methods change its own attributes"
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if any(isinstance(d, _MUTABLE) for d in stmt.args.defaults + stmt.args.kw_defaults):
+                out[stmt.name] = "a function that keeps state in a mutable default"
+            elif _changes_itself(stmt, {stmt.name}):
+                out[stmt.name] = "a function that changes its own attributes"
+    return out
 
 
-def _changes_itself(cls: ast.ClassDef) -> bool:
-    selves = {cls.name, "cls"}
-    for node in ast.walk(cls):
+_MUTABLE = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.Call)
+
+
+def _changes_itself(definition: ast.stmt, selves: set[str]) -> bool:
+    """Whether a class's (or function's) body changes an attribute of ``selves``."""
+    for node in ast.walk(definition):
         if isinstance(node, (ast.Assign, ast.Delete)):
             targets = node.targets
         elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):

@@ -151,3 +151,21 @@ def test_auto_keeps_a_function_reading_a_later_global_out_of_setup(tmp_path: Pat
     result = nbpipe.execute(path, split="auto", workers=2)
     assert result.ok, {a: r.error for a, r in result.apps.items() if r.error}
     assert read_nb(result.output).cells[4].outputs[0]["text"] == f"{[(i + 1) * 2 for i in range(3)]}\n"
+
+
+def test_auto_runs_the_callers_of_a_function_keeping_state_in_one_app(tmp_path: Path) -> None:
+    """``def seen(x, memo={})`` remembers across calls; in two apps each copy would
+    count its own calls, as a setup cell would start each app's count afresh."""
+    path = write(tmp_path / "nb.ipynb", code("def seen(x, memo={}):\n    memo[x] = True\n    return len(memo)"),
+                 code("def tally():\n    tally.calls = getattr(tally, 'calls', 0) + 1\n    return tally.calls"),
+                 code("a = [seen(i) for i in range(3)]"), code("b = [seen(i) for i in range(10, 12)]"),
+                 code("t = [tally() for _ in range(2)]"), code("u = [tally() for _ in range(3)]"),
+                 code("print(seen(99), a, b, t, u, tally())"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    assert chosen.setup == ()
+    assert [g.cells for g in chosen.groups] == [tuple(range(7))], chosen.explain()
+    out = tmp_path / "nb.out.ipynb"
+    assert run_papermill(path, out) is None
+    result = nbpipe.execute(path, split="auto", workers=2)
+    expected, merged = read_nb(out), read_nb(result.output)
+    assert [normalise_outputs(c.outputs) for c in merged.cells] == [normalise_outputs(c.outputs) for c in expected.cells]
