@@ -23,6 +23,10 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     app would have its own count) keeps its producer and its readers, and
     every cell between them in the graph, in one app; such a definition is
     never ``setup`` either;
+  * a file that a cell writes (``open(p, "w")``, ``df.to_csv(p)``,
+    ``Path(p).write_text(...)``, ``p`` a string literal) keeps every cell that
+    names it, and every cell between them, in one app: the analysis follows
+    names, not files, and apart the reader could run before the writer;
   * a cell whose only input is one app joins that app when nothing else
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
@@ -46,6 +50,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -238,6 +243,7 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
     for name, index in cell_of.items():
         groups.light[name] = _light(sources[index], durations, functions)
     _keep_unshippable(groups, pipeline, cell_of, sources, generators)
+    _keep_shared_files(groups, cell_of, sources)
     groups.contract()
     chosen = groups.result()
     return Split("auto", _tagged(base, chosen, setup), chosen, tuple(sorted(setup.items())), dropped, numbers)
@@ -452,6 +458,54 @@ def _keep_unshippable(groups: _Groups, pipeline: Pipeline, cell_of: dict[str, in
             if readers:
                 groups.merge_between(name, readers, f"{value} is {what}, which cannot ship: "
                                                     f"its readers run in the app that makes it")
+
+
+def _keep_shared_files(groups: _Groups, cell_of: dict[str, int], sources: dict[int, str]) -> None:
+    """Merge the cells that use a file one of them writes (the analysis sees names, not files:
+    apart, the reader could run before the writer)."""
+    uses: dict[str, list[str]] = {}
+    written: set[str] = set()
+    for name, index in sorted(cell_of.items(), key=lambda item: item[1]):
+        reads, writes = _file_uses(sources[index])
+        written |= writes
+        for path in reads | writes:
+            uses.setdefault(path, []).append(name)
+    for path in sorted(written):
+        first, *others = uses[path]
+        groups.merge_between(first, others, f"file {path} is written here and used by another cell: "
+                                            "they run in one app, in order")
+
+
+#: A string that names a file: a relative or absolute path with an extension, or with a folder.
+_PATH = re.compile(r"^[\w.~/-]*(?:\.[A-Za-z0-9]{1,6}|/[\w.-]+)$")
+#: Calls that write the file they are given (``df.to_csv(p)``, ``np.save(p, a)``, ``Path(p).write_text(s)``).
+_WRITES = re.compile(r"^(?:to_\w+|save\w*|savefig|dump|write\w*|mkdir|touch|copy\w*|move|rename|unlink|remove)$")
+
+
+def _file_uses(source: str) -> tuple[set[str], set[str]]:
+    """The file paths a cell's calls are given as string literals: (read, written)."""
+    tree = _tree(source)
+    reads: set[str] = set()
+    writes: set[str] = set()
+    for node in ast.walk(tree) if tree is not None else ():
+        if not isinstance(node, ast.Call):
+            continue
+        paths = {a.value for a in [*node.args, *(k.value for k in node.keywords)]
+                 if isinstance(a, ast.Constant) and isinstance(a.value, str) and _PATH.match(a.value)}
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if isinstance(func, ast.Attribute) and _WRITES.match(called) and isinstance(func.value, ast.Call):
+            inner = func.value  # Path('out.txt').write_text(...)
+            writes |= {a.value for a in inner.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                       and _PATH.match(a.value)}
+        if called == "open":
+            mode = node.args[1] if len(node.args) > 1 else \
+                next((k.value for k in node.keywords if k.arg == "mode"), None)
+            writing = isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) & set("wax+")
+            (writes if writing else reads).update(paths)
+        else:
+            (writes if _WRITES.match(called) else reads).update(paths)
+    return reads, writes
 
 
 class _Groups:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nbformat
 import networkx as nx
 import pytest
 
@@ -136,7 +137,8 @@ def test_auto_runs_the_users_of_a_class_that_changes_itself_in_one_app(tmp_path:
     assert run_papermill(path, out) is None
     result = nbpipe.execute(path, split="auto", workers=2)
     expected, merged = read_nb(out), read_nb(result.output)
-    assert [normalise_outputs(c.outputs) for c in merged.cells] == [normalise_outputs(c.outputs) for c in expected.cells]
+    assert [normalise_outputs(c.outputs) for c in merged.cells] \
+        == [normalise_outputs(c.outputs) for c in expected.cells]
 
 
 def test_auto_keeps_a_function_reading_a_later_global_out_of_setup(tmp_path: Path) -> None:
@@ -168,4 +170,28 @@ def test_auto_runs_the_callers_of_a_function_keeping_state_in_one_app(tmp_path: 
     assert run_papermill(path, out) is None
     result = nbpipe.execute(path, split="auto", workers=2)
     expected, merged = read_nb(out), read_nb(result.output)
-    assert [normalise_outputs(c.outputs) for c in merged.cells] == [normalise_outputs(c.outputs) for c in expected.cells]
+    assert [normalise_outputs(c.outputs) for c in merged.cells] \
+        == [normalise_outputs(c.outputs) for c in expected.cells]
+
+
+def test_auto_runs_a_file_written_and_read_by_two_cells_in_one_app(tmp_path: Path) -> None:
+    """Cells that share nothing but a file (``open("out.txt", "w")`` above
+    ``open("out.txt")``) became parallel apps, and the reader found no file. Two
+    cells that only read one file still run apart."""
+    path = write(tmp_path / "nb.ipynb", code("rows = [str(i) for i in range(5)]"),
+                 code("with open('out.txt', 'w') as fh:\n    fh.write(','.join(rows))"),
+                 code("with open('out.txt') as fh:\n    text = [line for line in fh]\nprint(text)"),
+                 code("Path('more.txt').write_text('x')"),
+                 code("n = [len(Path('more.txt').read_text()) for _ in 'ab']"),
+                 code("a = [c for c in open('data.txt')]"), code("b = [c * 2 for c in open('data.txt')]"))
+    nb = read_nb(path)
+    nb.cells.insert(0, code("from pathlib import Path"))
+    nbformat.write(nb, path)
+    (tmp_path / "data.txt").write_text("1\n2\n")
+    chosen = split_notebook(read_nb(path), "auto", path)
+    app_of = {cell: g.app for g in chosen.groups for cell in g.cells}
+    assert app_of[2] == app_of[3] and app_of[4] == app_of[5], chosen.explain()
+    assert app_of[6] != app_of[7], chosen.explain()
+    result = nbpipe.execute(path, split="auto", workers=2)
+    assert result.ok, {a: r.error for a, r in result.apps.items() if r.error}
+    assert read_nb(result.output).cells[3].outputs[0]["text"] == f"{[','.join(map(str, range(5)))]}\n"
