@@ -96,6 +96,9 @@ def test_corpus_is_well_formed(tmp_path: Path) -> None:
             nbformat.write(retag(nb, mode), path)
             got = [app.spec.cells for app in nbpipe.load_pipeline(path, split_of(mode)).apps.values()]
             assert sorted(got) == sorted(apps), (name, mode)
+        if name in DEFAULT_AUTO:
+            path = place(retag(nb, "auto"), tmp_path / name, name)
+            assert len(nbpipe.load_pipeline(path, split_of("auto")).apps) >= 2, f"--split auto runs {name} as one app"
 
 
 def _one_per_cell(nb: Any) -> list[tuple[int, ...]]:
