@@ -549,13 +549,15 @@ class _Groups:
             self.q.add_edge(u, v, names=set(names))
 
     def merge_between(self, producer: str, readers: Iterable[str], why: str) -> None:
-        """Merge ``producer``, ``readers`` and every app on a path between them into one."""
+        """Merge ``producer``, ``readers`` and every app on a path between them, either
+        way (a group holds cells from both sides of another), into one."""
         head = self.owner[producer]
         for reader in readers:
             tail = self.owner[reader]
             if tail == head:
                 continue
-            between = (nx.descendants(self.q, head) & nx.ancestors(self.q, tail)) | {tail}
+            between = (nx.descendants(self.q, head) & nx.ancestors(self.q, tail)) \
+                | (nx.descendants(self.q, tail) & nx.ancestors(self.q, head)) | {tail}
             for other in sorted(between, key=self._first):
                 self.merge(head, other, why)
 

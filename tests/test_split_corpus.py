@@ -195,3 +195,17 @@ def test_auto_runs_a_file_written_and_read_by_two_cells_in_one_app(tmp_path: Pat
     result = nbpipe.execute(path, split="auto", workers=2)
     assert result.ok, {a: r.error for a, r in result.apps.items() if r.error}
     assert read_nb(result.output).cells[3].outputs[0]["text"] == f"{[','.join(map(str, range(5)))]}\n"
+
+
+def test_auto_merges_what_lies_between_two_cells_in_either_direction(tmp_path: Path) -> None:
+    """The writer of a file (cell 4) reads, through cell 3, from the app that also holds
+    the file's reader (cells 2 and 5, kept together by a generator): merging them must
+    take cell 3 along, or the apps wait on each other (a cycle nbpipe refuses)."""
+    path = write(tmp_path / "nb.ipynb", code("def gen():\n    yield from range(3)"),
+                 code("z = [i for i in range(4)]"), code("g = gen()\nk = 2"),
+                 code("m = [k * i + z[i] for i in range(3)]"),
+                 code("with open('f.txt', 'w') as fh:\n    fh.write(str([x for x in m]))"),
+                 code("r = [x for x in g]\nprint(r, z, open('f.txt').read())"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    assert main(["check", str(path), "--split", "auto"]) == 0
+    assert len({g.app for g in chosen.groups for cell in g.cells if cell in (2, 3, 4, 5)}) == 1, chosen.explain()
