@@ -26,7 +26,9 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
   * a file that a cell writes (``open(p, "w")``, ``df.to_csv(p)``,
     ``Path(p).write_text(...)``, ``p`` a string literal) keeps every cell that
     names it, and every cell between them, in one app: the analysis follows
-    names, not files, and apart the reader could run before the writer;
+    names, not files, and apart the reader could run before the writer; a
+    merge that would make an app read one name from two apps takes in the
+    later of them (it redefines the name between the app's cells);
   * a cell whose only input is one app joins that app when nothing else
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
@@ -560,6 +562,19 @@ class _Groups:
                 | (nx.descendants(self.q, tail) & nx.ancestors(self.q, head)) | {tail}
             for other in sorted(between, key=self._first):
                 self.merge(head, other, why)
+        self._one_value_each(head, why)
+
+    def _one_value_each(self, group: str, why: str) -> None:
+        """An app receives one value of each name: when ``group`` now reads a name from two
+        apps, the later one (a redefinition between its cells) joins it too."""
+        producers: dict[str, list[str]] = {}
+        for p, _, data in self.q.in_edges(group, data=True):
+            for n in data["names"]:
+                producers.setdefault(n, []).append(p)
+        later = sorted({p for ps in producers.values() if len(ps) > 1 for p in sorted(ps, key=self._first)[1:]},
+                       key=self._first)
+        if later:
+            self.merge_between(group, later[:1], why)
 
     def _first(self, group: str) -> int:
         return min(self.members[group])

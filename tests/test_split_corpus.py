@@ -209,3 +209,16 @@ def test_auto_merges_what_lies_between_two_cells_in_either_direction(tmp_path: P
     chosen = split_notebook(read_nb(path), "auto", path)
     assert main(["check", str(path), "--split", "auto"]) == 0
     assert len({g.app for g in chosen.groups for cell in g.cells if cell in (2, 3, 4, 5)}) == 1, chosen.explain()
+
+
+def test_auto_merges_a_redefinition_between_two_cells_it_puts_together(tmp_path: Path) -> None:
+    """Cells 1 and 3 write one file, so they run in one app; between them cell 2
+    redefines the ``f`` both read. The app would need two values of ``f`` (nbpipe
+    refuses that): cell 2 joins it, and the app reads ``f`` once, from cell 0."""
+    write_f = "with open('f.txt', 'w') as fh:\n    fh.write(str([i for i in f]))"
+    path = write(tmp_path / "nb.ipynb", code("f = [6]\nn = [i for i in range(2)]"), code(write_f),
+                 code("f = [i for i in range(3)]"), code(write_f), code("print([i * 2 for i in n])"))
+    chosen = split_notebook(read_nb(path), "auto", path)
+    assert main(["check", str(path), "--split", "auto"]) == 0
+    app_of = {cell: g.app for g in chosen.groups for cell in g.cells}
+    assert app_of[1] == app_of[2] == app_of[3], chosen.explain()
