@@ -9,6 +9,7 @@ regression tests of the grouping rules the corpus showed wrong.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import nbformat
@@ -18,10 +19,12 @@ import pytest
 import nbpipe
 from conftest import normalise_outputs, run_papermill
 from corpustools import corpus_names, place, read, strip_tags
-from nbbuild import code, write
+from nbbuild import code, notebook, write
 from nbbuild import read as read_nb
 from nbpipe.cli import main
-from nbpipe.graph import Pipeline
+from nbpipe.errors import NbpipeError
+from nbpipe.graph import Pipeline, build_pipeline
+from nbpipe.parse import parse_notebook
 from nbpipe.split import MODES, split_notebook
 
 
@@ -222,3 +225,29 @@ def test_auto_merges_a_redefinition_between_two_cells_it_puts_together(tmp_path:
     assert main(["check", str(path), "--split", "auto"]) == 0
     app_of = {cell: g.app for g in chosen.groups for cell in g.cells}
     assert app_of[1] == app_of[2] == app_of[3], chosen.explain()
+
+
+def _random_cell(r: random.Random) -> str:
+    x, y = r.choice("abc"), r.choice("abc")
+    return r.choice([f"{x} = [i for i in range(3)]", f"{x} = {y}[:] + [1]", f"print({x}, {y})",
+                     f"def f_{x}(v):\n    return v + len({y})", f"{x} = (i for i in range(3))",
+                     f"with open('{x}.txt', 'w') as fh:\n    fh.write(str([i for i in {y}]))",
+                     f"{x} = [line for line in open('{y}.txt')]", f"{x}.append([i for i in {y}])"])
+
+
+def test_auto_splits_random_notebooks_into_apps_nbpipe_accepts() -> None:
+    """Whatever the merges (unshippable values, shared files, chains), the apps chosen
+    form no cycle and no app needs two values of a name, when one app per cell does not."""
+    tried = 0
+    for seed in range(300):
+        r = random.Random(seed)
+        nb = notebook(code("a, b, c = [1], [2], [3]"),
+                      *[code(_random_cell(r)) for _ in range(r.randrange(3, 10))])
+        try:
+            build_pipeline(parse_notebook(split_notebook(nb, "cells").nb))
+        except NbpipeError:
+            continue
+        chosen = split_notebook(nb, "auto")
+        build_pipeline(parse_notebook(chosen.nb))
+        tried += 1
+    assert tried > 100
