@@ -192,6 +192,9 @@ def build_pipeline(parsed: ParsedNotebook) -> Pipeline:
                     got[n], first_read[n] = producer, index
                     _late_bound(n, producer, index, name, own, got, first_read, callables,
                                 definers, app_of)
+            for n in sorted(names[index].reads & own & callables.get(name, {}).keys()):
+                # a function of this app, called here: its globals may come from another app
+                _late_bound(n, name, index, name, own, got, first_read, callables, definers, app_of)
             own |= names[index].defines
         if spec.map and map_sources[name] is not None:
             if spec.map.iterable not in got:
@@ -425,8 +428,8 @@ def _with_global_writes(names: dict[int, CellNames], cells: Any) -> dict[int, Ce
 def _late_bound(name: str, producer: str, index: int, app: str, own: set[str], got: dict[str, str],
                 first_read: dict[str, int], callables: dict[str, dict[str, frozenset[str]]],
                 definers: dict[str, list[int]], app_of: Mapping[int, str | None]) -> None:
-    """A function read from another app looks its globals up when it is called,
-    in serial execution the values above the calling cell: read those too."""
+    """A function read from another app (or defined in this one) looks its globals up
+    when it is called, in serial execution the values above the calling cell: read those too."""
     todo = [(name, producer)]
     while todo:
         function, source = todo.pop()

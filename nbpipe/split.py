@@ -11,12 +11,24 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
   (:func:`nbpipe.graph.build_pipeline` over one app per cell), aiming at the
   shortest critical path with the fewest shipped values:
 
-  * a cell that only imports or defines functions and classes, reads only
-    what such cells define, and defines nothing another cell defines, becomes
-    ``setup`` (it runs at the start of every app);
+  * a cell that only imports or defines functions and classes (line magics
+    of :data:`SETUP_MAGICS`, such as ``%matplotlib inline``, allowed), reads only
+    what such cells define, now and when its functions are called later, and
+    defines nothing another cell defines, becomes ``setup`` (it runs at the
+    start of every app);
   * a value that cannot ship (a generator, an open file, a lock: what the
-    defining expression shows) keeps its producer and its readers, and
-    every cell between them in the graph, in one app;
+    defining expression shows, a generator function's call included wherever
+    the function is defined; a class or function whose calls change its own
+    state, as ``Particle.count += 1`` or ``def seen(x, memo={})``, whose every
+    app would have its own count) keeps its producer and its readers, and
+    every cell between them in the graph, in one app; such a definition is
+    never ``setup`` either;
+  * a file that a cell writes (``open(p, "w")``, ``df.to_csv(p)``,
+    ``Path(p).write_text(...)``, ``p`` a string literal) keeps every cell that
+    names it, and every cell between them, in one app: the analysis follows
+    names, not files, and apart the reader could run before the writer; a
+    merge that would make an app read one name from two apps takes in the
+    later of them (it redefines the name between the app's cells);
   * a cell whose only input is one app joins that app when nothing else
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
@@ -24,7 +36,8 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     one app that reads it. Light means a previous run measured it under
     :data:`LIGHT_SECONDS` (the cache records each cell's duration), or, never
     measured, no loop, comprehension or call of a function the notebook
-    defines, in at most :data:`LIGHT_STATEMENTS` statements.
+    defines (in any cell, one tagged ``setup`` too), in at most
+    :data:`LIGHT_STATEMENTS` statements.
 
   Independent branches stay apart, so they run in parallel.
 
@@ -33,7 +46,8 @@ Both splits order cells that name the same file (a string such as
 ``df.to_csv``, ``open(path, "w")``, a shell command): the later cell's app
 gets ``after:`` the earlier one's, as serial execution orders them.
 
-``parameters``, ``setup``, ``skip`` and ``metrics`` keep their meaning; every
+``parameters``, ``setup``, ``skip`` and ``metrics`` keep their meaning (the
+``metrics`` cells stay their own block, which ``auto`` groups around); every
 other nbpipe tag is dropped (:attr:`Split.dropped`, which the CLI warns
 about); tags nbpipe does not know (``remove-input``, ...) are kept.
 """
@@ -68,6 +82,8 @@ KEPT_ROLES = frozenset({"parameters", "setup", "skip", "metrics"})
 LIGHT_SECONDS = 0.25
 #: A cell never measured counts as light up to this many statements.
 LIGHT_STATEMENTS = 10
+#: Line magics that only set the session up, as safe to run again in every app as an import.
+SETUP_MAGICS = frozenset({"matplotlib", "config", "load_ext", "autoreload"})
 #: Calls whose result cannot ship (module, function); a generator expression cannot either.
 UNSHIPPABLE_CALLS = frozenset({
     ("", "open"), ("io", "open"), ("threading", "Lock"), ("threading", "RLock"), ("threading", "Thread"),
@@ -268,25 +284,41 @@ def _grouping(pipeline: Pipeline, free: list[int], numbers: Mapping[int, int], s
               unshippable: bool, contract: bool) -> tuple[Group, ...]:
     """Group the one-app-per-cell ``pipeline`` (the module's docstring says how)."""
     cell_of = {f"cell{numbers[i]}": i for i in free if i not in setup}
-    groups = _Groups(pipeline.graph, cell_of, numbers, sources)
+    groups = _Groups(_cell_graph(pipeline.graph, cell_of), cell_of, numbers, sources)
     for i, j, file in order:
-        if i not in setup and j not in setup:
+        if i not in setup and j not in setup and groups.q.has_edge(f"cell{numbers[i]}", f"cell{numbers[j]}"):
             groups.q.edges[f"cell{numbers[i]}", f"cell{numbers[j]}"]["names"].add(f"file {file}")
-    functions = _functions(sources.values())
+    every = [cell.source for cell in pipeline.parsed.nb.cells if cell.cell_type == "code"]  # tagged setup too
+    functions = _functions(every)
     for name, index in cell_of.items():
         groups.light[name] = groups.cell_light[index] = _light(sources[index], durations, functions)
     if unshippable:
-        _keep_unshippable(groups, pipeline, cell_of, sources, _generator_functions(sources.values()))
+        _keep_unshippable(groups, pipeline, cell_of, sources, _generator_functions(every))
+        _keep_shared_files(groups, cell_of, sources)
     if contract:
         groups.contract()
     return groups.result()
+
+
+def _cell_graph(graph: nx.DiGraph, cell_of: Mapping[str, int]) -> nx.DiGraph:
+    """The graph of the cell apps alone: a block the split keeps as tagged (``metrics``)
+    is left out, an edge through it kept as an edge around it, so that no merge makes
+    a cycle through it."""
+    out = graph.subgraph(cell_of).copy()
+    for block in set(graph.nodes) - set(cell_of):
+        for u in graph.predecessors(block):
+            for v in graph.successors(block):
+                if u in cell_of and v in cell_of and not out.has_edge(u, v):
+                    out.add_edge(u, v, names=set(graph.edges[block, v].get("names", ())))
+    return out
 
 
 def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int],
                  order: Iterable[tuple[int, int, str]]) -> dict[int, str]:
     """The cells that only import and define, read only what such cells define, and define
     nothing another cell defines: cell index -> why it is setup."""
-    candidates = {i for i in free if _only_definitions(base.cells[i].source)}
+    candidates = {i for i in free if _only_definitions(base.cells[i].source)
+                  and not _stateful_definitions(base.cells[i].source)}
     if not candidates:
         return {}
     try:
@@ -302,17 +334,17 @@ def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: d
     chosen: dict[int, str] = {}
     for i in sorted(candidates):
         upstream = set(pipeline.graph.predecessors(app_of[i]))
+        elsewhere = {n for c in free if c != i and c not in chosen for n in pipeline.apps[app_of[c]].defines}
         if all(definers[n] == 1 for n in pipeline.apps[app_of[i]].defines) \
-                and upstream <= {app_of[c] for c in chosen} and _self_contained(base.cells[i].source, from_apps):
+                and upstream <= {app_of[c] for c in chosen} and not _late_reads(base.cells[i].source) & elsewhere:
             chosen[i] = "only imports and definitions"
     return chosen
 
 
-def _self_contained(source: str, from_apps: set[str]) -> bool:
-    """Whether the functions and classes a cell defines, once called, read no global an app
-    defines and change no global: in setup they run in every app, where no app ships those."""
-    found = analyse_cell(source)
-    return not found.global_writes and not any(names & from_apps for _, names in found.callables)
+def _late_reads(source: str) -> frozenset[str]:
+    """The globals the functions and classes a cell defines read when they are called
+    (a setup cell's function finds in its app only what setup cells define)."""
+    return frozenset().union(*(reads for _, reads in analyse_cell(source).callables))
 
 
 def _only_definitions(source: str) -> bool:
@@ -327,60 +359,30 @@ def _only_definitions(source: str) -> bool:
     return True
 
 
-#: Line magics that set up a kernel the same way in every app (``%matplotlib inline``).
-SETUP_MAGICS = frozenset({"matplotlib", "config", "load_ext"})
-
-
 def _setup_magic(stmt: ast.stmt) -> bool:
-    """``get_ipython().run_line_magic('matplotlib', ...)``: what IPython makes of a setup magic."""
-    call = stmt.value if isinstance(stmt, ast.Expr) else None
-    return (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-            and call.func.attr == "run_line_magic" and bool(call.args)
-            and isinstance(call.args[0], ast.Constant) and call.args[0].value in SETUP_MAGICS)
-
-
-#: Calls that write a file they are given (``df.to_csv(path)``, ``np.save(path, a)``, ``fig.savefig``).
-FILE_WRITERS = frozenset({"save", "savez", "savez_compressed", "savetxt", "tofile", "savefig", "dump",
-                          "to_csv", "to_parquet", "to_json", "to_pickle", "to_hdf", "to_excel", "to_feather",
-                          "to_netcdf", "to_zarr", "write", "write_text", "write_bytes", "writelines",
-                          "mkdir", "touch", "unlink", "remove", "rename", "replace", "rmtree", "copy",
-                          "copyfile", "move", "system", "getoutput"})
-#: A string that names a file: no spaces, and a short extension (``data/events.csv``).
-_PATH = re.compile(r"[\w./~-]*\.[A-Za-z0-9]{1,8}\Z")
+    """Whether ``stmt`` is a line magic of :data:`SETUP_MAGICS` (as IPython transforms it:
+    ``get_ipython().run_line_magic('matplotlib', 'inline')``)."""
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and stmt.value.args):
+        return False
+    func, name = stmt.value.func, stmt.value.args[0]
+    return isinstance(func, ast.Attribute) and func.attr == "run_line_magic" \
+        and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Name) \
+        and func.value.func.id == "get_ipython" and isinstance(name, ast.Constant) and name.value in SETUP_MAGICS
 
 
 def _file_order(sources: Mapping[int, str]) -> list[tuple[int, int, str]]:
-    """(earlier cell, later cell, path) for cells naming the same file where either writes
-    files: serial execution orders them, so must the apps (an ``after:`` between them)."""
-    seen: dict[str, list[tuple[int, bool]]] = {}
+    """(earlier cell, later cell, path) for two cells using a file either of them writes
+    (:func:`_file_uses`): serial execution orders them, so must the apps (``after:``)."""
+    uses: dict[str, list[tuple[int, bool]]] = {}
     for index in sorted(sources):
-        tree = _tree(sources[index])
-        if tree is None:
-            continue
-        writes = any(isinstance(n, ast.Call) and _writes(n) for n in ast.walk(tree))
-        paths = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                 and len(n.value) < 256 and _PATH.match(n.value) and not n.value.startswith(".")}
-        for path in sorted(paths):
-            seen.setdefault(path, []).append((index, writes))
+        reads, writes = _file_uses(sources[index])
+        for path in sorted(reads | writes):
+            uses.setdefault(path, []).append((index, path in writes))
     out = []
-    for path, cells in seen.items():
+    for path, cells in uses.items():
         for n, (j, j_writes) in enumerate(cells):
             out += [(i, j, path) for i, i_writes in cells[:n] if i_writes or j_writes]
     return out
-
-
-def _writes(call: ast.Call) -> bool:
-    func = call.func
-    if isinstance(func, ast.Attribute):
-        if func.attr in FILE_WRITERS:
-            return True
-        return func.attr == "run_cell_magic" and bool(call.args) and isinstance(call.args[0], ast.Constant) \
-            and call.args[0].value in ("bash", "sh", "script", "writefile")
-    if isinstance(func, ast.Name) and func.id == "open":
-        mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"),
-                                                              None)
-        return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and bool(set(mode.value) & set("wax+"))
-    return False
 
 
 def _tree(source: str) -> ast.Module | None:
@@ -441,7 +443,59 @@ def _unshippable(source: str, generators: frozenset[str]) -> dict[str, str]:
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
         if what:
             out.update({t.id: what for t in targets if isinstance(t, ast.Name)})
+    return out | _stateful_definitions(source)
+
+
+def _stateful_definitions(source: str) -> dict[str, str]:
+    """The classes and functions a cell defines that keep state their calls change: a
+    class whose methods change its own attributes (``Particle.count += 1``,
+    ``cls.seen.append(x)``, ``type(self).n = 0``), a function with a mutable default
+    (``memo={}``) or one that changes its own attributes (``f.calls += 1``). Every app
+    has its own copy, so what one app's calls count, another's do not see."""
+    tree = _tree(source)
+    out: dict[str, str] = {}
+    for stmt in tree.body if tree is not None else ():
+        if isinstance(stmt, ast.ClassDef) and _changes_itself(stmt, {stmt.name, "cls"}):
+            out[stmt.name] = "a class whose methods change its own attributes"
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if any(isinstance(d, _MUTABLE) for d in stmt.args.defaults + stmt.args.kw_defaults):
+                out[stmt.name] = "a function that keeps state in a mutable default"
+            elif _changes_itself(stmt, {stmt.name}):
+                out[stmt.name] = "a function that changes its own attributes"
     return out
+
+
+_MUTABLE = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.Call)
+
+
+def _changes_itself(definition: ast.stmt, selves: set[str]) -> bool:
+    """Whether a class's (or function's) body changes an attribute of ``selves``."""
+    for node in ast.walk(definition):
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            targets = [node.func.value]  # Particle.seen.append(...): a method of an attribute
+        else:
+            continue
+        if any(_of_class(t, selves) for t in targets):
+            return True
+    return False
+
+
+def _of_class(node: ast.expr, selves: set[str]) -> bool:
+    """Whether ``node`` is an attribute (or item of one) of the class itself: ``C.x``,
+    ``cls.x[0]``, ``type(self).x``, ``self.__class__.x``."""
+    if not isinstance(node, (ast.Attribute, ast.Subscript)):
+        return False
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Attribute) and node.attr == "__class__":
+            return True
+        node = node.value
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id == "type"
+    return isinstance(node, ast.Name) and node.id in selves
 
 
 def _unshippable_value(value: ast.expr, generators: frozenset[str]) -> str | None:
@@ -472,6 +526,54 @@ def _keep_unshippable(groups: _Groups, pipeline: Pipeline, cell_of: dict[str, in
             if readers:
                 groups.merge_between(name, readers, f"{value} is {what}, which cannot ship: "
                                                     f"its readers run in the app that makes it")
+
+
+def _keep_shared_files(groups: _Groups, cell_of: dict[str, int], sources: dict[int, str]) -> None:
+    """Merge the cells that use a file one of them writes (the analysis sees names, not files:
+    apart, the reader could run before the writer)."""
+    uses: dict[str, list[str]] = {}
+    written: set[str] = set()
+    for name, index in sorted(cell_of.items(), key=lambda item: item[1]):
+        reads, writes = _file_uses(sources[index])
+        written |= writes
+        for path in reads | writes:
+            uses.setdefault(path, []).append(name)
+    for path in sorted(written):
+        first, *others = uses[path]
+        groups.merge_between(first, others, f"file {path} is written here and used by another cell: "
+                                            "they run in one app, in order")
+
+
+#: A string that names a file: a relative or absolute path with an extension, or with a folder.
+_PATH = re.compile(r"^[\w.~/-]*(?:\.[A-Za-z0-9]{1,6}|/[\w.-]+)$")
+#: Calls that write the file they are given (``df.to_csv(p)``, ``np.save(p, a)``, ``Path(p).write_text(s)``).
+_WRITES = re.compile(r"^(?:to_\w+|save\w*|savefig|dump|write\w*|mkdir|touch|copy\w*|move|rename|unlink|remove)$")
+
+
+def _file_uses(source: str) -> tuple[set[str], set[str]]:
+    """The file paths a cell's calls are given as string literals: (read, written)."""
+    tree = _tree(source)
+    reads: set[str] = set()
+    writes: set[str] = set()
+    for node in ast.walk(tree) if tree is not None else ():
+        if not isinstance(node, ast.Call):
+            continue
+        paths = {a.value for a in [*node.args, *(k.value for k in node.keywords)]
+                 if isinstance(a, ast.Constant) and isinstance(a.value, str) and _PATH.match(a.value)}
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if isinstance(func, ast.Attribute) and _WRITES.match(called) and isinstance(func.value, ast.Call):
+            inner = func.value  # Path('out.txt').write_text(...)
+            writes |= {a.value for a in inner.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                       and _PATH.match(a.value)}
+        if called == "open":
+            mode = node.args[1] if len(node.args) > 1 else \
+                next((k.value for k in node.keywords if k.arg == "mode"), None)
+            writing = isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) & set("wax+")
+            (writes if writing else reads).update(paths)
+        else:
+            (writes if _WRITES.match(called) else reads).update(paths)
+    return reads, writes
 
 
 class _Groups:
@@ -516,15 +618,30 @@ class _Groups:
             self.q.add_edge(u, v, names=set(names))
 
     def merge_between(self, producer: str, readers: Iterable[str], why: str) -> None:
-        """Merge ``producer``, ``readers`` and every app on a path between them into one."""
+        """Merge ``producer``, ``readers`` and every app on a path between them, either
+        way (a group holds cells from both sides of another), into one."""
         head = self.owner[producer]
         for reader in readers:
             tail = self.owner[reader]
             if tail == head:
                 continue
-            between = (nx.descendants(self.q, head) & nx.ancestors(self.q, tail)) | {tail}
+            between = (nx.descendants(self.q, head) & nx.ancestors(self.q, tail)) \
+                | (nx.descendants(self.q, tail) & nx.ancestors(self.q, head)) | {tail}
             for other in sorted(between, key=self._first):
                 self.merge(head, other, why)
+        self._one_value_each(head, why)
+
+    def _one_value_each(self, group: str, why: str) -> None:
+        """An app receives one value of each name: when ``group`` now reads a name from two
+        apps, the later one (a redefinition between its cells) joins it too."""
+        producers: dict[str, list[str]] = {}
+        for p, _, data in self.q.in_edges(group, data=True):
+            for n in data["names"]:
+                producers.setdefault(n, []).append(p)
+        later = sorted({p for ps in producers.values() if len(ps) > 1 for p in sorted(ps, key=self._first)[1:]},
+                       key=self._first)
+        if later:
+            self.merge_between(group, later[:1], why)
 
     def _first(self, group: str) -> int:
         return min(self.members[group])

@@ -1,10 +1,16 @@
 """The realistic notebook corpus (``tests/corpus/``) and the ways the suite tags it.
 
 Each corpus notebook is stored without outputs and carries its hand tags, the
-split a scientist would choose. :func:`retag` derives the other two modes
-from it: ``untagged`` strips every tag (one app ``main``), ``cells`` makes
-every code cell its own app (:func:`tag_every_cell`). :func:`place` writes a
-notebook into a fresh directory beside the data files the corpus reads.
+split a scientist would choose (mode ``hand``). :func:`retag` derives the
+notebook each other mode runs, and :func:`split_of` the ``split`` nbpipe is
+asked for: ``untagged`` strips every tag (one app ``main``); ``cells`` is
+nbpipe's own ``--split cells`` on the notebook as stored, so the split must
+drop its app tags (``app:``, Kale's ``block:``/``prev:``) and keep its
+``setup``, ``skip`` and parameters cells, Kale's aliases too; ``auto`` is
+``--split auto`` on the stripped notebook, the case it is made for, so the
+split alone decides which cells are ``setup`` and which run together.
+:func:`place` writes a notebook into a fresh directory beside the data files
+the corpus reads.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ CORPUS = TESTS / "corpus"
 SHARED_DATA = [TESTS.parent / "example_notebooks" / "data" / "uproot-Zmumu.root"]
 
 #: How a notebook is tagged before nbpipe runs it.
-MODES = ("untagged", "cells", "hand")
+MODES = ("untagged", "cells", "hand", "auto")
+#: The ``split`` nbpipe runs each mode with (None: the notebook's tags).
+SPLITS = {"cells": "cells", "auto": "auto"}
 
 
 def corpus_names() -> list[str]:
@@ -41,28 +49,18 @@ def strip_tags(nb: Any) -> Any:
     return nb
 
 
-def tag_every_cell(nb: Any) -> Any:
-    """A copy of ``nb`` whose code cells are each their own app, ``app:c<N>``.
-
-    N counts code cells from 0. Every other tag is dropped, so ``skip`` cells
-    run and ``setup`` cells become apps like the rest.
-    """
-    nb = strip_tags(nb)
-    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
-    for n, cell in enumerate(code_cells):
-        cell.metadata["tags"] = [f"app:c{n}"]
-    return nb
-
-
 def retag(nb: Any, mode: str) -> Any:
     """``nb`` tagged as ``mode`` says (one of :data:`MODES`)."""
-    if mode == "untagged":
+    if mode in ("untagged", "auto"):
         return strip_tags(nb)
-    if mode == "cells":
-        return tag_every_cell(nb)
-    if mode == "hand":
+    if mode in ("cells", "hand"):
         return copy.deepcopy(nb)
     raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+
+
+def split_of(mode: str) -> str | None:
+    """The ``split`` argument of :func:`nbpipe.execute` for ``mode``."""
+    return SPLITS.get(mode)
 
 
 def place(nb: Any, directory: Path, name: str) -> Path:

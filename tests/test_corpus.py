@@ -1,15 +1,17 @@
 """The realistic corpus: every notebook in tests/corpus/ gives papermill's outputs.
 
 Each notebook runs once under papermill (per session) and then under nbpipe
-in three tagging modes (``corpustools.MODES``: untagged, every code cell its
-own app, the notebook's hand tags) on every engine. Every output of every
+in four tagging modes (``corpustools.MODES``: untagged, ``--split cells`` on
+the notebook as stored, the notebook's hand tags, ``--split auto`` on the
+stripped notebook) on every engine. Every output of every
 code cell must equal papermill's, image bytes included (conftest.py
 ``normalise_outputs``), and so must its execution count. A cell tagged
 ``skip`` is never executed by nbpipe, so it is expected to stay empty; it
 keeps its place in the numbering, as in papermill's run.
 
 The default run covers one notebook of each style (``DEFAULT_NOTEBOOKS``)
-with every cell its own app on the default engine; the full matrix, every
+with ``--split cells``, and a few notebooks ``--split auto`` cuts into
+several apps (``DEFAULT_AUTO``), on the default engine; the full matrix, every
 notebook in every mode on every engine, is ``pytest -m slow tests/test_corpus.py``.
 The few cells that differ for a documented reason are listed in
 ``KNOWN_DIFFERENCES``, and must keep differing.
@@ -26,15 +28,20 @@ import pytest
 
 import nbpipe
 from conftest import Runs, assert_same_outputs, normalise_outputs, run_papermill
-from corpustools import MODES, corpus_names, place, read, retag
+from corpustools import MODES, corpus_names, place, read, retag, split_of
 from nbpipe.api import ENGINES
 from nbpipe.errors import NbpipeError
+from nbpipe.parse import ROLE_ALIASES
+from nbpipe.split import KEPT_ROLES
 
-DEFAULT = ("cells", "ipython")  # the (mode, engine) the default suite runs
-#: The notebooks the default suite runs (in DEFAULT): one of each style.
+DEFAULT_ENGINE = "ipython"  # the engine the default suite runs
+#: The notebooks the default suite runs with ``--split cells``: one of each style.
 DEFAULT_NOTEBOOKS = ("decay_fit", "decorators", "eval_strings", "histogram_styles", "iris_classifier",
                      "iterators", "magics_tour", "random_walk", "record_arrays", "station_cleaning",
                      "views_and_aliases", "warnings_logging", "writefile_module")
+#: The notebooks the default suite runs with ``--split auto``: a few it cuts into several apps.
+DEFAULT_AUTO = ("decorators", "random_walk", "wine_clusters")
+DEFAULT = {"cells": DEFAULT_NOTEBOOKS, "auto": DEFAULT_AUTO}
 #: Cells that differ from papermill for a documented reason, by (notebook, mode).
 #: Each must still differ: once it matches, the entry goes (the test says so).
 KNOWN_DIFFERENCES = {
@@ -49,7 +56,7 @@ def _matrix() -> Iterator[Any]:
     for name in corpus_names():
         for engine in ENGINES:
             for mode in MODES:
-                default = (mode, engine) == DEFAULT and name in DEFAULT_NOTEBOOKS
+                default = engine == DEFAULT_ENGINE and name in DEFAULT.get(mode, ())
                 marks = () if default else (pytest.mark.slow,)
                 yield pytest.param(name, mode, engine, id=f"{name}-{mode}-{engine}", marks=marks)
 
@@ -75,7 +82,7 @@ def test_corpus_is_well_formed(tmp_path: Path) -> None:
     """At least 25 notebooks, stored without outputs, titled, hand-tagged; the modes split as promised."""
     names = corpus_names()
     assert len(names) >= 25, names
-    assert set(DEFAULT_NOTEBOOKS) <= set(names), set(DEFAULT_NOTEBOOKS) - set(names)
+    assert set(DEFAULT_NOTEBOOKS + DEFAULT_AUTO) <= set(names), set(DEFAULT_NOTEBOOKS + DEFAULT_AUTO) - set(names)
     for name in names:
         nb = read(name)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -84,10 +91,23 @@ def test_corpus_is_well_formed(tmp_path: Path) -> None:
         hand_apps = {t.split(":", 1)[1] for c in code for t in c.metadata.get("tags", [])
                      if t.startswith(("app:", "block:"))}
         assert len(hand_apps) >= 2, f"{name} has no hand split into apps"
-        for mode, apps in (("untagged", 1), ("cells", len(code))):
+        for mode, apps in (("untagged", [tuple(nb.cells.index(c) for c in code)]), ("cells", _one_per_cell(nb))):
             path = tmp_path / f"{name}.{mode}.ipynb"
             nbformat.write(retag(nb, mode), path)
-            assert len(nbpipe.load_pipeline(path).apps) == apps, (name, mode)
+            got = [app.spec.cells for app in nbpipe.load_pipeline(path, split_of(mode)).apps.values()]
+            assert sorted(got) == sorted(apps), (name, mode)
+        if name in DEFAULT_AUTO:
+            path = place(retag(nb, "auto"), tmp_path / name, name)
+            assert len(nbpipe.load_pipeline(path, split_of("auto")).apps) >= 2, f"--split auto runs {name} as one app"
+
+
+def _one_per_cell(nb: Any) -> list[tuple[int, ...]]:
+    """The apps ``--split cells`` makes: each code cell without a kept role alone,
+    the ``metrics`` cells together (their block); parameters, setup, skip cells none."""
+    roles = {i: next((ROLE_ALIASES[t] for t in c.metadata.get("tags", []) if ROLE_ALIASES.get(t) in KEPT_ROLES), None)
+             for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    metrics = tuple(i for i, role in roles.items() if role == "metrics")
+    return [(i,) for i, role in roles.items() if role is None] + ([metrics] if metrics else [])
 
 
 @pytest.mark.parametrize(("name", "mode", "engine"), list(_matrix()))
@@ -97,7 +117,7 @@ def test_corpus_matches_papermill(name: str, mode: str, engine: str, tmp_path: P
     path = place(retag(read(name), mode), tmp_path, name)
     where = f"{name}.ipynb [{mode}, engine={engine}]"
     try:
-        result = nbpipe.execute(path, engine=engine, workers=2)
+        result = nbpipe.execute(path, engine=engine, workers=2, split=split_of(mode))
     except NbpipeError as exc:
         pytest.fail(f"{where}: nbpipe refused the notebook: {exc}")
     runs = Runs(nbformat.read(path, as_version=4), expected, nbformat.read(result.output, as_version=4),

@@ -207,6 +207,14 @@ def test_a_function_read_from_another_app_brings_the_globals_it_uses_when_called
     assert set(edges(p)) == {("a", "c"), ("b", "c")}
 
 
+def test_a_function_called_in_its_own_app_brings_the_globals_another_app_defines() -> None:
+    # ``scale`` was not read: the app failed with a NameError (--split auto groups so).
+    p = pipeline(code("def f(x):\n    return x * scale", "app:a"), code("scale = 2", "app:b"),
+                 code("print(f(3))", "app:a"))
+    assert p.apps["a"].reads == {"scale": "b"}
+    assert set(edges(p)) == {("b", "a")}
+
+
 def test_ten_thousand_inputs_and_outputs_check_in_linear_time(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     # Every input was compared with every output: 14 s for 10,000 of each.
