@@ -495,10 +495,12 @@ def _tag(args: argparse.Namespace) -> int:
 
     from .api import load_pipeline
     from .atomic import write_text
+    from .validate import output_paths
 
     pipeline = load_pipeline(args.notebook, args.split)
     _print_warnings(pipeline)
     output = args.output or args.notebook.with_name(args.notebook.name.removesuffix(".ipynb") + ".tagged.ipynb")
+    output_paths(args.notebook, output, None)  # a directory, or a place it cannot write: one line, exit 2
     write_text(output, nbformat.writes(pipeline.split.nb) + "\n")
     print("\n".join(pipeline.split.explain()), file=sys.stderr)
     print(output)

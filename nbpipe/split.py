@@ -11,7 +11,8 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
   (:func:`nbpipe.graph.build_pipeline` over one app per cell), aiming at the
   shortest critical path with the fewest shipped values:
 
-  * a cell that only imports or defines functions and classes, reads only
+  * a cell that only imports or defines functions and classes (``%matplotlib``,
+    ``%config`` and ``%load_ext`` lines allowed), reads only
     what such cells define, and defines nothing another cell defines, becomes
     ``setup`` (it runs at the start of every app);
   * a value that cannot ship (a generator, an open file, a lock: what the
@@ -62,6 +63,8 @@ KEPT_ROLES = frozenset({"parameters", "setup", "skip", "metrics"})
 LIGHT_SECONDS = 0.25
 #: A cell never measured counts as light up to this many statements.
 LIGHT_STATEMENTS = 5
+#: Line magics that only configure the session: a cell of imports that runs them can still be setup.
+SETUP_MAGICS = frozenset({"matplotlib", "config", "load_ext", "autoreload", "aimport"})
 #: Calls whose result cannot ship (module, function); a generator expression cannot either.
 UNSHIPPABLE_CALLS = frozenset({
     ("", "open"), ("io", "open"), ("threading", "Lock"), ("threading", "RLock"), ("threading", "Thread"),
@@ -221,7 +224,7 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
         setup = {}
         pipeline = _pipeline(base, path, free, (), numbers)
     cell_of = {f"cell{numbers[i]}": i for i in free if i not in setup}
-    groups = _Groups(pipeline.graph, cell_of, numbers, sources)
+    groups = _Groups(pipeline.graph.subgraph(cell_of), cell_of, numbers, sources)  # not a metrics app
     functions = _functions(sources.values())
     generators = _generator_functions(sources.values())
     for name, index in cell_of.items():
@@ -263,9 +266,17 @@ def _only_definitions(source: str) -> bool:
     allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Pass)
     for stmt in tree.body:
         docstring = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
-        if not (isinstance(stmt, allowed) or docstring):
+        if not (isinstance(stmt, allowed) or docstring or _setup_magic(stmt)):
             return False
     return True
+
+
+def _setup_magic(stmt: ast.stmt) -> bool:
+    """``%matplotlib inline``, ``%load_ext autoreload``, ...: a line magic that only configures the session."""
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+        and call.func.attr == "run_line_magic" and bool(call.args) and isinstance(call.args[0], ast.Constant) \
+        and call.args[0].value in SETUP_MAGICS
 
 
 def _tree(source: str) -> ast.Module | None:
@@ -353,7 +364,7 @@ def _keep_unshippable(groups: _Groups, pipeline: Pipeline, cell_of: dict[str, in
     """Merge each unshippable value's producer, its readers and every cell between them."""
     for name, index in cell_of.items():
         for value, what in _unshippable(sources[index], generators).items():
-            readers = pipeline.apps[name].ships.get(value, ())
+            readers = [r for r in pipeline.apps[name].ships.get(value, ()) if r in cell_of]
             if readers:
                 groups.merge_between(name, readers, f"{value} is {what}, which cannot ship: "
                                                     f"its readers run in the app that makes it")
