@@ -28,7 +28,7 @@ from .errors import NbpipeError, UsageError
 
 __all__ = ["entry", "main"]
 
-COMMANDS = ("execute", "check", "graph", "compile", "render", "verify", "cache", "sites")
+COMMANDS = ("execute", "check", "graph", "tag", "compile", "render", "verify", "cache", "sites")
 
 
 def main(argv: list[str] | None = None) -> int:

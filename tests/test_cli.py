@@ -161,7 +161,7 @@ def test_no_command_and_unknown_options_exit_2(tmp_path: Path) -> None:
 
 
 def test_every_spec_command_exists_and_has_help(tmp_path: Path) -> None:
-    assert set(COMMANDS) == {"execute", "check", "graph", "compile", "render", "verify", "cache", "sites"}
+    assert set(COMMANDS) == {"execute", "check", "graph", "tag", "compile", "render", "verify", "cache", "sites"}
     top = nbpipe_cli("--help", cwd=tmp_path)
     assert top.returncode == 0
     for command in COMMANDS:
