@@ -460,3 +460,38 @@ def test_a_metrics_cell_reading_a_generator_is_no_crash(tmp_path: Path) -> None:
     assert _apps(_split(read(src), "auto")) == [(0,)]
     result, _ = _run(src, "auto")
     assert not result.ok and "cannot be shipped" in result.apps["gen"].error["evalue"]
+
+
+# --------------------------------------------------------------------- sloppy notebooks, both splits
+
+
+SLOPPY = {
+    "a global read late by a function": [
+        code("scale = 2\ndef f(x):\n    return x * scale"), code("a = f(1)\nprint(a)"), code("scale = 10"),
+        code("b = f(1)\nprint(a, b)")],
+    "a name used before the cell that defines it": [
+        code("print('start')"), code("print(later)"), code("later = 1"), code("print('end', later)")],
+    "a list edited in place in several cells": [
+        code("xs = []"), code("xs.append(1)"), code("for i in range(3):\n    xs.append(i)"), code("xs.sort()\nprint(xs)")],
+    "a pandas frame edited in place then plotted": [
+        code("import pandas as pd\nimport matplotlib.pyplot as plt"),
+        code("df = pd.DataFrame({'a': [3, 1, 2]})"), code("df.sort_values('a', inplace=True)\ndf.reset_index(drop=True, inplace=True)"),
+        code("df['b'] = df['a'].cumsum()"), code("ax = df.plot()\nplt.show()"), code("df")],
+    "a class redefined and an instance kept": [
+        code("class P:\n    k = 1"), code("p = P()"), code("class P:\n    k = 2"), code("print(p.k, P().k, isinstance(p, P))")],
+}
+
+
+@pytest.mark.parametrize("mode", ["cells", "auto"])
+@pytest.mark.parametrize("name", sorted(SLOPPY))
+def test_sloppy_notebooks_give_papermills_outputs(tmp_path: Path, mode: str, name: str,
+                                                  matplotlib_ready: None) -> None:
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(notebook(*SLOPPY[name]), src)
+    pm_out = tmp_path / "pm.ipynb"
+    error = run_papermill(src, pm_out)
+    result, merged = _run(src, mode)
+    assert result.ok is (error is None), _statuses(result)
+    runs = Runs(read(src), read(pm_out), merged, result, error, None)
+    ran = [c.id for c in runs.papermill.cells if c.cell_type == "code" and c.execution_count is not None]
+    assert_same_outputs(runs, ran, counts=False)
