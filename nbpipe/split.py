@@ -435,6 +435,8 @@ class _Groups:
             if len(preds) != 1:
                 continue
             u = preds[0]
+            if self.q.out_degree(u) > 1 and not self.q.out_degree(v):
+                continue  # u feeds others that v cannot reach (the cheap case of the test below)
             if set(self.q.successors(u)) - {v} <= nx.descendants(self.q, v):
                 self.merge(u, v, self._tie(u, v, "reads {names} from this app alone, and nothing waits for it"))
                 return True
