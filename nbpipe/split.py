@@ -50,7 +50,7 @@ import nbformat
 from .errors import NbpipeError, UsageError
 from .graph import Pipeline, build_pipeline
 from .names import transformed_source
-from .parse import APP_NAME, PREFIX_ALIASES, RESERVED_NAMES, ROLE_ALIASES, parse_notebook
+from .parse import APP_NAME, PREFIX_ALIASES, RESERVED_NAMES, ROLE_ALIASES, parse_notebook, runs_nbpipe
 from .shape import regular
 
 __all__ = ["LIGHT_SECONDS", "LIGHT_STATEMENTS", "MODES", "Group", "Split", "cell_digest", "cell_durations", "restore_tags",
@@ -182,6 +182,8 @@ def _untagged(nb: Any) -> tuple[Any, tuple[tuple[int, str], ...], dict[int, str]
             else:
                 dropped.append((index, tag))
         cell.metadata["tags"] = tags
+        if runs_nbpipe(cell.source):
+            kept.setdefault(index, "skip")  # parse skips it: no app of the split may hold it
     return nb, tuple(dropped), kept, before
 
 

@@ -506,3 +506,17 @@ def test_a_wide_notebook_of_light_cells_splits_quickly() -> None:
     took = time.perf_counter() - started
     assert _apps(split) == [tuple(range(600))]
     assert took < 2.5, f"--split auto on 600 light cells took {took:.1f} s"
+
+
+@pytest.mark.parametrize("mode", ["cells", "auto"])
+def test_a_cell_running_the_magic_stays_out_of_every_app(tmp_path: Path, mode: str) -> None:
+    """A ``%nbpipe`` cell is skipped as if tagged ``skip`` (it would run the pipeline from inside
+    itself): a split makes no app of it (auto raised KeyError, cells named an app that did not exist)."""
+    src = write(tmp_path / "nb.ipynb", code("%load_ext nbpipe"), code("x = 1"),
+                code("%nbpipe execute --split auto"), code("print('x is', x)"))
+    split = _split(read(src), mode)
+    assert all(2 not in group.cells for group in split.groups)
+    assert {g.app for g in split.groups} == set(load_pipeline(src, mode).apps)
+    result, merged = _run(src, mode)
+    assert result.ok and text_of(merged.cells[3]) == "x is 1\n"
+    assert merged.cells[2].outputs == [] and merged.cells[2].execution_count is None
