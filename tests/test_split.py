@@ -477,6 +477,10 @@ SLOPPY = {
         code("import pandas as pd\nimport matplotlib.pyplot as plt"),
         code("df = pd.DataFrame({'a': [3, 1, 2]})"), code("df.sort_values('a', inplace=True)\ndf.reset_index(drop=True, inplace=True)"),
         code("df['b'] = df['a'].cumsum()"), code("ax = df.plot()\nplt.show()"), code("df")],
+    "magics that define names or files": [
+        code("%%capture cap\nprint('hidden')"), code("print(cap.stdout.upper())"), code("files = !echo a b"),
+        code("print(files)"), code("%time y = sum(range(10))"), code("print(y)"),
+        code("%%writefile note.txt\nhello"), code("print(open('note.txt').read())")],
     "a class redefined and an instance kept": [
         code("class P:\n    k = 1"), code("p = P()"), code("class P:\n    k = 2"), code("print(p.k, P().k, isinstance(p, P))")],
 }
@@ -486,10 +490,13 @@ SLOPPY = {
 @pytest.mark.parametrize("name", sorted(SLOPPY))
 def test_sloppy_notebooks_give_papermills_outputs(tmp_path: Path, mode: str, name: str,
                                                   matplotlib_ready: None) -> None:
-    src = tmp_path / "nb.ipynb"
-    nbformat.write(notebook(*SLOPPY[name]), src)
-    pm_out = tmp_path / "pm.ipynb"
-    error = run_papermill(src, pm_out)
+    (tmp_path / "pm").mkdir()
+    (tmp_path / "nbpipe").mkdir()
+    pm_src, src = tmp_path / "pm" / "nb.ipynb", tmp_path / "nbpipe" / "nb.ipynb"
+    for path in (pm_src, src):  # apart: a cell may write a file
+        nbformat.write(notebook(*SLOPPY[name]), path)
+    pm_out = tmp_path / "pm" / "out.ipynb"
+    error = run_papermill(pm_src, pm_out)
     result, merged = _run(src, mode)
     assert result.ok is (error is None), _statuses(result)
     runs = Runs(read(src), read(pm_out), merged, result, error, None)
