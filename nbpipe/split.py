@@ -22,10 +22,12 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
     the one app it reads from; a light cell with nothing upstream joins the
-    one app that reads it. Light means a previous run measured it under
-    :data:`LIGHT_SECONDS` (the cache records each cell's duration), or, never
-    measured, no loop, comprehension or call of a function the notebook
-    defines, in at most :data:`LIGHT_STATEMENTS` statements.
+    one app that reads it. Light means no loop, comprehension or call of a
+    function the notebook defines, in at most :data:`LIGHT_STATEMENTS`
+    statements, unless a previous run measured it at :data:`LIGHT_SECONDS` or
+    more (the cache records each cell's duration). A measurement only ever
+    makes a cell heavy: were a cell measured lighter than it looks to join
+    another app, that app's cache key would change and it would run again.
 
   Independent branches stay apart, so they run in parallel.
 
@@ -315,8 +317,8 @@ _HEAVY = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictC
 def _light(source: str, durations: Mapping[str, float], functions: frozenset[str]) -> bool:
     """Whether a cell is cheap enough to join a neighbour's app (see the module's docstring)."""
     measured = durations.get(cell_digest(source))
-    if measured is not None:
-        return measured < LIGHT_SECONDS
+    if measured is not None and measured >= LIGHT_SECONDS:
+        return False  # measured light, it is judged by its look: the next run keeps its apps, and their cache
     tree = _tree(source)
     if tree is None or len(tree.body) > LIGHT_STATEMENTS:
         return False

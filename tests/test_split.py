@@ -222,12 +222,13 @@ def _branches(path: Path, seconds: float = 0.8) -> Path:
                  code("print(sum(a2), sum(b2))"))
 
 
-def test_auto_runs_independent_branches_as_parallel_apps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
+def test_auto_runs_independent_branches_as_parallel_apps(tmp_path: Path, engine: str) -> None:
     src = _branches(tmp_path / "nb.ipynb")
     split = _split(read(src))
     assert split.setup == ((0, "only imports and definitions"),)
     assert _apps(split) == [(1, 2), (3, 4), (5,)]
-    result, merged = _run(src, "auto")
+    result, merged = _run(src, "auto", engine)
     assert result.ok and text_of(merged.cells[5]) == "12 -18\n"
     apps = merged.metadata["nbpipe"]["apps"]
     a, b = apps[_app_of(split, 1)], apps[_app_of(split, 3)]
@@ -269,32 +270,35 @@ def _generator(path: Path) -> Path:
                  code("print(''.join(other))"))
 
 
-def test_auto_keeps_a_generator_with_the_cells_that_consume_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
+def test_auto_keeps_a_generator_with_the_cells_that_consume_it(tmp_path: Path, engine: str) -> None:
     src = _generator(tmp_path / "nb.ipynb")
     split = _split(read(src))
     assert _app_of(split, 1) == _app_of(split, 2) == _app_of(split, 3)
     assert _app_of(split, 4) == _app_of(split, 5)
     assert any("gen is a generator (numbers() yields), which cannot ship" in why
                for group in split.groups for why in group.why)
-    result, merged = _run(src, "auto")
+    result, merged = _run(src, "auto", engine)
     assert result.ok, _statuses(result)
     assert [text_of(merged.cells[i]) for i in (2, 3, 5)] == ["first 0\n", "rest [1, 4, 9, 16, 25]\n", "abc\n"]
 
-    result, merged = _run(src, "cells")
+    result, merged = _run(src, "cells", engine)
     assert not result.ok
     assert _statuses(result)["cell1"] == "failed"
     assert "gen" in result.apps["cell1"].error["evalue"] and "cannot be shipped" in result.apps["cell1"].error["evalue"]
 
 
 def test_auto_joins_light_display_cells_to_their_producer() -> None:
-    nb = notebook(code("import pandas as pd"),
+    nb = notebook(code("%matplotlib inline\nimport pandas as pd\nimport matplotlib.pyplot as plt"),
                   code("df = pd.DataFrame({'a': range(1000)})\nfor k in range(3):\n    df[f'c{k}'] = df['a'] * k"),
                   code("df.head()"),
                   code("print(df.shape)"),
                   code("res = pd.DataFrame({'b': range(1000)})\nfor k in range(3):\n    res[f'c{k}'] = res['b'] + k"),
-                  code("res.describe()"))
+                  code("res.describe()"),
+                  code("fig, ax = plt.subplots()\nax.plot(res['b'], res['c2'])\nplt.show()"))
     split = _split(nb)
-    assert _apps(split) == [(1, 2, 3), (4, 5)]
+    assert [i for i, _ in split.setup] == [0]  # so the plot reads plt from setup, res alone from an app
+    assert _apps(split) == [(1, 2, 3), (4, 5, 6)]
     assert any("light, reads df, and nothing reads it" in why for why in split.groups[0].why)
 
 
@@ -307,9 +311,9 @@ def test_recorded_durations_change_the_choice() -> None:
     assert _apps(unmeasured) == [(0, 3), (1,), (2,)]
     heavy = {cell_digest(nb.cells[3].source): LIGHT_SECONDS * 20}
     assert _apps(_split(nb, durations=heavy)) == [(0,), (1,), (2,), (3,)]  # measured heavy: stays apart
+    # measured lighter than it looks: judged by its look, so a second run keeps the first's apps
     light = {cell_digest(nb.cells[1].source): LIGHT_SECONDS / 100}
-    # measured light: joins its producer, and the other branch, alone now, chains on
-    assert _apps(_split(nb, durations=light)) == [(0, 1, 2, 3)]
+    assert _apps(_split(nb, durations=light)) == _apps(unmeasured)
 
 
 @pytest.mark.cache
@@ -486,9 +490,10 @@ SLOPPY = {
 }
 
 
+@pytest.mark.parametrize("engine", ENGINE_PARAMS)
 @pytest.mark.parametrize("mode", ["cells", "auto"])
 @pytest.mark.parametrize("name", sorted(SLOPPY))
-def test_sloppy_notebooks_give_papermills_outputs(tmp_path: Path, mode: str, name: str,
+def test_sloppy_notebooks_give_papermills_outputs(tmp_path: Path, mode: str, name: str, engine: str,
                                                   matplotlib_ready: None) -> None:
     (tmp_path / "pm").mkdir()
     (tmp_path / "nbpipe").mkdir()
@@ -497,7 +502,7 @@ def test_sloppy_notebooks_give_papermills_outputs(tmp_path: Path, mode: str, nam
         nbformat.write(notebook(*SLOPPY[name]), path)
     pm_out = tmp_path / "pm" / "out.ipynb"
     error = run_papermill(pm_src, pm_out)
-    result, merged = _run(src, mode)
+    result, merged = _run(src, mode, engine)
     assert result.ok is (error is None), _statuses(result)
     runs = Runs(read(src), read(pm_out), merged, result, error, None)
     ran = [c.id for c in runs.papermill.cells if c.cell_type == "code" and c.execution_count is not None]
@@ -527,3 +532,21 @@ def test_a_cell_running_the_magic_stays_out_of_every_app(tmp_path: Path, mode: s
     result, merged = _run(src, mode)
     assert result.ok and text_of(merged.cells[3]) == "x is 1\n"
     assert merged.cells[2].outputs == [] and merged.cells[2].execution_count is None
+
+
+@pytest.mark.cache
+def test_a_second_auto_run_keeps_the_apps_when_a_cell_is_measured_lighter_than_it_looks(tmp_path: Path) -> None:
+    """A comprehension looks heavy (its own app); measured light it used to join the app beside
+    it on the second run, whose cache key then changed: that app ran again for nothing."""
+    src = write(tmp_path / "nb.ipynb",
+                code("import time"),
+                code("total = 0\nfor i in range(3):\n    time.sleep(0.1)\n    total += i"),
+                code("print(total)"),
+                code("labels = [str(i) for i in range(3)]"),
+                code("print(labels)"))
+    first, _ = _run(src, "auto")
+    assert first.ok and len(first.apps) == 2
+    second, merged = _run(src, "auto")
+    assert list(second.apps) == list(first.apps)
+    assert set(_statuses(second).values()) == {"cached"}, _statuses(second)
+    assert text_of(merged.cells[4]) == "['0', '1', '2']\n"
