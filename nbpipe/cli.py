@@ -274,14 +274,16 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 def _run_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """Announce the run; return :func:`nbpipe.execute`'s arguments (execute and verify) but
     the view, and how many apps the run has."""
-    from .api import load_pipeline
+    from .api import cache_dir_for, load_pipeline
     from .sites import get_site
 
     _check_no_input(args)
     parameters = _parameters(args)
-    pipeline = load_pipeline(args.notebook, args.split, args.cache_dir)
-    _print_warnings(pipeline)
     site = get_site(args.site, notebook=args.notebook, sites_file=args.sites)
+    # --split auto weighs cells by the durations in the cache this run uses (the site's, maybe)
+    cache_dir = cache_dir_for(args.notebook.resolve().parent, site, args.cache_dir)
+    pipeline = load_pipeline(args.notebook, args.split, cache_dir)
+    _print_warnings(pipeline)
     if site.engine != "local" and not args.quiet:
         # Workers of a batch site may wait in a queue: say what is happening meanwhile.
         print(f"nbpipe: starting site {site.name!r} ({site.describe}) when an app needs it; "

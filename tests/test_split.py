@@ -550,3 +550,21 @@ def test_a_second_auto_run_keeps_the_apps_when_a_cell_is_measured_lighter_than_i
     assert list(second.apps) == list(first.apps)
     assert set(_statuses(second).values()) == {"cached"}, _statuses(second)
     assert text_of(merged.cells[4]) == "['0', '1', '2']\n"
+
+
+def test_the_progress_counts_the_apps_a_sites_cache_made(tmp_path: Path) -> None:
+    """The durations come from the cache the run uses (here a site's ``cache_dir``), and the
+    progress counts the apps the run has."""
+    src = write(tmp_path / "nb.ipynb", code("x = 2"), code("print(x)"), code("y = [x] * 3\nprint(y)"))
+    (tmp_path / "nbpipe.toml").write_text('[sites.cluster]\nengine = "local"\ncache_dir = "shared/cache"\n')
+    cache = tmp_path / "shared" / "cache"
+    cache.mkdir(parents=True)
+    heavy = LIGHT_SECONDS * 10
+    (cache / DURATIONS).write_text(json.dumps({cell_digest("print(x)"): heavy, cell_digest("y = [x] * 3\nprint(y)"): heavy}))
+    proc = nbpipe_cli("execute", src, "--site", "cluster", "--split", "auto", "-o", tmp_path / "out.ipynb",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    merged = read(tmp_path / "out.ipynb")
+    apps = merged.metadata["nbpipe"]["apps"]
+    assert len(apps) == 3  # cells 1 and 2, measured heavy, run in parallel
+    assert f"({len(apps)}/{len(apps)}) completed" in proc.stderr, proc.stderr
