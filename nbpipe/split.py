@@ -51,7 +51,7 @@ import nbformat
 
 from .errors import NbpipeError, UsageError
 from .graph import Pipeline, build_pipeline
-from .names import transformed_source
+from .names import analyse_cell, transformed_source
 from .parse import APP_NAME, PREFIX_ALIASES, RESERVED_NAMES, ROLE_ALIASES, parse_notebook, runs_nbpipe
 from .shape import regular
 
@@ -240,8 +240,9 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
 
 
 def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int]) -> dict[int, str]:
-    """The cells that only import and define, read only what such cells define, and define
-    nothing another cell defines: cell index -> why it is setup."""
+    """The cells that only import and define, read only what such cells define (a function's
+    globals too: the graph cannot see what a setup function reads when an app calls it), and
+    define nothing another cell defines: cell index -> why it is setup."""
     candidates = {i for i in free if _only_definitions(base.cells[i].source)}
     if not candidates:
         return {}
@@ -257,8 +258,10 @@ def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: d
     chosen: dict[int, str] = {}
     for i in sorted(candidates):
         upstream = set(pipeline.graph.predecessors(app_of[i]))
+        setup_names = {n for c in chosen for n in pipeline.apps[app_of[c]].defines}
+        reads = analyse_cell(base.cells[i].source).reads
         if all(definers[n] == 1 for n in pipeline.apps[app_of[i]].defines) \
-                and upstream <= {app_of[c] for c in chosen}:
+                and upstream <= {app_of[c] for c in chosen} and not reads & (definers.keys() - setup_names):
             chosen[i] = "only imports and definitions"
     return chosen
 

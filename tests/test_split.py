@@ -243,7 +243,9 @@ def test_auto_makes_import_and_def_cells_setup_but_not_a_def_redefined_later() -
                   code("def norm(x):\n    return x / 10"),
                   code("a = area(2)\nb = norm(a)"),
                   code("def norm(x):\n    return -x"),
-                  code("c = norm(mean([1, 2]))"))
+                  code("c = norm(mean([1, 2]))"),
+                  code("def scaled(x):\n    return x * factor"),  # reads a global an app defines
+                  code("factor = 3\nd = scaled(c)"))
     split = _split(nb)
     assert [i for i, _ in split.setup] == [0, 1]
     assert "setup" in split.nb.cells[1].metadata["tags"]
@@ -473,6 +475,9 @@ SLOPPY = {
     "a global read late by a function": [
         code("scale = 2\ndef f(x):\n    return x * scale"), code("a = f(1)\nprint(a)"), code("scale = 10"),
         code("b = f(1)\nprint(a, b)")],
+    "a setup function reading a global set later": [
+        code("def f(x):\n    return x * scale"), code("scale = 2"), code("print(f(1))"), code("scale = 10"),
+        code("for _ in range(2):\n    pass\nprint(f(1))")],
     "a name used before the cell that defines it": [
         code("print('start')"), code("print(later)"), code("later = 1"), code("print('end', later)")],
     "a list edited in place in several cells": [
