@@ -72,7 +72,11 @@ UNSHIPPABLE_CALLS = frozenset({
     ("", "open"), ("io", "open"), ("threading", "Lock"), ("threading", "RLock"), ("threading", "Thread"),
     ("threading", "Condition"), ("threading", "Semaphore"), ("threading", "Event"),
     ("socket", "socket"), ("sqlite3", "connect"), ("multiprocessing", "Pool"),
+    ("csv", "reader"), ("csv", "writer"), ("csv", "DictReader"), ("csv", "DictWriter"),
 })
+#: Calls whose result stays lazy over its arguments (so cannot ship when one of them cannot);
+#: every ``itertools.`` function too.
+LAZY_CALLS = frozenset({("", "enumerate"), ("", "zip"), ("", "map"), ("", "filter"), ("", "iter"), ("", "reversed")})
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,7 @@ def _auto(base: Any, path: str | Path | None, free: list[int], numbers: dict[int
     cell_of = {f"cell{numbers[i]}": i for i in free if i not in setup}
     groups = _Groups(pipeline.graph.subgraph(cell_of), cell_of, numbers, sources)  # not a metrics app
     functions = _functions(sources.values())
-    generators = _generator_functions(sources.values())
+    generators = _generator_functions(c.source for c in base.cells if c.cell_type == "code")
     for name, index in cell_of.items():
         groups.light[name] = _light(sources[index], durations, functions)
     _keep_unshippable(groups, pipeline, cell_of, sources, generators)
@@ -333,23 +337,26 @@ def _light(source: str, durations: Mapping[str, float], functions: frozenset[str
     return True
 
 
-def _unshippable(source: str, generators: frozenset[str]) -> dict[str, str]:
-    """Names a cell binds to a value that cannot ship, with what the value is."""
+def _unshippable(source: str, generators: frozenset[str], known: Mapping[str, str]) -> dict[str, str]:
+    """Names a cell binds to a value that cannot ship, with what the value is (``known``: such
+    names of the cells above)."""
     tree = _tree(source)
     out: dict[str, str] = {}
     for stmt in tree.body if tree is not None else ():
         if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or stmt.value is None:
             continue
-        what = _unshippable_value(stmt.value, generators)
+        what = _unshippable_value(stmt.value, generators, {**known, **out})
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
         if what:
             out.update({t.id: what for t in targets if isinstance(t, ast.Name)})
     return out
 
 
-def _unshippable_value(value: ast.expr, generators: frozenset[str]) -> str | None:
+def _unshippable_value(value: ast.expr, generators: frozenset[str], known: Mapping[str, str]) -> str | None:
     if isinstance(value, ast.GeneratorExp):
         return "a generator"
+    if isinstance(value, ast.Name):
+        return known.get(value.id)
     if not isinstance(value, ast.Call):
         return None
     func = value.func
@@ -363,14 +370,22 @@ def _unshippable_value(value: ast.expr, generators: frozenset[str]) -> str | Non
         return None
     if called in UNSHIPPABLE_CALLS:
         return f"{'.'.join(filter(None, called))}(...)"
+    if called in LAZY_CALLS or called[0] == "itertools":
+        for arg in (*value.args, *(k.value for k in value.keywords)):
+            inner = _unshippable_value(arg, generators, known)
+            if inner:
+                return f"{'.'.join(filter(None, called))}(...) over {inner}"
     return None
 
 
 def _keep_unshippable(groups: _Groups, pipeline: Pipeline, cell_of: dict[str, int], sources: dict[int, str],
                       generators: frozenset[str]) -> None:
     """Merge each unshippable value's producer, its readers and every cell between them."""
-    for name, index in cell_of.items():
-        for value, what in _unshippable(sources[index], generators).items():
+    known: dict[str, str] = {}
+    for name, index in sorted(cell_of.items(), key=lambda item: item[1]):
+        found = _unshippable(sources[index], generators, known)
+        known.update(found)
+        for value, what in found.items():
             readers = [r for r in pipeline.apps[name].ships.get(value, ()) if r in cell_of]
             if readers:
                 groups.merge_between(name, readers, f"{value} is {what}, which cannot ship: "

@@ -481,17 +481,20 @@ SLOPPY = {
     "a name used before the cell that defines it": [
         code("print('start')"), code("print(later)"), code("later = 1"), code("print('end', later)")],
     "a list edited in place in several cells": [
-        code("xs = []"), code("xs.append(1)"), code("for i in range(3):\n    xs.append(i)"), code("xs.sort()\nprint(xs)")],
+        code("xs = []"), code("xs.append(1)"), code("for i in range(3):\n    xs.append(i)"),
+        code("xs.sort()\nprint(xs)")],
     "a pandas frame edited in place then plotted": [
         code("import pandas as pd\nimport matplotlib.pyplot as plt"),
-        code("df = pd.DataFrame({'a': [3, 1, 2]})"), code("df.sort_values('a', inplace=True)\ndf.reset_index(drop=True, inplace=True)"),
+        code("df = pd.DataFrame({'a': [3, 1, 2]})"),
+        code("df.sort_values('a', inplace=True)\ndf.reset_index(drop=True, inplace=True)"),
         code("df['b'] = df['a'].cumsum()"), code("ax = df.plot()\nplt.show()"), code("df")],
     "magics that define names or files": [
         code("%%capture cap\nprint('hidden')"), code("print(cap.stdout.upper())"), code("files = !echo a b"),
         code("print(files)"), code("%time y = sum(range(10))"), code("print(y)"),
         code("%%writefile note.txt\nhello"), code("print(open('note.txt').read())")],
     "a class redefined and an instance kept": [
-        code("class P:\n    k = 1"), code("p = P()"), code("class P:\n    k = 2"), code("print(p.k, P().k, isinstance(p, P))")],
+        code("class P:\n    k = 1"), code("p = P()"), code("class P:\n    k = 2"),
+        code("print(p.k, P().k, isinstance(p, P))")],
 }
 
 
@@ -565,7 +568,8 @@ def test_the_progress_counts_the_apps_a_sites_cache_made(tmp_path: Path) -> None
     cache = tmp_path / "shared" / "cache"
     cache.mkdir(parents=True)
     heavy = LIGHT_SECONDS * 10
-    (cache / DURATIONS).write_text(json.dumps({cell_digest("print(x)"): heavy, cell_digest("y = [x] * 3\nprint(y)"): heavy}))
+    (cache / DURATIONS).write_text(json.dumps({cell_digest("print(x)"): heavy,
+                                               cell_digest("y = [x] * 3\nprint(y)"): heavy}))
     proc = nbpipe_cli("execute", src, "--site", "cluster", "--split", "auto", "-o", tmp_path / "out.ipynb",
                       cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -573,3 +577,32 @@ def test_the_progress_counts_the_apps_a_sites_cache_made(tmp_path: Path) -> None
     apps = merged.metadata["nbpipe"]["apps"]
     assert len(apps) == 3  # cells 1 and 2, measured heavy, run in parallel
     assert f"({len(apps)}/{len(apps)}) completed" in proc.stderr, proc.stderr
+
+
+UNSHIPPABLE = {
+    "a generator function of a tagged setup cell": [
+        code("def numbers(n):\n    yield from range(n)", "setup"), code("gen = numbers(4)"),
+        code("for x in gen:\n    print(x)\n    break"), code("for y in gen:\n    print('then', y)")],
+    "a csv reader": [
+        code("import csv"), code("rows = csv.reader(open('d.csv'))"),
+        code("for r in rows:\n    print(r)\n    break"), code("for r in rows:\n    print('then', r)")],
+    "enumerate over a generator": [
+        code("pairs = enumerate(x * 2 for x in range(3))"),
+        code("for i, p in pairs:\n    print(i, p)\n    break"), code("for i, p in pairs:\n    print('then', i, p)")],
+    "zip over a generator made in another cell": [
+        code("gen = (x * x for x in range(3))"), code("pairs = zip('abc', gen)"),
+        code("for k, v in pairs:\n    print(k, v)\n    break"), code("for k, v in pairs:\n    print('then', k, v)")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSHIPPABLE))
+def test_auto_keeps_values_that_cannot_ship_with_their_readers(tmp_path: Path, name: str) -> None:
+    """Two loops read a value no app can ship: both join the app that makes it, as in papermill."""
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n3,4\n")
+    src = write(tmp_path / "nb.ipynb", *UNSHIPPABLE[name])
+    split = _split(read(src))
+    last = len(UNSHIPPABLE[name]) - 1
+    assert _app_of(split, last - 2) == _app_of(split, last - 1) == _app_of(split, last), _apps(split)
+    result, merged = _run(src, "auto")
+    assert result.ok, {a: (r.error or {}).get("evalue") for a, r in result.apps.items()}
+    assert text_of(merged.cells[last]).startswith("then")
