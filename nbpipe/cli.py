@@ -471,6 +471,7 @@ def _check_json(pipeline: Any, checked: Any, params: Any) -> dict[str, Any]:
     values, sources = effective(pipeline.parsed, checked.parameters)
     return {
         **pipeline.to_json(),
+        **_split_json(pipeline),
         "parameters": None if params is None else [p.to_dict() for p in params],
         "effective_parameters": values,
         "parameter_sources": sources,
@@ -488,6 +489,12 @@ def _print_split(pipeline: Any) -> None:
     """Which apps a --split chose and why (nothing for a notebook run by its own tags)."""
     if pipeline.split is not None:
         print("\n".join(pipeline.split.explain()))
+
+
+def _split_json(pipeline: Any) -> dict[str, Any]:
+    """The ``split`` key of ``graph --format json`` and ``check --json`` (none without --split)."""
+    split = pipeline.split
+    return {"split": {**split.to_json(), "why": split.explain()}} if split is not None else {}
 
 
 def _tag(args: argparse.Namespace) -> int:
@@ -536,8 +543,7 @@ def _graph(args: argparse.Namespace) -> int:
     _print_warnings(pipeline)
     data = pipeline.to_json()
     if args.format == "json":
-        split = {"split": {**pipeline.split.to_json(), "why": pipeline.split.explain()}} if pipeline.split else {}
-        print(json.dumps({**data, **split}, indent=1))
+        print(json.dumps({**data, **_split_json(pipeline)}, indent=1))
     elif args.format == "text":
         print(_text_graph(pipeline, args.notebook))
         _print_split(pipeline)

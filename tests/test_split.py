@@ -393,6 +393,8 @@ def test_graph_split_auto_says_which_apps_and_why(tmp_path: Path) -> None:
     assert data["split"]["mode"] == "auto" and data["split"]["why"][0].startswith("--split auto")
     plain = json.loads(nbpipe_cli("graph", src, "--format", "json", cwd=tmp_path).stdout)
     assert "split" not in plain
+    checked = json.loads(nbpipe_cli("check", src, "--split", "auto", "--json", cwd=tmp_path).stdout)
+    assert checked["split"] == data["split"]  # check --json prints what check prints
 
 
 def test_graph_split_auto_on_300_cells_is_fast(tmp_path: Path) -> None:
