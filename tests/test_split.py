@@ -11,15 +11,19 @@ time, a generator runs in one app, recorded durations change the choice.
 from __future__ import annotations
 
 import json
-import sys
+import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from conftest import ENGINE_PARAMS, Runs, assert_same_outputs, notebook, run_papermill
 from nbbuild import by_id, code, md, nbpipe_cli, read, text_of, write
+from test_fuzz import notebooks as fuzz_notebooks
 
 import nbpipe
 from nbpipe import magics
@@ -608,3 +612,50 @@ def test_auto_keeps_values_that_cannot_ship_with_their_readers(tmp_path: Path, n
     result, merged = _run(src, "auto")
     assert result.ok, {a: (r.error or {}).get("evalue") for a, r in result.apps.items()}
     assert text_of(merged.cells[last]).startswith("then")
+
+
+# --------------------------------------------------------------------- fuzzed
+
+
+def _split_static_path(nb: Any) -> None:
+    """Every split command exits 0 or 2 (one line), runs nothing, and what ``tag`` writes,
+    ``check`` accepts with the same apps."""
+    from test_fuzz import BESIDE, MARKER, run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        marker = Path(tmp) / "marker"
+        if isinstance(nb, dict) and BESIDE in nb:
+            nb = dict(nb)
+            (Path(tmp) / "mod.py").write_text(json.dumps(nb.pop(BESIDE))[1:-1])
+        path = Path(tmp) / "nb.ipynb"
+        path.write_text(json.dumps(nb).replace(MARKER, str(marker)))
+        for mode in ("cells", "auto"):
+            tagged = Path(tmp) / f"{mode}.ipynb"
+            for argv in (["graph", str(path), "--split", mode, "--format", "json"],
+                         ["tag", str(path), "--split", mode, "-o", str(tagged)]):
+                code, err = run(argv)
+                assert code in (0, 2), (argv, code, err)
+                if code == 2:
+                    assert err.startswith("nbpipe: error: ") and err.count("\n") == 1, err
+            if tagged.exists():
+                code, err = run(["check", str(tagged)])
+                assert code == 0, (mode, err)
+                assert list(load_pipeline(tagged).apps) == list(load_pipeline(path, mode).apps)
+        assert not marker.exists(), "a payload ran"
+
+
+_FUZZ = dict(deadline=timedelta(seconds=10), database=None,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@settings(max_examples=60, derandomize=True, **_FUZZ)  # type: ignore[arg-type]
+@given(st.one_of(fuzz_notebooks(), fuzz_notebooks(mangled=True)))
+def test_fuzzed_notebooks_split_and_tag_to_what_check_accepts(nb: dict[str, Any]) -> None:
+    _split_static_path(nb)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, **_FUZZ)  # type: ignore[arg-type]
+@given(st.one_of(fuzz_notebooks(), fuzz_notebooks(mangled=True)))
+def test_fuzzed_notebooks_split_and_tag_to_what_check_accepts_many(nb: dict[str, Any]) -> None:
+    _split_static_path(nb)
