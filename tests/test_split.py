@@ -637,9 +637,9 @@ def _split_static_path(nb: Any) -> None:
                 assert code in (0, 2), (argv, code, err)
                 if code == 2:
                     assert err.startswith("nbpipe: error: ") and err.count("\n") == 1, err
-            if tagged.exists():
+            if tagged.exists():  # check says of the tagged copy what check --split says of the notebook
                 code, err = run(["check", str(tagged)])
-                assert code == 0, (mode, err)
+                assert code == run(["check", str(path), "--split", mode])[0], (mode, err)
                 assert list(load_pipeline(tagged).apps) == list(load_pipeline(path, mode).apps)
         assert not marker.exists(), "a payload ran"
 
