@@ -517,7 +517,8 @@ def test_sloppy_notebooks_give_papermills_outputs(tmp_path: Path, mode: str, nam
     pm_out = tmp_path / "pm" / "out.ipynb"
     error = run_papermill(pm_src, pm_out)
     result, merged = _run(src, mode, engine)
-    assert result.ok is (error is None), _statuses(result)
+    assert result.ok is (error is None), {a: (r.status.value, r.error) for a, r in result.apps.items()
+                                           if not r.status.ok}
     runs = Runs(read(src), read(pm_out), merged, result, error, None)
     ran = [c.id for c in runs.papermill.cells if c.cell_type == "code" and c.execution_count is not None]
     assert_same_outputs(runs, ran, counts=False)
