@@ -274,14 +274,16 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 def _run_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """Announce the run; return :func:`nbpipe.execute`'s arguments (execute and verify) but
     the view, and how many apps the run has."""
-    from .api import load_pipeline
+    from .api import cache_dir_for, load_pipeline
     from .sites import get_site
 
     _check_no_input(args)
     parameters = _parameters(args)
-    pipeline = load_pipeline(args.notebook, args.split, args.cache_dir)
-    _print_warnings(pipeline)
     site = get_site(args.site, notebook=args.notebook, sites_file=args.sites)
+    # --split auto weighs cells by the durations in the cache this run uses (the site's, maybe)
+    cache_dir = cache_dir_for(args.notebook.resolve().parent, site, args.cache_dir)
+    pipeline = load_pipeline(args.notebook, args.split, cache_dir)
+    _print_warnings(pipeline)
     if site.engine != "local" and not args.quiet:
         # Workers of a batch site may wait in a queue: say what is happening meanwhile.
         print(f"nbpipe: starting site {site.name!r} ({site.describe}) when an app needs it; "
@@ -469,6 +471,7 @@ def _check_json(pipeline: Any, checked: Any, params: Any) -> dict[str, Any]:
     values, sources = effective(pipeline.parsed, checked.parameters)
     return {
         **pipeline.to_json(),
+        **_split_json(pipeline),
         "parameters": None if params is None else [p.to_dict() for p in params],
         "effective_parameters": values,
         "parameter_sources": sources,
@@ -488,6 +491,12 @@ def _print_split(pipeline: Any) -> None:
         print("\n".join(pipeline.split.explain()))
 
 
+def _split_json(pipeline: Any) -> dict[str, Any]:
+    """The ``split`` key of ``graph --format json`` and ``check --json`` (none without --split)."""
+    split = pipeline.split
+    return {"split": {**split.to_json(), "why": split.explain()}} if split is not None else {}
+
+
 def _tag(args: argparse.Namespace) -> int:
     """``nbpipe tag``: a copy of the notebook with the tags its split uses (built as a run would
     build it, so ``nbpipe check`` accepts it)."""
@@ -495,10 +504,12 @@ def _tag(args: argparse.Namespace) -> int:
 
     from .api import load_pipeline
     from .atomic import write_text
+    from .validate import output_paths
 
     pipeline = load_pipeline(args.notebook, args.split)
     _print_warnings(pipeline)
     output = args.output or args.notebook.with_name(args.notebook.name.removesuffix(".ipynb") + ".tagged.ipynb")
+    output_paths(args.notebook, output, None)  # a directory, or a place it cannot write: one line, exit 2
     write_text(output, nbformat.writes(pipeline.split.nb) + "\n")
     print("\n".join(pipeline.split.explain()), file=sys.stderr)
     print(output)
@@ -532,8 +543,7 @@ def _graph(args: argparse.Namespace) -> int:
     _print_warnings(pipeline)
     data = pipeline.to_json()
     if args.format == "json":
-        split = {"split": {**pipeline.split.to_json(), "why": pipeline.split.explain()}} if pipeline.split else {}
-        print(json.dumps({**data, **split}, indent=1))
+        print(json.dumps({**data, **_split_json(pipeline)}, indent=1))
     elif args.format == "text":
         print(_text_graph(pipeline, args.notebook))
         _print_split(pipeline)

@@ -88,7 +88,7 @@ def _run(argv: list[str], shell: Any) -> Any:
     if args.command == "graph" and args.format == "text":
         from .api import load_pipeline
 
-        return load_pipeline(args.notebook)
+        return load_pipeline(args.notebook, args.split)
     args.func(args)
     return None
 
@@ -98,7 +98,7 @@ def _execute(args: Any) -> Any:
     from .api import execute, load_pipeline
     from .status import LiveView
 
-    view = LiveView(load_pipeline(args.notebook))
+    view = LiveView(load_pipeline(args.notebook, args.split, args.cache_dir))
     arguments = cli._execute_arguments(args, on_event=view)
     with view:
         run = execute(args.notebook, **arguments)

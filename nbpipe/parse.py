@@ -30,6 +30,7 @@ __all__ = [
     "Resources",
     "valid_image",
     "parse_notebook",
+    "runs_nbpipe",
     "read_notebook",
 ]
 
@@ -93,6 +94,11 @@ METRICS_APP = "metrics"
 #: A cell running the ``%nbpipe`` magic (``%nbpipe ...``, ``r = %nbpipe ...``, ``%%nbpipe``): in a
 #: pipeline it would run the pipeline from inside itself, so it is skipped as if tagged ``skip``
 _RUNS_NBPIPE = re.compile(r"(?m)^(?:[A-Za-z_][\w, ]*=\s*)?%%?nbpipe\b|run_(?:line|cell)_magic\(\s*['\"]nbpipe['\"]")
+
+
+def runs_nbpipe(source: str) -> bool:
+    """Whether a cell runs the ``%nbpipe`` magic (it is skipped as if tagged ``skip``)."""
+    return bool(_RUNS_NBPIPE.search(source))
 
 
 @dataclass(frozen=True)
@@ -237,7 +243,7 @@ def parse_notebook(nb: Any, path: str | Path | None = None) -> ParsedNotebook:
             cells.append(CellInfo(index, cell.id, cell.cell_type, cell.source, tags, ""))
             continue
         parsed = _parse_cell_tags(index, cell.id, tags)
-        if _RUNS_NBPIPE.search(cell.source):
+        if runs_nbpipe(cell.source):
             parsed = {"role": "skip", "app": None}
         role = parsed.pop("role")
         app = parsed.pop("app")

@@ -33,11 +33,13 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
     the one app it reads from; a light cell with nothing upstream joins the
-    one app that reads it. Light means a previous run measured it under
-    :data:`LIGHT_SECONDS` (the cache records each cell's duration), or, never
-    measured, no loop, comprehension or call of a function the notebook
-    defines (in any cell, one tagged ``setup`` too), in at most
-    :data:`LIGHT_STATEMENTS` statements.
+    one app that reads it. Light means no loop, comprehension or call of a
+    function the notebook defines (in any cell, one tagged
+    ``setup`` too), in at most :data:`LIGHT_STATEMENTS`
+    statements, unless a previous run measured it at :data:`LIGHT_SECONDS` or
+    more (the cache records each cell's duration). A measurement only ever
+    makes a cell heavy: were a cell measured lighter than it looks to join
+    another app, that app's cache key would change and it would run again.
 
   Independent branches stay apart, so they run in parallel.
 
@@ -69,7 +71,7 @@ import nbformat
 from .errors import NbpipeError, NotebookError, UsageError
 from .graph import Pipeline, build_pipeline
 from .names import analyse_cell, transformed_source
-from .parse import APP_NAME, PREFIX_ALIASES, RESERVED_NAMES, ROLE_ALIASES, parse_notebook
+from .parse import APP_NAME, PREFIX_ALIASES, RESERVED_NAMES, ROLE_ALIASES, parse_notebook, runs_nbpipe
 from .shape import regular
 
 __all__ = ["LIGHT_SECONDS", "LIGHT_STATEMENTS", "MODES", "Group", "Split", "cell_digest", "cell_durations", "restore_tags",
@@ -82,14 +84,18 @@ KEPT_ROLES = frozenset({"parameters", "setup", "skip", "metrics"})
 LIGHT_SECONDS = 0.25
 #: A cell never measured counts as light up to this many statements.
 LIGHT_STATEMENTS = 10
-#: Line magics that only set the session up, as safe to run again in every app as an import.
-SETUP_MAGICS = frozenset({"matplotlib", "config", "load_ext", "autoreload"})
+#: Line magics that only configure the session: a cell of imports that runs them can still be setup.
+SETUP_MAGICS = frozenset({"matplotlib", "config", "load_ext", "autoreload", "aimport"})
 #: Calls whose result cannot ship (module, function); a generator expression cannot either.
 UNSHIPPABLE_CALLS = frozenset({
     ("", "open"), ("io", "open"), ("threading", "Lock"), ("threading", "RLock"), ("threading", "Thread"),
     ("threading", "Condition"), ("threading", "Semaphore"), ("threading", "Event"),
     ("socket", "socket"), ("sqlite3", "connect"), ("multiprocessing", "Pool"),
+    ("csv", "reader"), ("csv", "writer"), ("csv", "DictReader"), ("csv", "DictWriter"),
 })
+#: Calls whose result stays lazy over its arguments (so cannot ship when one of them cannot);
+#: every ``itertools.`` function too.
+LAZY_CALLS = frozenset({("", "enumerate"), ("", "zip"), ("", "map"), ("", "filter"), ("", "iter"), ("", "reversed")})
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,8 @@ def _untagged(nb: Any) -> tuple[Any, tuple[tuple[int, str], ...], dict[int, str]
             else:
                 dropped.append((index, tag))
         cell.metadata["tags"] = tags
+        if runs_nbpipe(cell.source):
+            kept.setdefault(index, "skip")  # parse skips it: no app of the split may hold it
     return nb, tuple(dropped), kept, before
 
 
@@ -315,8 +323,9 @@ def _cell_graph(graph: nx.DiGraph, cell_of: Mapping[str, int]) -> nx.DiGraph:
 
 def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: dict[int, int],
                  order: Iterable[tuple[int, int, str]]) -> dict[int, str]:
-    """The cells that only import and define, read only what such cells define, and define
-    nothing another cell defines: cell index -> why it is setup."""
+    """The cells that only import and define, read only what such cells define (a function's
+    globals too: the graph cannot see what a setup function reads when an app calls it), and
+    define nothing another cell defines: cell index -> why it is setup."""
     candidates = {i for i in free if _only_definitions(base.cells[i].source)
                   and not _stateful_definitions(base.cells[i].source)}
     if not candidates:
@@ -335,8 +344,11 @@ def _setup_cells(base: Any, path: str | Path | None, free: list[int], numbers: d
     for i in sorted(candidates):
         upstream = set(pipeline.graph.predecessors(app_of[i]))
         elsewhere = {n for c in free if c != i and c not in chosen for n in pipeline.apps[app_of[c]].defines}
+        setup_names = {n for c in chosen for n in pipeline.apps[app_of[c]].defines}
+        reads = analyse_cell(base.cells[i].source).reads
         if all(definers[n] == 1 for n in pipeline.apps[app_of[i]].defines) \
-                and upstream <= {app_of[c] for c in chosen} and not _late_reads(base.cells[i].source) & elsewhere:
+                and upstream <= {app_of[c] for c in chosen} and not _late_reads(base.cells[i].source) & elsewhere \
+                and not reads & (definers.keys() - setup_names):
             chosen[i] = "only imports and definitions"
     return chosen
 
@@ -419,8 +431,8 @@ _HEAVY = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictC
 def _light(source: str, durations: Mapping[str, float], functions: frozenset[str]) -> bool:
     """Whether a cell is cheap enough to join a neighbour's app (see the module's docstring)."""
     measured = durations.get(cell_digest(source))
-    if measured is not None:
-        return measured < LIGHT_SECONDS
+    if measured is not None and measured >= LIGHT_SECONDS:
+        return False  # measured light, it is judged by its look: the next run keeps its apps, and their cache
     tree = _tree(source)
     if tree is None or len(tree.body) > LIGHT_STATEMENTS:
         return False
@@ -432,14 +444,15 @@ def _light(source: str, durations: Mapping[str, float], functions: frozenset[str
     return True
 
 
-def _unshippable(source: str, generators: frozenset[str]) -> dict[str, str]:
-    """Names a cell binds to a value that cannot ship, with what the value is."""
+def _unshippable(source: str, generators: frozenset[str], known: Mapping[str, str]) -> dict[str, str]:
+    """Names a cell binds to a value that cannot ship, with what the value is (``known``: such
+    names of the cells above)."""
     tree = _tree(source)
     out: dict[str, str] = {}
     for stmt in tree.body if tree is not None else ():
         if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or stmt.value is None:
             continue
-        what = _unshippable_value(stmt.value, generators)
+        what = _unshippable_value(stmt.value, generators, {**known, **out})
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
         if what:
             out.update({t.id: what for t in targets if isinstance(t, ast.Name)})
@@ -498,9 +511,11 @@ def _of_class(node: ast.expr, selves: set[str]) -> bool:
     return isinstance(node, ast.Name) and node.id in selves
 
 
-def _unshippable_value(value: ast.expr, generators: frozenset[str]) -> str | None:
+def _unshippable_value(value: ast.expr, generators: frozenset[str], known: Mapping[str, str]) -> str | None:
     if isinstance(value, ast.GeneratorExp):
         return "a generator"
+    if isinstance(value, ast.Name):
+        return known.get(value.id)
     if not isinstance(value, ast.Call):
         return None
     func = value.func
@@ -514,15 +529,23 @@ def _unshippable_value(value: ast.expr, generators: frozenset[str]) -> str | Non
         return None
     if called in UNSHIPPABLE_CALLS:
         return f"{'.'.join(filter(None, called))}(...)"
+    if called in LAZY_CALLS or called[0] == "itertools":
+        for arg in (*value.args, *(k.value for k in value.keywords)):
+            inner = _unshippable_value(arg, generators, known)
+            if inner:
+                return f"{'.'.join(filter(None, called))}(...) over {inner}"
     return None
 
 
 def _keep_unshippable(groups: _Groups, pipeline: Pipeline, cell_of: dict[str, int], sources: dict[int, str],
                       generators: frozenset[str]) -> None:
     """Merge each unshippable value's producer, its readers and every cell between them."""
-    for name, index in cell_of.items():
-        for value, what in _unshippable(sources[index], generators).items():
-            readers = pipeline.apps[name].ships.get(value, ())
+    known: dict[str, str] = {}
+    for name, index in sorted(cell_of.items(), key=lambda item: item[1]):
+        found = _unshippable(sources[index], generators, known)
+        known.update(found)
+        for value, what in found.items():
+            readers = [r for r in pipeline.apps[name].ships.get(value, ()) if r in cell_of]
             if readers:
                 groups.merge_between(name, readers, f"{value} is {what}, which cannot ship: "
                                                     f"its readers run in the app that makes it")
@@ -647,57 +670,69 @@ class _Groups:
         return min(self.members[group])
 
     def contract(self) -> None:
-        """Join chains, light sinks and light sources until nothing changes."""
+        """Join chains, light sinks and light sources until nothing changes. Each rule sweeps
+        the apps in notebook order, merging as it goes; a rule that merged anything runs again
+        before the next one (a chain is joined whole before light cells are looked at)."""
         while self._chain() or self._light_sink() or self._light_source() or self._light_alone():
             pass
+
+    def _sweep(self) -> list[str]:
+        return sorted(self.q.nodes, key=self._first)
 
     def _direct(self, v: str) -> list[str]:
         """``v``'s predecessors but those it waits for anyway, through another of them."""
         preds = set(self.q.predecessors(v))
-        implied = set().union(*(nx.ancestors(self.q, p) for p in preds)) if preds else set()
+        implied = set().union(*(nx.ancestors(self.q, p) for p in preds)) if len(preds) > 1 else set()
         return sorted(preds - implied, key=self._first)
 
     def _chain(self) -> bool:
-        for v in sorted(self.q.nodes, key=self._first):
-            direct = self._direct(v)
+        merged = False
+        for v in self._sweep():
+            direct = self._direct(v) if v in self.q else []
             if len(direct) != 1:
                 continue
             u = direct[0]
+            if self.q.out_degree(u) > 1 and not self.q.out_degree(v):
+                continue  # u feeds others that v cannot reach (the cheap case of the test below)
             if set(self.q.successors(u)) - {v} <= nx.descendants(self.q, v):
                 self.merge(u, v, self._tie(u, v, "reads {names} from this app alone, and nothing waits for it"))
-                return True
-        return False
+                merged = True
+        return merged
 
     def _light_sink(self) -> bool:
         """A light app nothing reads joins the one app it waits for; light apps nothing reads
         that wait for the same apps join each other."""
+        merged = False
         sinks: dict[frozenset[str], str] = {}
-        for v in sorted(self.q.nodes, key=self._first):
-            if self.q.out_degree(v) or not self.light.get(v):
+        for v in self._sweep():
+            if v not in self.q or self.q.out_degree(v) or not self.light.get(v):
                 continue
             direct = self._direct(v)
             if len(direct) == 1:
                 self.merge(direct[0], v, self._tie(direct[0], v, "light, reads {names}, and nothing reads it"))
-                return True
+                merged = True
+                continue
             waits = frozenset(self.q.predecessors(v))
-            if waits and waits in sinks:
+            if waits and sinks.get(waits) in self.q:
                 self.merge(sinks[waits], v, f"cell{'s' if len(self.members[v]) > 1 else ''} {self._cells(v)}: "
                                             f"light, nothing reads it, and it waits for the same apps")
-                return True
+                merged = True
+                continue
             sinks[waits] = v
-        return False
+        return merged
 
     def _cells(self, group: str) -> str:
         return ", ".join(str(self.numbers[i]) for i in sorted(self.members[group]))
 
     def _light_source(self) -> bool:
-        for u in sorted(self.q.nodes, key=self._first):
-            succs = list(self.q.successors(u))
+        merged = False
+        for u in self._sweep():
+            succs = list(self.q.successors(u)) if u in self.q else []
             if len(succs) == 1 and not self.q.in_degree(u) and self.light.get(u):
                 self.merge(succs[0], u, self._tie(u, succs[0], "light, and defines {names} for this app alone",
                                                   who=u))
-                return True
-        return False
+                merged = True
+        return merged
 
     def _light_alone(self) -> bool:
         """A light app that reads nothing and is read by nothing joins the app of the cell above it."""
