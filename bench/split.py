@@ -38,6 +38,7 @@ import nbformat
 from nbformat import v4
 
 import nbpipe
+from nbpipe.split import split_notebook
 from run import measure  # bench/ is on the path when this script runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,8 +162,7 @@ def branches(tmp: Path) -> list[tuple[str, str]]:
     ]
 
 
-def _corpus_times(tmp: Path, name: str) -> dict[str, float]:
-    nb = corpustools.strip_tags(corpustools.read(name))
+def _corpus_times(tmp: Path, name: str, nb: nbformat.NotebookNode) -> dict[str, float]:
     times = {}
     for label, options in MODES.items():
         work = tmp / "corpus" / name / label.replace(" ", "-")
@@ -177,13 +177,16 @@ def _corpus_times(tmp: Path, name: str) -> dict[str, float]:
 
 def corpus(tmp: Path) -> list[tuple[str, str]]:
     names = QUICK if _options["quick"] else corpustools.corpus_names()
-    rows: list[tuple[str, str]] = [("corpus notebook (seconds)", "  ".join(f"{label:>11}" for label in MODES))]
+    header = "  ".join(f"{label:>11}" for label in MODES) + "  apps cells/auto"
+    rows: list[tuple[str, str]] = [("corpus notebook (seconds)", header)]
     total = dict.fromkeys(MODES, 0.0)
     for name in names:
-        times = _corpus_times(tmp, name)
+        nb = corpustools.strip_tags(corpustools.read(name))
+        times = _corpus_times(tmp, name, nb)
         for label, took in times.items():
             total[label] += took
-        rows.append((f"  {name}", "  ".join(f"{times[label]:11.2f}" for label in MODES)))
+        apps = "/".join(str(len(split_notebook(nb, mode).groups)) for mode in ("cells", "auto"))
+        rows.append((f"  {name}", "  ".join(f"{times[label]:11.2f}" for label in MODES) + f"  {apps:>16}"))
     rows.append((f"corpus total, {len(names)} notebooks", "  ".join(f"{total[label]:11.1f}" for label in MODES)))
     rows.append(("corpus total / papermill", "  ".join(f"{total[label] / total['papermill']:10.2f}x"
                                                       for label in MODES)))
