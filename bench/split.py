@@ -100,7 +100,8 @@ def _papermill(path: Path) -> float:
     """papermill's run of ``path`` into ``NAME.pm.ipynb``: wall seconds."""
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "papermill", str(path), str(path.with_suffix(".pm.ipynb")),
-                    "--no-progress-bar", "--log-level", "ERROR"], check=True, capture_output=True)
+                    "--cwd", str(path.parent), "--no-progress-bar", "--log-level", "ERROR"],
+                   check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -162,16 +163,18 @@ def branches(tmp: Path) -> list[tuple[str, str]]:
     ]
 
 
-def _corpus_times(tmp: Path, name: str, nb: nbformat.NotebookNode) -> dict[str, float]:
+def _corpus_times(tmp: Path, name: str, nb: nbformat.NotebookNode) -> dict[str, float] | str:
+    """Seconds by mode, or what failed."""
     times = {}
     for label, options in MODES.items():
         work = tmp / "corpus" / name / label.replace(" ", "-")
         work.mkdir(parents=True)
         path = corpustools.place(nb, work, name)
-        if options is None:
-            times[label] = _papermill(path)
-        else:
-            times[label] = _nbpipe(path, work / "cache", *options)
+        try:
+            times[label] = _papermill(path) if options is None else _nbpipe(path, work / "cache", *options)
+        except subprocess.CalledProcessError as exc:
+            last = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+            return f"{label} failed: {last[0][:100]}"
     return times
 
 
@@ -180,14 +183,19 @@ def corpus(tmp: Path) -> list[tuple[str, str]]:
     header = "  ".join(f"{label:>11}" for label in MODES) + "  apps cells/auto"
     rows: list[tuple[str, str]] = [("corpus notebook (seconds)", header)]
     total = dict.fromkeys(MODES, 0.0)
+    counted = 0
     for name in names:
         nb = corpustools.strip_tags(corpustools.read(name))
         times = _corpus_times(tmp, name, nb)
+        if isinstance(times, str):
+            rows.append((f"  {name}", f"left out of the totals, {times}"))
+            continue
+        counted += 1
         for label, took in times.items():
             total[label] += took
         apps = "/".join(str(len(split_notebook(nb, mode).groups)) for mode in ("cells", "auto"))
         rows.append((f"  {name}", "  ".join(f"{times[label]:11.2f}" for label in MODES) + f"  {apps:>16}"))
-    rows.append((f"corpus total, {len(names)} notebooks", "  ".join(f"{total[label]:11.1f}" for label in MODES)))
+    rows.append((f"corpus total, {counted} notebooks", "  ".join(f"{total[label]:11.1f}" for label in MODES)))
     rows.append(("corpus total / papermill", "  ".join(f"{total[label] / total['papermill']:10.2f}x"
                                                       for label in MODES)))
     return rows
