@@ -28,11 +28,13 @@ nothing here passes or fails.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat import v4
@@ -112,6 +114,31 @@ def _nbpipe(path: Path, cache: Path, *options: str) -> float:
     return time.perf_counter() - start
 
 
+def _cpu() -> tuple[float, float]:
+    """CPU seconds so far: the whole machine's busy time, and this process's finished children's."""
+    ticks = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, children.ru_utime + children.ru_stime
+
+
+def _others(run: Any, *args: Any) -> tuple[float, float]:
+    """``run(*args)``'s wall seconds, and how many cores other processes kept busy meanwhile."""
+    busy, ours = _cpu()
+    start = time.perf_counter()
+    run(*args)
+    took = time.perf_counter() - start
+    busy_after, ours_after = _cpu()
+    return took, max(0.0, (busy_after - busy) - (ours_after - ours)) / took
+
+
+def _wait_quiet(limit: float = 60.0) -> None:
+    """Wait (at most ``limit`` seconds) until other processes keep less than half a core busy."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end and _others(time.sleep, 1.0)[1] > 0.5:
+        pass
+
+
 def _ideal(executed: Path) -> tuple[float, float, float]:
     """The serial cells' time, branch a's and branch b's, from papermill's cell durations."""
     nb = nbformat.read(executed, as_version=4)
@@ -134,14 +161,17 @@ def branches(tmp: Path) -> list[tuple[str, str]]:
     chosen = nbpipe.load_pipeline(path, "auto").split
     assert chosen is not None
     load_before = os.getloadavg()[0]
-    serial, ours, tagged, ideal, longest = [], [], [], [], []
+    serial, ours, tagged, ideal, longest, others = [], [], [], [], [], []
     for n in range(_options["repeat"]):
-        serial.append(_papermill(path))
+        _wait_quiet()
+        for times, (took, busy) in ((serial, _others(_papermill, path)),
+                                    (ours, _others(_nbpipe, path, tmp / f"cache-auto-{n}", "--split", "auto")),
+                                    (tagged, _others(_nbpipe, hand, tmp / f"cache-tagged-{n}"))):
+            times.append(took)
+            others.append(busy)
         parts = _ideal(path.with_suffix(".pm.ipynb"))
         ideal.append(parts[0] + max(parts[1:]))
         longest.append(max(parts[1:]))
-        ours.append(_nbpipe(path, tmp / f"cache-branches-{n}", "--split", "auto"))
-        tagged.append(_nbpipe(hand, tmp / f"cache-tagged-{n}"))
     load_after = os.getloadavg()[0]
     apps = ", ".join(f"{g.app} (cells {', '.join(map(str, g.cells))})" for g in chosen.groups)
     setup = ", ".join(str(i) for i, _ in chosen.setup) or "none"
@@ -160,6 +190,7 @@ def branches(tmp: Path) -> list[tuple[str, str]]:
                                                         "papermill"),
         ("two branches: load average before / after", f"{load_before:.2f} / {load_after:.2f} "
                                                       f"on {os.cpu_count()} cores"),
+        ("two branches: cores other processes kept busy", _spread(others, " cores")),
     ]
 
 
