@@ -1,6 +1,6 @@
 """Splitting without tags, measured: ratios side by side in one run.
 
-    python bench/split.py              # both parts (about ten minutes on 2 cores)
+    python bench/split.py              # both parts (about twenty minutes on 2 busy cores)
     python bench/split.py branches     # one part: branches or corpus
     python bench/split.py --quick      # 3 repetitions, 6 corpus notebooks
 
