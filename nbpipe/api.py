@@ -42,7 +42,7 @@ from .pull import into_namespace
 from .pull import plan as pull_plan
 from .pull import warn
 from .sites import Site, get_site
-from .split import cell_durations, restore_tags, split_notebook
+from .split import Split, cell_durations, restore_tags, split_notebook
 from .store import CACHE_DIR_NAME, Store
 from .validate import Checked, before_run, check_refresh, default_output
 
@@ -111,10 +111,24 @@ def load_pipeline(path: str | Path, split: str | None = None, cache_dir: str | P
         return build_pipeline(parse_notebook(nb, path))
     where = cache_dir_for(Path(path).resolve().parent, None, cache_dir)
     durations = Store.of_cache(where).durations() if split == "auto" else {}
-    chosen = split_notebook(nb, split, path, durations)
+    chosen = _split(nb, split, Path(path), durations)
     pipeline = build_pipeline(parse_notebook(chosen.nb, path))
     said = chosen.warning()
     return replace(pipeline, split=chosen, warnings=((said,) if said else ()) + pipeline.warnings)
+
+
+_SPLITS: dict[tuple[Any, ...], Split] = {}
+
+
+def _split(nb: Any, mode: str, path: Path, durations: dict[str, float]) -> Split:
+    """:func:`~nbpipe.split.split_notebook`, once per notebook content, mode and durations in
+    a process (a run loads its pipeline more than once: the CLI's count, the check, the run)."""
+    key = (str(path.resolve()), nbformat.writes(nb), mode, tuple(sorted(durations.items())))
+    if key not in _SPLITS:
+        if len(_SPLITS) >= 4:
+            _SPLITS.pop(next(iter(_SPLITS)))
+        _SPLITS[key] = split_notebook(nb, mode, path, durations)
+    return _SPLITS[key]
 
 
 def check(
