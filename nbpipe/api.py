@@ -123,7 +123,8 @@ _SPLITS: dict[tuple[Any, ...], Split] = {}
 def _split(nb: Any, mode: str, path: Path, durations: dict[str, float]) -> Split:
     """:func:`~nbpipe.split.split_notebook`, once per notebook content, mode and durations in
     a process (a run loads its pipeline more than once: the CLI's count, the check, the run)."""
-    key = (str(path.resolve()), nbformat.writes(nb), mode, tuple(sorted(durations.items())))
+    key = (str(path.resolve()), json.dumps(nb, sort_keys=True, default=str), mode,
+           tuple(sorted(durations.items())))
     if key not in _SPLITS:
         if len(_SPLITS) >= 4:
             _SPLITS.pop(next(iter(_SPLITS)))
