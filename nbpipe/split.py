@@ -115,8 +115,9 @@ class Split:
 
     def explain(self) -> list[str]:
         """Lines saying which apps the split chose and what ties each app's cells together."""
-        lines = [f"--split {self.mode}: {len(self.groups)} app(s) from "
-                 f"{sum(len(g.cells) for g in self.groups)} code cell(s)"]
+        cells = sum(len(g.cells) for g in self.groups) + len(self.setup)
+        lines = [f"--split {self.mode}: {len(self.groups)} app(s)"
+                 + (f" and {len(self.setup)} setup cell(s)" if self.setup else "") + f" from {cells} code cell(s)"]
         for index, reason in self.setup:
             lines.append(f"  setup: cell {self.numbers[index]} ({reason})")
         for group in self.groups:

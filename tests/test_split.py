@@ -385,7 +385,9 @@ def test_graph_split_auto_says_which_apps_and_why(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     split = split_notebook(read(src), "auto")
-    assert f"--split auto: {len(split.groups)} app(s) from " in text
+    code_cells = sum(1 for c in read(src).cells if c.cell_type == "code")
+    assert f"--split auto: {len(split.groups)} app(s) and {len(split.setup)} setup cell(s) " \
+           f"from {code_cells} code cell(s)" in text
     assert "setup: cell 0 (only imports and definitions)" in text
     assert "gen is a generator (numbers() yields), which cannot ship" in text
     for group in split.groups:
