@@ -32,8 +32,10 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
   * a cell whose only input is one app joins that app when nothing else
     would wait for it there (a chain stays one app);
   * a light cell with nothing downstream (a display, a plot, a print) joins
-    the one app it reads from; a light cell with nothing upstream joins the
-    one app that reads it. Light means no loop, comprehension or call of a
+    the one app it reads from, and light cells with nothing downstream that
+    wait for the same apps join each other; a light cell with nothing
+    upstream joins the one app that reads it, and one that shares nothing
+    joins the app above it. Light means no loop, comprehension or call of a
     function the notebook defines (in any cell, one tagged
     ``setup`` too), in at most :data:`LIGHT_STATEMENTS`
     statements, unless a previous run measured it at :data:`LIGHT_SECONDS` or
@@ -41,12 +43,16 @@ had tagged it. ``nbpipe tag`` writes the same copy to a file.
     makes a cell heavy: were a cell measured lighter than it looks to join
     another app, that app's cache key would change and it would run again.
 
-  Independent branches stay apart, so they run in parallel.
+  Independent branches stay apart, so they run in parallel. Should the apps
+  chosen not build, the split drops its moves step by step, down to one app
+  per cell, and its explanation says so. The facts read from a cell's source
+  are :mod:`nbpipe.cellsource`'s; the graph being merged is
+  :class:`nbpipe.grouping.Groups`.
 
-Both splits order cells that name the same file (a string such as
-``"data/hist.npy"``) when either of them writes files (``np.save``,
-``df.to_csv``, ``open(path, "w")``, a shell command): the later cell's app
-gets ``after:`` the earlier one's, as serial execution orders them.
+Under both splits, two cells that use the same file (a string such as
+``"data/hist.npy"`` given to a call) where either writes it are ordered: the
+later cell's app gets ``after:`` the earlier one's, as serial execution
+orders them (``auto`` has put them in one app already).
 
 ``parameters``, ``setup``, ``skip`` and ``metrics`` keep their meaning (the
 ``metrics`` cells stay their own block, which ``auto`` groups around); every
