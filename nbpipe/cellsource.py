@@ -19,6 +19,7 @@ import ast
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 from .names import analyse_cell, transformed_source
 from .parse import APP_NAME, RESERVED_NAMES
@@ -96,7 +97,10 @@ def file_order(sources: Mapping[int, str]) -> list[tuple[int, int, str]]:
     return out
 
 
+@lru_cache(maxsize=4096)
 def _tree(source: str) -> ast.Module | None:
+    """The cell's tree after IPython's transforms, parsed once per source (never changed by
+    a caller), or None when it does not parse."""
     try:
         return ast.parse(transformed_source(source))
     except (SyntaxError, ValueError, RecursionError):
@@ -242,7 +246,8 @@ _PATH = re.compile(r"^[\w.~/-]*(?:\.[A-Za-z0-9]{1,6}|/[\w.-]+)$")
 _WRITES = re.compile(r"^(?:to_\w+|save\w*|savefig|dump|write\w*|mkdir|touch|copy\w*|move|rename|unlink|remove)$")
 
 
-def file_uses(source: str) -> tuple[set[str], set[str]]:
+@lru_cache(maxsize=4096)
+def file_uses(source: str) -> tuple[frozenset[str], frozenset[str]]:
     """The file paths a cell's calls are given as string literals: (read, written)."""
     tree = _tree(source)
     reads: set[str] = set()
@@ -265,7 +270,7 @@ def file_uses(source: str) -> tuple[set[str], set[str]]:
             (writes if writing else reads).update(paths)
         else:
             (writes if _WRITES.match(called) else reads).update(paths)
-    return reads, writes
+    return frozenset(reads), frozenset(writes)
 
 
 def app_name(first: int, sources: Mapping[int, str], numbers: Mapping[int, int], taken: set[str]) -> str:

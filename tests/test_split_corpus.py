@@ -136,12 +136,7 @@ def test_auto_runs_the_users_of_a_class_that_changes_itself_in_one_app(tmp_path:
                  code("b = [Particle() for _ in range(3)]"), code("print(Particle.count, len(a), len(b))"))
     chosen = split_notebook(read_nb(path), "auto", path)
     assert [g.cells for g in chosen.groups] == [(0, 1, 2, 3)], chosen.explain()
-    out = tmp_path / "nb.out.ipynb"
-    assert run_papermill(path, out) is None
-    result = nbpipe.execute(path, split="auto", workers=2)
-    expected, merged = read_nb(out), read_nb(result.output)
-    assert [normalise_outputs(c.outputs) for c in merged.cells] \
-        == [normalise_outputs(c.outputs) for c in expected.cells]
+    _assert_auto_gives_papermills_outputs(path, tmp_path)
 
 
 def test_auto_keeps_a_function_reading_a_later_global_out_of_setup(tmp_path: Path) -> None:
@@ -169,12 +164,7 @@ def test_auto_runs_the_callers_of_a_function_keeping_state_in_one_app(tmp_path: 
     chosen = split_notebook(read_nb(path), "auto", path)
     assert chosen.setup == ()
     assert [g.cells for g in chosen.groups] == [tuple(range(7))], chosen.explain()
-    out = tmp_path / "nb.out.ipynb"
-    assert run_papermill(path, out) is None
-    result = nbpipe.execute(path, split="auto", workers=2)
-    expected, merged = read_nb(out), read_nb(result.output)
-    assert [normalise_outputs(c.outputs) for c in merged.cells] \
-        == [normalise_outputs(c.outputs) for c in expected.cells]
+    _assert_auto_gives_papermills_outputs(path, tmp_path)
 
 
 def test_auto_runs_a_file_written_and_read_by_two_cells_in_one_app(tmp_path: Path) -> None:
@@ -251,3 +241,12 @@ def test_auto_splits_random_notebooks_into_apps_nbpipe_accepts() -> None:
         build_pipeline(parse_notebook(chosen.nb))
         tried += 1
     assert tried > 100
+
+
+def _assert_auto_gives_papermills_outputs(path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nb.out.ipynb"
+    assert run_papermill(path, out) is None
+    result = nbpipe.execute(path, split="auto", workers=2)
+    expected, merged = read_nb(out), read_nb(result.output)
+    assert [normalise_outputs(c.outputs) for c in merged.cells] \
+        == [normalise_outputs(c.outputs) for c in expected.cells]
