@@ -183,8 +183,8 @@ def _map_cell(cell: Any, index: int, result: AppResult, items: list[dict[int, An
     hits = all(statuses[r.index] == AppStatus.CACHED.value for r, _ in ran)
     meta["status"] = statuses[failed[0].index] if failed else (AppStatus.CACHED if hits else AppStatus.COMPLETED).value
     if len(records) <= 100:
-        meta["item_status"] = [{"item": r.index, "status": statuses.get(r.index, AppStatus.SKIPPED.value),
-                                **{k: v for k, v in _cell_timing(c).items() if k == "duration"}}
+        meta["item_status"] = [{"item": r.index, "status": statuses.get(r.index, _unran_status(r)),
+                                **{k: v for k, v in (_cell_timing(c) if c else {}).items() if k == "duration"}}
                                for r, c in runs]
     return meta
 
@@ -298,6 +298,12 @@ def _cell_status(ran: Any, result: AppResult | ItemResult) -> str:
     if pm == "running":  # stopped mid-cell: timed out or interrupted
         return result.status.value
     return AppStatus.CACHED.value if result.status is AppStatus.CACHED else AppStatus.COMPLETED.value
+
+
+def _unran_status(record: ItemResult) -> str:
+    """An item that did not run this cell: failed before it (its process died), or never reached it."""
+    failed = record.status in (AppStatus.FAILED, AppStatus.TIMED_OUT)
+    return record.status.value if failed else AppStatus.SKIPPED.value
 
 
 def _host(result: AppResult) -> dict[str, Any]:
