@@ -70,10 +70,13 @@ class CacheMemo:
         self.unverified: list[str] = []  # completed apps with nothing cached to compare with
         self.compared: list[str] = []  # completed apps (items) compared with their entry
         self._pending: dict[tuple[str, int | None, bool], str] = {}
+        self._buffers: dict[str, dict[str, list[Path]]] = {}  # map app -> element -> its buffer files
 
     # -- the scheduler's Memo protocol -----------------------------------------
 
     def check(self, app: str, *, item: int | None, split: bool, preds: tuple[str, ...]) -> TaskResult | None:
+        if split:
+            self._buffers.pop(app, None)  # the split (again): its elements are new
         key = self._key(app, item, split, preds)
         self._pending[(app, item, split)] = key
         if not self._reads(app):
@@ -125,8 +128,15 @@ class CacheMemo:
                 and self.pipeline.apps[app].spec.cache)
 
     def _element_files(self, app: str, item: int) -> list[Path]:
+        """The element's pickle and its out-of-band buffers. The split directory is
+        listed once per split, not once per item (a glob each was quadratic)."""
         path = self.files.element(app, item)
-        return [path, *sorted(path.parent.glob(f"{path.stem}.buf*"))]
+        if app not in self._buffers:
+            found: dict[str, list[Path]] = {}
+            for entry in sorted(path.parent.glob("*.buf*")):
+                found.setdefault(entry.name.partition(".buf")[0], []).append(entry)
+            self._buffers[app] = found
+        return [path, *self._buffers[app].get(path.stem, [])]
 
     def _produced(self, app: str) -> str:
         """A digest of the values and files an app produced (a ``cache:off`` app's key downstream)."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
+from queue import SimpleQueue
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -122,6 +123,7 @@ class Scheduler:
         self.results = {name: AppResult(name) for name in pipeline.order}
         self.maps: dict[str, int] = {}  # map app -> number of items, once split
         self.running: dict[Future[TaskResult], Task] = {}
+        self.resolved: SimpleQueue[Future[TaskResult]] = SimpleQueue()  # running futures, as each resolves
         self.hits: deque[tuple[Task, TaskResult]] = deque()  # tasks the memo ended, not yet taken
         self.unreached: set[str] = set()  # apps below a SystemExit: serial execution never gets there
 
@@ -147,7 +149,11 @@ class Scheduler:
             while self.hits:
                 yield self.hits.popleft()
             return
-        done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
+        # Resolved futures arrive on a queue (a callback puts each): waiting on every running
+        # future at each turn would cost O(running) per task, quadratic in a map's items.
+        done = [self.resolved.get()]
+        while not self.resolved.empty():
+            done.append(self.resolved.get())
         for future in sorted(done, key=lambda f: self.pipeline.order.index(self.running[f].app)):
             yield self.running.pop(future), future.result()
 
@@ -282,7 +288,9 @@ class Scheduler:
         split = task.split
         spec = self.make_spec(app, attempt, item=task.item, split=split, maps=dict(self.maps),
                               sources=self.flow.sources(app, split), watch=self.flow.watch(app, split))
-        self.running[self.executor.submit(spec)] = task
+        future = self.executor.submit(spec)
+        self.running[future] = task
+        future.add_done_callback(self.resolved.put)
         first = task.attempts == 1
         if task.item is None and not task.split or task.split and first:
             self._emit(Kind.START if first else Kind.RETRY, app)
