@@ -28,6 +28,7 @@ from ..containers import Container, ContainerError, container_name, launch_argv,
 from ..store import Store
 from ..stop import GRACE_SECONDS
 from .base import AppStatus, TaskResult, TaskSpec
+from .batch import Batcher
 from .zygote import process_start
 
 __all__ = ["LocalExecutor", "result_path"]
@@ -45,7 +46,7 @@ class LocalExecutor:
     """Run up to ``workers`` tasks at once, each in its own process."""
 
     def __init__(self, workers: int | None = None, engine: str = "ipython",
-                 preload: list[str] | tuple[str, ...] = ()) -> None:
+                 preload: list[str] | tuple[str, ...] = (), batch: bool = True) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.engine = engine
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="nbpipe-local")
@@ -58,20 +59,38 @@ class LocalExecutor:
         # its first task comes (any engine: the child runs the task as the engine says).
         self._zygotes: dict[Any, _Zygote] = {}
         self._restarts: dict[Any, int] = {}
+        # Short map items run several to a forked process (batch.py); a kernel per task never batches.
+        self._queue = Batcher(self.workers, enabled=batch and engine == "ipython")
         if engine == "ipython":
             self._zygotes[None] = _Zygote(_host_command(self._preload))
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
-        return self._pool.submit(self._run, spec)
+        future: Future[TaskResult] = Future()
+        self._queue.put(spec, future)
+        self._pool.submit(self._next)  # one turn per task; a batch leaves the later turns nothing to do
+        return future
+
+    def _next(self) -> None:
+        """Take the next task (or batch of items) from the queue, run it, resolve its futures."""
+        batch = [(spec, future) for spec, future in self._queue.take() if future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        try:
+            results = self._run_batch([spec for spec, _ in batch]) if len(batch) > 1 else [self._run(batch[0][0])]
+        except BaseException as exc:
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for (spec, future), result in zip(batch, results):
+            self._queue.ended(result, spec.item)
+            future.set_result(result)
 
     def _run(self, spec: TaskSpec) -> TaskResult:
-        base = _files(spec)
-        spec_path, result_path = base.with_suffix(".spec.json"), base.with_suffix(".result.json")
-        spec_path.parent.mkdir(parents=True, exist_ok=True)
-        spec_path.write_text(json.dumps(spec.to_dict()))
+        base = _write_spec(spec)
         start = time.time()
         if self.engine == "ipython" or spec.container is not None:
             return self._run_forked(spec, base, start)
+        spec_path, result_path = base.with_suffix(".spec.json"), base.with_suffix(".result.json")
         with open(base.with_suffix(".log"), "wb") as log:
             with self._lock:
                 if self._closing:
@@ -116,6 +135,40 @@ class LocalExecutor:
             return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
         if task.orphaned:
             return self._result(spec, start, AppStatus.FAILED, "WorkerDied", zygote.death(started=bool(task.pid))
+                                + _printed(base))
+        return self._collect(spec, base, start, task.status)
+
+    def _run_batch(self, specs: list[TaskSpec]) -> list[TaskResult]:
+        """Items of one map app, one after another in one forked process; each has its
+        own files and result. Items the process did not reach run again, alone."""
+        bases = [_write_spec(spec) for spec in specs]
+        start = time.time()
+        if self._closing:
+            return [self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+                    for spec in specs]
+        try:
+            zygote = self._live_zygote(specs[0])
+        except (OSError, ContainerError) as exc:
+            return [self._result(spec, start, AppStatus.FAILED, "WorkerError",
+                                 f"cannot start the app's container: {exc}") for spec in specs]
+        task = zygote.run_many([(str(b.with_suffix(".spec.json")), str(b.with_suffix(".result.json")),
+                                 str(b.with_suffix(".log"))) for b in bases])
+        task.started.wait()
+        task.done.wait()
+        results: list[TaskResult] = []
+        for spec, base in zip(specs, bases):
+            if base.with_suffix(".result.json").exists() or base.with_suffix(".log").exists() or self._closing:
+                results.append(self._ended_in_batch(spec, base, start, zygote, task))
+            else:  # not reached: the process died (or was stopped) before it
+                results.append(self._run(spec))
+        return results
+
+    def _ended_in_batch(self, spec: TaskSpec, base: _Files, start: float, zygote: _Zygote,
+                        task: _Task) -> TaskResult:
+        if self._closing and not base.with_suffix(".result.json").exists():
+            return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+        if task.orphaned and not base.with_suffix(".result.json").exists():
+            return self._result(spec, start, AppStatus.FAILED, "WorkerDied", zygote.death(started=True)
                                 + _printed(base))
         return self._collect(spec, base, start, task.status)
 
@@ -165,6 +218,9 @@ class LocalExecutor:
                 # Also a zygote still starting (preloading imports) stops now, and the
                 # tasks waiting for it to start them fail instead of waiting.
                 zygote.close()
+        if cancel:
+            for future in self._queue.drain():
+                future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         with self._lock:
             zygotes = list(self._zygotes.values())
@@ -175,6 +231,14 @@ class LocalExecutor:
 def result_path(spec: TaskSpec) -> Path:
     """Where the task of ``spec`` writes its result, also when it is stopped."""
     return _files(spec).with_suffix(".result.json")
+
+
+def _write_spec(spec: TaskSpec) -> _Files:
+    base = _files(spec)
+    spec_path = base.with_suffix(".spec.json")
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec.to_dict()))
+    return base
 
 
 def _files(spec: TaskSpec) -> _Files:
@@ -263,12 +327,16 @@ class _Zygote:
         self._reader.start()
 
     def run(self, spec: str, result: str, log: str) -> _Task:
+        return self.run_many([(spec, result, log)])
+
+    def run_many(self, tasks: list[tuple[str, str, str]]) -> _Task:
+        """Fork one child that runs ``tasks`` (spec, result and log paths) one after another."""
         task = _Task()
         with self._lock:
             self._count += 1
             key = str(self._count)
             self._tasks[key] = task
-            request = {"op": "run", "key": key, "spec": spec, "result": result, "log": log}
+            request = {"op": "run", "key": key, "tasks": [list(paths) for paths in tasks]}
             assert self._proc.stdin is not None
             try:
                 self._proc.stdin.write((json.dumps(request) + "\n").encode())

@@ -259,6 +259,11 @@ def _interrupted(signum: int, frame: Any) -> None:
             os._exit(1)
 
 
+def interrupted() -> bool:
+    """Whether a SIGTERM came while a task ran (a batch then starts no further task)."""
+    return _interrupts > 0
+
+
 def main(argv: list[str], handle_sigterm: bool = True) -> int:
     spec_path, result_path = argv
     if handle_sigterm:

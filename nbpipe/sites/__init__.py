@@ -114,7 +114,8 @@ class Site:
                                 kernel_name=kernel_name)
         from ..execution.local import LocalExecutor
 
-        return LocalExecutor(workers or self.options.get("workers"), engine=engine, preload=preload)
+        return LocalExecutor(workers or self.options.get("workers"), engine=engine, preload=preload,
+                             batch=self.options.get("batch", True))
 
     def check(self, pipeline: Pipeline) -> None:
         """Refuse, before anything runs, an app that asks for what this site cannot give."""

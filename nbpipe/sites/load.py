@@ -42,7 +42,7 @@ RUNTIMES = ("podman", "docker", "apptainer", "singularity", "charliecloud", "shi
 #: Keys each engine accepts, with the type each value must have.
 _KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "local": {"engine": str, "workers": int, "run_dir": str, "cache_dir": str, "containers": dict,
-              "container": str},
+              "container": str, "batch": bool},
     "parsl": {"engine": str, "config": str, "provider": str, "provider_options": dict,
               "executor_options": dict, "label": str, "executors": dict, "run_dir": str, "cache_dir": str,
               "start_timeout": (int, float), "containers": dict, "container": str},
