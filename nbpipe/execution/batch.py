@@ -29,10 +29,10 @@ from .base import TaskResult, TaskSpec
 __all__ = ["BATCH_SECONDS", "Batcher", "MAX_BATCH", "SHORT_SECONDS"]
 
 #: Items measured shorter than this (mean of an app's items so far) are batched.
-SHORT_SECONDS = 0.05
+SHORT_SECONDS = 0.25
 #: What a batch aims to take: long enough to hide a fork, short enough that
 #: progress and results come often.
-BATCH_SECONDS = 0.25
+BATCH_SECONDS = 0.5
 #: The most items one process runs.
 MAX_BATCH = 64
 #: How many items of an app run alone before its items are measured short.
