@@ -308,8 +308,9 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     pulled = pull_plan(pipeline) if pull else {}
     store, compiled = _make_run_dir(pipeline, chosen.run_root(cwd), where, pulled)
     images = {app: c.digest for app, c in checked.containers.items()}
-    memo = CacheMemo(pipeline, store, Keys(pipeline, compiled, parameters, cwd, images), policy,
-                     {"id": _run_id(started), "notebook": str(path.resolve())})
+    keys = Keys(pipeline, compiled, parameters, cwd, images)
+    keys.warm()
+    memo = CacheMemo(pipeline, store, keys, policy, {"id": _run_id(started), "notebook": str(path.resolve())})
     executor = _LazyExecutor(lambda: _start_executor(chosen, pipeline, store.run_dir, cwd, workers=workers,
                                                      engine=engine, debug=debug))
     make_spec = _spec_maker(pipeline, store, cwd, parameters, engine, checked.containers,
