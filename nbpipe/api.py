@@ -581,13 +581,13 @@ def _inside_ipython() -> bool:
 
 
 def _read_executed(path: str | None) -> Any:
-    """An executed task notebook, or None. Not validated here: the merged notebook is."""
+    """An executed task notebook as plain JSON, or None. Not validated here: the merged
+    notebook is; the merge makes notebook nodes of the cells it takes (a task notebook's
+    own load and save cells, most of it, are never converted)."""
     if not path or not Path(path).exists():
         return None
-    from nbformat.v4.rwbase import rejoin_lines
-
     with open(path, encoding="utf-8") as f:
-        return rejoin_lines(nbformat.from_dict(json.load(f)))
+        return json.load(f)
 
 
 def _notebook_imports(pipeline: Pipeline, cwd: Path) -> tuple[str, ...]:

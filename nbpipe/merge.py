@@ -22,6 +22,7 @@ from typing import Any
 
 import nbformat
 from nbformat import v4
+from nbformat.v4.rwbase import rejoin_lines
 
 from .version import __version__
 from .compile import INTERNAL_TAG
@@ -115,7 +116,7 @@ def merge(
     _insert_error_banner(pipeline, merged, results)
 
     for app, nb in executed.items():
-        info = maps[app].language_info if app in maps else nb.metadata.get("language_info") \
+        info = maps[app].language_info if app in maps else nb.get("metadata", {}).get("language_info") \
             if not _is_map(nb) else None
         if info is not None:
             merged.metadata["language_info"] = copy.deepcopy(info)
@@ -148,12 +149,19 @@ def merge(
 
 
 def _by_source(nb: Any) -> dict[int, Any]:
+    """An executed task notebook's cells of the source notebook, by their index there."""
     out = {}
-    for cell in nb.cells:
-        source = cell.get("metadata", {}).get("nbpipe", {}).get("source")
-        if source is not None and INTERNAL_TAG not in cell.metadata.get("tags", []):
-            out[int(source["index"])] = cell
+    for cell in nb["cells"]:
+        meta = cell.get("metadata", {})
+        source = meta.get("nbpipe", {}).get("source")
+        if source is not None and INTERNAL_TAG not in meta.get("tags", []):
+            out[int(source["index"])] = _node(cell)
     return out
+
+
+def _node(cell: Any) -> Any:
+    """A cell read as plain JSON as nbformat reads it: a notebook node, its texts joined."""
+    return rejoin_lines(nbformat.from_dict({"cells": [cell]})).cells[0]
 
 
 #: A map app's cell shows every item's outputs up to this many items; beyond, the
@@ -208,7 +216,7 @@ class _CellRuns:
         key = _outputs_key(ran.get("outputs", []))
         self.key = key if self.key is None else self.key
         self.same = self.same and key == self.key
-        self.outputs[index] = copy.deepcopy(ran.get("outputs", []))
+        self.outputs[index] = ran.get("outputs", [])  # a node of its own (_node): no copy
         if bounded:
             self._drop_middle()
 
@@ -245,7 +253,7 @@ def _gather(app: str, pipeline: Pipeline, result: AppResult, notebooks: Iterable
     for record, nb in zip(records, notebooks):
         by_source = _by_source(nb) if nb is not None else {}
         if by_source and not runs.first:
-            runs.first, runs.language_info = by_source, nb.metadata.get("language_info")
+            runs.first, runs.language_info = by_source, nb.get("metadata", {}).get("language_info")
         outputs = {}
         for index in cells:
             ran = by_source.get(index)
