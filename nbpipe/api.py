@@ -35,6 +35,7 @@ from .execution.base import AppResult, AppStatus, TaskSpec, run_ok
 from .execution.scheduler import schedule
 from .graph import Pipeline, build_pipeline
 from .memo import CacheMemo, Difference, Policy
+from .itemsfile import ItemsFile, items_path
 from .merge import merge
 from .parse import parse_notebook, read_notebook
 from .pull import collect as collect_pulled
@@ -333,7 +334,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
             remove_run_containers(checked.containers.values(), store.run_dir.name)
     stop.hold()  # from here on a signal is recorded, not raised: the merged notebook gets written
     merged, metrics = _merge_run(pipeline, results, store, path, parameters, chosen.name, started, memo,
-                                 {app: c.describe() for app, c in checked.containers.items()})
+                                 {app: c.describe() for app, c in checked.containers.items()}, output)
     if policy.write:
         store.record_durations(cell_durations(merged))
     _write_results(merged, output, checked.html, store.run_dir, no_input=no_input, name=path.stem)
@@ -488,13 +489,19 @@ def _spec_maker(pipeline: Pipeline, store: Store, cwd: Path, parameters: dict[st
 
 def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], store: Store, path: Path,
                parameters: dict[str, Any], site: str, started: float,
-               memo: CacheMemo, containers: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
-    """The executed task notebooks (partial ones too) -> the merged notebook, and the metrics."""
+               memo: CacheMemo, containers: dict[str, dict[str, Any]],
+               output: Path) -> tuple[Any, dict[str, Any]]:
+    """The executed task notebooks (partial ones too) -> the merged notebook, and the metrics.
+
+    A map app's item notebooks are read one at a time as the merge asks (it keeps what it
+    shows); the items of a large map go to the items file beside ``output``, put in place
+    before the merged notebook is written.
+    """
     _pick_up_partial(results, store)
     executed: dict[str, Any] = {}
     for app, result in results.items():
         if result.items is not None:
-            executed[app] = [_read_executed(r.output) for r in result.items]
+            executed[app] = (_read_executed(r.output) for r in result.items)
         elif result.output:
             executed[app] = _read_executed(result.output)
     metrics = _read_metrics(store, pipeline)
@@ -513,8 +520,17 @@ def _merge_run(pipeline: Pipeline, results: dict[str, AppResult], store: Store, 
     }
     if pipeline.split is not None:
         extra["split"] = pipeline.split.to_json()
-    merged = merge(pipeline, results, executed, parameters=parameters, site=site, extra=extra,
-                   containers=containers)
+    items = ItemsFile(items_path(output))
+    try:
+        merged = merge(pipeline, results, executed, parameters=parameters, site=site, extra=extra,
+                       containers=containers, items_file=items)
+        items.commit()
+    except OutputError as exc:
+        items.abort()
+        raise OutputError(f"{exc}; the executed task notebooks are kept in {store.run_dir}") from None
+    except BaseException:
+        items.abort()
+        raise
     if pipeline.split is not None:
         restore_tags(merged, pipeline.split)
     return merged, metrics
@@ -533,7 +549,7 @@ def _write_results(merged: Any, output: Path, html: Path | None, run_dir: Path, 
         if html is not None:
             from .render import render_html
 
-            render_html(merged, html, no_input=no_input, name=name)
+            render_html(merged, html, no_input=no_input, name=name, beside=output.parent)
     except OSError as exc:
         where = exc.filename or output
         raise OutputError(f"cannot write {where}: {exc.strerror}; the executed task notebooks "
@@ -566,13 +582,13 @@ def _inside_ipython() -> bool:
 
 
 def _read_executed(path: str | None) -> Any:
-    """An executed task notebook, or None. Not validated here: the merged notebook is."""
+    """An executed task notebook as plain JSON, or None. Not validated here: the merged
+    notebook is; the merge makes notebook nodes of the cells it takes (a task notebook's
+    own load and save cells, most of it, are never converted)."""
     if not path or not Path(path).exists():
         return None
-    from nbformat.v4.rwbase import rejoin_lines
-
     with open(path, encoding="utf-8") as f:
-        return rejoin_lines(nbformat.from_dict(json.load(f)))
+        return json.load(f)
 
 
 def _notebook_imports(pipeline: Pipeline, cwd: Path) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_text"]
+__all__ = ["AtomicWriter", "write_text"]
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -18,22 +18,47 @@ def write_text(path: str | Path, text: str) -> Path:
 
     A symbolic link is written through: its target is replaced, the link stays.
     """
-    given = Path(path)
-    path = Path(os.path.realpath(given))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    writer = AtomicWriter(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, mode)  # mkstemp's 0600, or the mode a plain write would give
-        os.replace(temporary, path)
+        writer.write(text)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        writer.abort()
         raise
-    return given
+    return writer.commit()
+
+
+class AtomicWriter:
+    """A text file written piece by piece (a file too large to hold as one string), then put
+    in place whole by :meth:`commit` or dropped by :meth:`abort`, as :func:`write_text` does."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.given = Path(path)
+        self.path = Path(os.path.realpath(self.given))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        self._file.write(text)
+
+    def commit(self) -> Path:
+        """Put the file in place (the mode a plain write would give, or the old file's); return its path."""
+        try:
+            mode = self.path.stat().st_mode & 0o7777 if self.path.is_file() else 0o666 & ~_umask()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.chmod(self.temporary, mode)  # mkstemp's 0600, or the mode a plain write would give
+            os.replace(self.temporary, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.given
+
+    def abort(self) -> None:
+        """Drop what was written; the file at ``path`` stays as it was."""
+        self._file.close()
+        Path(self.temporary).unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -649,7 +649,7 @@ def _render(args: argparse.Namespace) -> int:
 
     output = args.output or args.notebook.with_suffix(".html")
     render_html(read_notebook(args.notebook), output, no_input=args.no_input,
-                name=args.notebook.stem.removesuffix(".merged"))
+                name=args.notebook.stem.removesuffix(".merged"), beside=args.notebook.parent)
     print(output)
     return 0
 

@@ -137,7 +137,8 @@ def _box(app: dict[str, Any], run: dict[str, Any], cell_ids: Collection[str] | N
     name = app["name"]
     status = str(run.get("status") or "pending")
     items = run.get("items")
-    count = len(items) if isinstance(items, list) else None
+    # a map whose items went to the items file keeps a few of their records, and their count
+    count = run.get("item_count", len(items)) if isinstance(items, list) else None
     first = (app.get("cells") or [None])[0]
     href = f"#cell-id={first}" if first and (cell_ids is None or first in cell_ids) else None
     detail = _detail(status, run.get("duration"), count, items)

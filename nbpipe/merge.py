@@ -1,24 +1,34 @@
-"""Executed task notebooks -> one narrative notebook (pure).
+"""Executed task notebooks -> one narrative notebook.
 
 Every original cell comes back in its original order with the outputs its app
 produced, the execution count a serial papermill run gives it (which the
 ``ipython`` engine ran it with), and
 ``metadata.nbpipe`` telling which app ran it, how and where (SPEC §6).
+
+A ``map:`` app's item notebooks are read one at a time and dropped: only the
+outputs the merged notebook shows are kept. A map of more than
+``SIDECAR_ITEMS`` items writes every item to an items file beside the merged
+notebook (:mod:`.itemsfile`) and keeps the first and last few items (and every
+failed one) inline, so the notebook and the driver's memory stay bounded.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import nbformat
 from nbformat import v4
+from nbformat.v4.rwbase import rejoin_lines
 
 from .version import __version__
 from .compile import INTERNAL_TAG
 from .execution.base import AppResult, AppStatus, ItemResult, run_ok
 from .graph import Pipeline, execution_counts
+from .itemsfile import ItemsFile
 from .parameters import effective
 from .shape import ERROR_TAG, INJECTED_TAG
 
@@ -34,23 +44,28 @@ def merge(
     site: str,
     extra: dict[str, Any] | None = None,
     containers: dict[str, dict[str, Any]] | None = None,
+    items_file: ItemsFile | None = None,
 ) -> Any:
     """Build the merged notebook.
 
     ``executed`` maps an app to its executed task notebook (apps that never
-    ran are absent). ``extra`` is added to the notebook's ``metadata.nbpipe``
-    (provenance, cache keys, metrics). ``containers`` maps an app that runs in
-    a container to its image, digest and runtime, recorded on its cells.
+    ran are absent); a ``map:`` app to an iterable of its items' notebooks
+    (None for an item that left none), read once, in item order. ``extra`` is
+    added to the notebook's ``metadata.nbpipe`` (provenance, cache keys,
+    metrics). ``containers`` maps an app that runs in a container to its
+    image, digest and runtime, recorded on its cells. ``items_file`` receives
+    the items of every map of more than ``SIDECAR_ITEMS`` items (without it,
+    every map is merged inline).
     """
     containers = containers or {}
     parsed = pipeline.parsed
     merged = copy.deepcopy(parsed.nb)
     executed = {app: nb for app, nb in executed.items() if nb is not None}
-    by_app = {app: _by_source(nb) for app, nb in executed.items() if not isinstance(nb, list)}
-    by_item = {app: [_by_source(nb) if nb is not None else {} for nb in nbs]
-               for app, nbs in executed.items() if isinstance(nbs, list)}
-    for app, items in by_item.items():  # shared cells (setup, parameters) of a map app
-        by_app[app] = next((i for i in items if i), {})
+    by_app = {app: _by_source(nb) for app, nb in executed.items() if not _is_map(nb)}
+    maps = {app: _gather(app, pipeline, results[app], nbs, items_file)
+            for app, nbs in executed.items() if _is_map(nbs) and results[app].items is not None}
+    for app, runs in maps.items():  # shared cells (setup, parameters) of a map app
+        by_app[app] = runs.first
     notebook_order = list(pipeline.apps)  # apps in order of their first cell
 
     for info in parsed.cells:
@@ -73,8 +88,9 @@ def merge(
                 meta["reason"] = "no app ran"
         elif results[info.app or ""].items is not None:
             app = info.app or ""
-            meta = {"app": app, **_map_cell(cell, info.index, results[app], by_item.get(app, []),
-                                            pipeline.apps[app].spec.map)}
+            runs = maps[app].cells[info.index] if app in maps else _CellRuns()
+            meta = {"app": app, **_map_cell(cell, runs, results[app], pipeline.apps[app].spec.map,
+                                            maps[app].items_file if app in maps else None)}
             meta.update(_host(results[app]))
         else:
             app = info.app or ""
@@ -99,10 +115,11 @@ def merge(
     _insert_injected_parameters(pipeline, merged, counts, parameters)
     _insert_error_banner(pipeline, merged, results)
 
-    for nb in executed.values():
-        nb = next((n for n in nb if n is not None), None) if isinstance(nb, list) else nb
-        if nb is not None and "language_info" in nb.metadata:
-            merged.metadata["language_info"] = copy.deepcopy(nb.metadata["language_info"])
+    for app, nb in executed.items():
+        info = maps[app].language_info if app in maps else nb.get("metadata", {}).get("language_info") \
+            if not _is_map(nb) else None
+        if info is not None:
+            merged.metadata["language_info"] = copy.deepcopy(info)
             break
     # every parameter's value, defaults too, and whether it is the default or was given
     values, sources = effective(pipeline.parsed, parameters)
@@ -114,99 +131,221 @@ def merge(
         "parameters": values,
         "parameter_sources": sources,
         "graph": pipeline.to_json(),
-        "apps": {name: {**results[name].to_dict(), **({"container": containers[name]} if name in containers
-                                                         else {})} for name in pipeline.order},
+        "apps": {name: {**_app_record(results[name], maps.get(name)),
+                        **({"container": containers[name]} if name in containers else {})}
+                 for name in pipeline.order},
         # readers re-wired to an app that changed a value unpredicted (the mutation check)
         "reruns": [{"app": name, "read": r["variable"], "from": r["app"], "reran": r["reran"]}
                    for name in pipeline.order for r in results[name].reruns or ()],
         **(extra or {}),
     }
+    folded_out = {app: runs.items_file for app, runs in maps.items() if runs.items_file}
+    if folded_out:  # every item of these maps is a line of the items file beside the notebook
+        merged.metadata["nbpipe"]["items_file"] = {
+            "file": next(iter(folded_out.values())),
+            "apps": {app: len(results[app].items or []) for app in folded_out}}
     nbformat.validate(merged)
     return merged
 
 
 def _by_source(nb: Any) -> dict[int, Any]:
+    """An executed task notebook's cells of the source notebook, by their index there."""
     out = {}
-    for cell in nb.cells:
-        source = cell.get("metadata", {}).get("nbpipe", {}).get("source")
-        if source is not None and INTERNAL_TAG not in cell.metadata.get("tags", []):
-            out[int(source["index"])] = cell
+    for cell in nb["cells"]:
+        meta = cell.get("metadata", {})
+        source = meta.get("nbpipe", {}).get("source")
+        if source is not None and INTERNAL_TAG not in meta.get("tags", []):
+            out[int(source["index"])] = _node(cell)
     return out
+
+
+def _node(cell: Any) -> Any:
+    """A cell read as plain JSON as nbformat reads it: a notebook node, its texts joined."""
+    return rejoin_lines(nbformat.from_dict({"cells": [cell]})).cells[0]
 
 
 #: A map app's cell shows every item's outputs up to this many items; beyond, the
 #: first and last few and every failed item, so the notebook stays readable.
 SHOW_ITEMS = 20
 SHOW_HEAD, SHOW_TAIL = 10, 5
-
-
-def _map_cell(cell: Any, index: int, result: AppResult, items: list[dict[int, Any]], spec: Any) -> dict[str, Any]:
-    """Outputs of every item of a map: app in one cell, each labelled with its item."""
-    records = result.items or []
-    runs = [(record, items[record.index].get(index) if record.index < len(items) else None)
-            for record in records]
-    ran = [(r, c) for r, c in runs if c is not None and c.get("execution_count") is not None]
-    meta: dict[str, Any] = {"items": len(records)}
-    if not records:
-        meta.update(status=result.status.value, reason="the iterable was empty: no item ran")
-        return meta
-    if not ran:
-        meta.update(status=AppStatus.SKIPPED.value, reason=result.reason or _not_reached(result))
-        return meta
-    cell.execution_count = ran[0][1].get("execution_count")
-    statuses = {r.index: _cell_status(c, r) for r, c in ran}
-    failed = [r for r, _ in ran if statuses[r.index] not in _DONE]
-    groups = [(r, copy.deepcopy(c.get("outputs", []))) for r, c in ran]
-    keys = {_outputs_key(outs) for _, outs in groups}
-    label = (lambda r: f"{spec.item} = {r.label}") if spec else (lambda r: r.label)
-    if len(groups) > 1 and len(keys) == 1 and not failed:
-        first, last = groups[0][0], groups[-1][0]
-        cell.outputs = [_label_output(f"all {len(groups)} items, {label(first)} … {label(last)}: "
-                                      "identical outputs")] + groups[0][1] if groups[0][1] else []
-    else:
-        shown = groups
-        if len(groups) > SHOW_ITEMS:
-            keep = {r.index for r, _ in groups[:SHOW_HEAD] + groups[-SHOW_TAIL:]} | {r.index for r in failed}
-            shown = [(r, o) for r, o in groups if r.index in keep]
-        cell.outputs = _fold(shown, label)
-        on_show = {r.index for r, _ in shown}
-        folded = [(r, o) for r, o in groups if r.index not in on_show]
-        if folded:
-            meta["folded"] = [{"item": r.index, "label": label(r), "status": statuses[r.index],
-                               "text": _folded_text(outs)} for r, outs in folded[:FOLDED_ITEMS]]
-    timings = [_cell_timing(c) for _, c in ran]
-    starts = [t["start_time"] for t in timings if "start_time" in t]
-    ends = [t["end_time"] for t in timings if "end_time" in t]
-    if starts and ends:
-        meta.update(start_time=min(starts), end_time=max(ends))
-    meta["duration"] = round(sum(t.get("duration") or 0.0 for t in timings), 6)
-    hits = all(statuses[r.index] == AppStatus.CACHED.value for r, _ in ran)
-    meta["status"] = statuses[failed[0].index] if failed else (AppStatus.CACHED if hits else AppStatus.COMPLETED).value
-    if len(records) <= 100:
-        meta["item_status"] = [{"item": r.index, "status": statuses.get(r.index, _unran_status(r)),
-                                **{k: v for k, v in (_cell_timing(c) if c else {}).items() if k == "duration"}}
-                               for r, c in runs]
-    return meta
-
-
+#: A map of more than this many items writes every item to the items file beside the
+#: merged notebook (:mod:`.itemsfile`); a smaller one keeps its folded items' text in
+#: the cell's ``metadata.nbpipe.folded``.
+SIDECAR_ITEMS = 200
 #: Folded items keep their text outputs in the cell's ``metadata.nbpipe.folded``
 #: (the per-item task notebooks go with the run directory), this much of each.
 FOLDED_ITEMS, FOLDED_CHARS = 500, 500
 
 
-def _fold(shown: list[tuple[ItemResult, list[Any]]], label: Any) -> list[Any]:
+def _is_map(executed: Any) -> bool:
+    """A map app's value in ``executed``: an iterable of item notebooks, not one notebook."""
+    return not isinstance(executed, dict)
+
+
+@dataclass
+class _CellRuns:
+    """One cell of a map app over its items: the statuses and times of every item that
+    ran it, and the outputs of those the merged notebook may show."""
+
+    #: each item that ran the cell: the status it came to, and its duration
+    statuses: dict[int, str] = field(default_factory=dict)
+    durations: dict[int, float | None] = field(default_factory=dict)
+    outputs: dict[int, list[Any]] = field(default_factory=dict)
+    count: int | None = None
+    start: str | None = None
+    end: str | None = None
+    duration: float = 0.0
+    key: str | None = None
+    same: bool = True  # every item's outputs are the same
+    order: list[int] = field(default_factory=list)  # the items that ran it, in order
+    #: items past SHOW_HEAD whose outputs may be dropped once they leave the last SHOW_TAIL
+    _dropped_to: int = SHOW_HEAD
+
+    def add(self, index: int, ran: Any, status: str, *, bounded: bool) -> None:
+        timing = _cell_timing(ran)
+        self.statuses[index] = status
+        self.order.append(index)
+        self.durations[index] = timing.get("duration")
+        self.duration += timing.get("duration") or 0.0
+        if "start_time" in timing and (self.start is None or timing["start_time"] < self.start):
+            self.start = timing["start_time"]
+        if "end_time" in timing and (self.end is None or timing["end_time"] > self.end):
+            self.end = timing["end_time"]
+        if self.count is None:
+            self.count = ran.get("execution_count")
+        key = _outputs_key(ran.get("outputs", []))
+        self.key = key if self.key is None else self.key
+        self.same = self.same and key == self.key
+        self.outputs[index] = ran.get("outputs", [])  # a node of its own (_node): no copy
+        if bounded:
+            self._drop_middle()
+
+    def _drop_middle(self) -> None:
+        """Keep the outputs of the first SHOW_HEAD and the last SHOW_TAIL items, and of failed ones."""
+        if len(self.order) <= SHOW_ITEMS:
+            return  # all of them are shown
+        for index in self.order[self._dropped_to:len(self.order) - SHOW_TAIL]:
+            if self.statuses[index] in _DONE:
+                self.outputs.pop(index, None)
+        self._dropped_to = max(self._dropped_to, len(self.order) - SHOW_TAIL)
+
+
+@dataclass
+class _MapRuns:
+    """A map app's items, read once: the first item's cells (the shared cells show them)
+    and each of the app's cells over the items."""
+
+    first: dict[int, Any] = field(default_factory=dict)
+    cells: dict[int, _CellRuns] = field(default_factory=dict)
+    language_info: Any = None
+    items_file: str | None = None  # the items file's name, when the items went there
+
+
+def _gather(app: str, pipeline: Pipeline, result: AppResult, notebooks: Iterable[Any],
+            items_file: ItemsFile | None) -> _MapRuns:
+    """One pass over a map app's item notebooks, each dropped once read."""
+    records = result.items or []
+    cells = pipeline.apps[app].spec.cells
+    ids = {index: pipeline.parsed.cells[index].id for index in cells}
+    bounded = items_file is not None and len(records) > SIDECAR_ITEMS
+    runs = _MapRuns(cells={index: _CellRuns() for index in cells},
+                    items_file=items_file.name if bounded and items_file else None)
+    for record, nb in zip(records, notebooks):
+        by_source = _by_source(nb) if nb is not None else {}
+        if by_source and not runs.first:
+            runs.first, runs.language_info = by_source, nb.get("metadata", {}).get("language_info")
+        outputs = {}
+        for index in cells:
+            ran = by_source.get(index)
+            if ran is not None and ran.get("execution_count") is not None:
+                runs.cells[index].add(record.index, ran, _cell_status(ran, record), bounded=bounded)
+                outputs[ids[index]] = ran.get("outputs", [])
+        if bounded and items_file is not None:
+            items_file.add(app, record.to_dict(), outputs)
+    return runs
+
+
+def _app_record(result: AppResult, runs: _MapRuns | None) -> dict[str, Any]:
+    """An app's record in ``metadata.nbpipe.apps``; a map whose items went to the items file
+    keeps the first and last few items' records and every failed one's, and their count."""
+    record = result.to_dict()
+    if runs is None or runs.items_file is None:
+        return record
+    items = record["items"]
+    keep = {i for i in range(len(items)) if i < SHOW_HEAD or i >= len(items) - SHOW_TAIL
+            or items[i]["status"] not in _DONE}
+    return {**record, "items": [items[i] for i in sorted(keep)], "item_count": len(items),
+            "items_file": runs.items_file}
+
+
+def _map_cell(cell: Any, runs: _CellRuns, result: AppResult, spec: Any,
+              items_file: str | None) -> dict[str, Any]:
+    """Outputs of every item of a map: app in one cell, each labelled with its item."""
+    records = result.items or []
+    by_index = {r.index: r for r in records}
+    statuses = runs.statuses
+    meta: dict[str, Any] = {"items": len(records)}
+    if not records:
+        meta.update(status=result.status.value, reason="the iterable was empty: no item ran")
+        return meta
+    if not statuses:
+        meta.update(status=AppStatus.SKIPPED.value, reason=result.reason or _not_reached(result))
+        return meta
+    cell.execution_count = runs.count
+    ran = [by_index[i] for i in runs.order]
+    failed = [r for r in ran if statuses[r.index] not in _DONE]
+    label = (lambda r: f"{spec.item} = {r.label}") if spec else (lambda r: r.label)
+    if len(ran) > 1 and runs.same and not failed:
+        first, last = ran[0], ran[-1]
+        outs = runs.outputs[first.index]
+        cell.outputs = [_label_output(f"all {len(ran)} items, {label(first)} … {label(last)}: "
+                                      "identical outputs")] + outs if outs else []
+    else:
+        shown = ran
+        if len(ran) > SHOW_ITEMS:
+            keep = {r.index for r in ran[:SHOW_HEAD] + ran[-SHOW_TAIL:]} | {r.index for r in failed}
+            shown = [r for r in ran if r.index in keep]
+        cell.outputs = _fold([(r, runs.outputs[r.index]) for r in shown], label, items_file)
+        on_show = {r.index for r in shown}
+        folded = [r for r in ran if r.index not in on_show]
+        if folded and items_file is None:
+            meta["folded"] = [{"item": r.index, "label": label(r), "status": statuses[r.index],
+                               "text": _folded_text(runs.outputs[r.index])} for r in folded[:FOLDED_ITEMS]]
+        elif folded:
+            meta["items_file"] = items_file
+    if runs.start is not None and runs.end is not None:
+        meta.update(start_time=runs.start, end_time=runs.end)
+    meta["duration"] = round(runs.duration, 6)
+    hits = all(s == AppStatus.CACHED.value for s in statuses.values())
+    meta["status"] = statuses[failed[0].index] if failed else (AppStatus.CACHED if hits else AppStatus.COMPLETED).value
+    if len(records) <= 100:
+        meta["item_status"] = [{"item": r.index, "status": statuses.get(r.index, _unran_status(r)),
+                                **({"duration": runs.durations[r.index]}
+                                   if runs.durations.get(r.index) is not None else {})}
+                               for r in records]
+    return meta
+
+
+def _fold(shown: list[tuple[ItemResult, list[Any]]], label: Any, items_file: str | None = None) -> list[Any]:
     """The shown items' outputs, each under its label, with a note where items were folded."""
     outputs: list[Any] = []
     previous = -1
     for record, outs in shown:
         if record.index > previous + 1:
-            outputs.append(_label_output(
-                f"… {record.index - previous - 1} item(s) folded: their text outputs are kept "
-                "in this cell's metadata (nbpipe.folded)", folded=[previous + 1, record.index - 1]))
+            outputs.append(_fold_note(previous + 1, record.index - 1, items_file))
         outputs.append(_label_output(f"item {record.index}: {label(record)}"))
         outputs.extend(outs)
         previous = record.index
     return outputs
+
+
+def _fold_note(first: int, last: int, items_file: str | None) -> Any:
+    count = last - first + 1
+    if items_file is None:
+        return _label_output(f"… {count} item(s) folded: their text outputs are kept "
+                             "in this cell's metadata (nbpipe.folded)", folded=[first, last])
+    return _label_output(f"… {count} item(s) folded: every item's outputs are in {items_file}",
+                         folded=[first, last], link=items_file)
 
 
 def _folded_text(outputs: list[Any]) -> str:
@@ -258,12 +397,15 @@ def _outputs_key(outputs: list[Any]) -> str:
                        for o in outputs], sort_keys=True)
 
 
-def _label_output(text: str, *, folded: list[int] | None = None) -> Any:
+def _label_output(text: str, *, folded: list[int] | None = None, link: str | None = None) -> Any:
     mark: dict[str, Any] = {"item_label": True}
     if folded is not None:
         mark["folded"] = folded  # the first and last item folded here
-    return v4.new_output("display_data", data={"text/plain": f"[{text}]",
-                                               "text/markdown": f"**{text}**"},
+    markdown = f"**{text}**"
+    if link is not None:  # the items file beside the notebook: a link a reader can follow
+        mark["items_file"] = link
+        markdown = f"**{text.removesuffix(link).rstrip()}** [{link}]({link})"
+    return v4.new_output("display_data", data={"text/plain": f"[{text}]", "text/markdown": markdown},
                          metadata={"nbpipe": mark})
 
 

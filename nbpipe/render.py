@@ -37,18 +37,20 @@ _FAILED = ("failed", "timed_out")
 SIGNIFICANT = 4
 
 
-def render_html(nb: Any, output: str | Path, *, no_input: bool = False, name: str | None = None) -> Path:
+def render_html(nb: Any, output: str | Path, *, no_input: bool = False, name: str | None = None,
+                beside: str | Path | None = None) -> Path:
     """Write ``nb`` as one self-contained HTML file and return its path.
 
     ``no_input``: results only (no code, no prompts). ``name`` is the page's
     title when the notebook has no heading (default: ``output``'s name
-    without ``.merged``).
+    without ``.merged``). ``beside``: the notebook's folder, where its items
+    file (large maps, :mod:`.itemsfile`) gives the timeline every item.
     """
     from jinja2 import TemplateNotFound
 
     name = name or Path(output).stem.removesuffix(".merged")
     data = report_data(nb, name)
-    resources = {"metadata": {"name": data["title"]}, "nbpipe": {**data, "figures": figures(nb)}}
+    resources = {"metadata": {"name": data["title"]}, "nbpipe": {**data, "figures": figures(nb, beside)}}
     try:
         body, _ = _exporter("nbpipe", no_input).from_notebook_node(nb, resources=resources)
     except TemplateNotFound:  # installed without its data files: the plain JupyterLab page
@@ -56,11 +58,30 @@ def render_html(nb: Any, output: str | Path, *, no_input: bool = False, name: st
     return write_text(output, body)  # whole or not at all: a reader never sees half a report
 
 
-def figures(nb: Any) -> dict[str, Any]:
+def figures(nb: Any, beside: str | Path | None = None) -> dict[str, Any]:
     """The report's figures as plain data (``templates/nbpipe/figures.j2`` draws them)."""
-    meta = nb.get("metadata", {}).get("nbpipe") or {}
+    meta = _with_items(nb.get("metadata", {}).get("nbpipe") or {}, beside)
     ids = {cell.get("id") for cell in nb.get("cells", []) if cell.get("id")}
     return {"dag": layout.dag(meta, ids), "timeline": layout.timeline(meta)}
+
+
+def _with_items(meta: dict[str, Any], beside: str | Path | None) -> dict[str, Any]:
+    """The run's records with every item of the maps the items file in ``beside`` holds (the
+    merged notebook keeps a few of them), read one line at a time; without it, as they are."""
+    listed = (meta.get("items_file") or {}).get("apps") or {}
+    name = (meta.get("items_file") or {}).get("file")
+    items = Path(beside) / str(name) if beside is not None and name else None
+    if not listed or items is None or not items.is_file():
+        return meta
+    from .itemsfile import read_items
+
+    records: dict[str, list[dict[str, Any]]] = {app: [] for app in listed}
+    for line in read_items(items):
+        if line.get("app") in records:
+            records[line["app"]].append({k: v for k, v in line.items() if k not in ("app", "outputs")})
+    apps = {name: {**app, "items": records[name]} if records.get(name) else app
+            for name, app in (meta.get("apps") or {}).items()}
+    return {**meta, "apps": apps}
 
 
 def _exporter(template: str, no_input: bool) -> Any:
@@ -102,6 +123,7 @@ def report_data(nb: Any, name: str) -> dict[str, Any]:
         "counts": _counts(run.get("apps", {})),
         "metrics": [{"name": k, "value": v} for k, v in run.get("metrics", {}).items()],
         "title_id": _title_id(headings),
+        "items_file": (run.get("items_file") or {}).get("file"),
         "toc": headings[1:200],
     }
 
