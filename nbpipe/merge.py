@@ -268,13 +268,12 @@ def _gather(app: str, pipeline: Pipeline, result: AppResult, notebooks: Iterable
 def _app_record(result: AppResult, runs: _MapRuns | None) -> dict[str, Any]:
     """An app's record in ``metadata.nbpipe.apps``; a map whose items went to the items file
     keeps the first and last few items' records and every failed one's, and their count."""
-    record = result.to_dict()
     if runs is None or runs.items_file is None:
-        return record
-    items = record["items"]
-    keep = {i for i in range(len(items)) if i < SHOW_HEAD or i >= len(items) - SHOW_TAIL
-            or items[i]["status"] not in _DONE}
-    return {**record, "items": [items[i] for i in sorted(keep)], "item_count": len(items),
+        return result.to_dict()
+    items = result.items or []
+    keep = [r for i, r in enumerate(items) if i < SHOW_HEAD or i >= len(items) - SHOW_TAIL
+            or r.status.value not in _DONE]
+    return {**result.to_dict(items=False), "items": [r.to_dict() for r in keep], "item_count": len(items),
             "items_file": runs.items_file}
 
 

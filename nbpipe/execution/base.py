@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 __all__ = ["AppResult", "AppStatus", "Executor", "ItemResult", "TaskResult", "TaskSpec", "run_ok"]
@@ -176,11 +176,12 @@ class AppResult(_Outcome):
     #: stops there, so this app is skipped
     stopped_by: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {"app": self.app, **{k: v for k, v in asdict(self).items()
+    def to_dict(self, items: bool = True) -> dict[str, Any]:
+        """The app's record; without its items' records when ``items`` is False."""
+        data = {"app": self.app, **{k: v for k, v in asdict(replace(self, items=None)).items()
                                     if v is not None and k not in ("app", "output", "items")}}
         data["status"] = self.status.value
-        if self.items is not None:
+        if self.items is not None and items:
             data["items"] = [item.to_dict() for item in self.items]
         if self.duration is not None:
             data["duration"] = round(self.duration, 6)
