@@ -131,6 +131,10 @@ def test_every_worker_starts_preloading_its_zygote_before_its_first_task(tmp_pat
                 found += int(stat[1]) == os.getpid() and b"nbpipe.execution.zygote" in cmdline
             return found
 
-        assert executor.client.run(zygotes) == {address: 1 for address in executor.client.nthreads()}
+        everywhere = {address: 1 for address in executor.client.nthreads()}
+        deadline = time.time() + 30  # each probe starts its zygote in the background
+        while executor.client.run(zygotes) != everywhere and time.time() < deadline:
+            time.sleep(0.1)
+        assert executor.client.run(zygotes) == everywhere
     finally:
         executor.shutdown()

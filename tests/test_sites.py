@@ -115,19 +115,28 @@ def test_parsl_site_checks_executor_labels_and_resources_before_running(tmp_path
 
 
 ZYGOTE_CHILDREN = """
-import os, pathlib
+import os, pathlib, time
 from nbpipe.execution.remote import probe
 
+
+
+def zygotes():
+    found = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        found += int(stat[1]) == os.getpid() and b"nbpipe.execution.zygote" in cmdline
+    return found
+
+
 assert probe(None, "ipython", ["json"])["missing"] == []
-children = 0
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        continue
-    children += int(stat[1]) == os.getpid() and b"nbpipe.execution.zygote" in cmdline
-print(children)
+deadline = time.time() + 30  # the probe starts it in the background
+while not zygotes() and time.time() < deadline:
+    time.sleep(0.05)
+print(zygotes())
 """
 
 

@@ -76,6 +76,8 @@ class DaskExecutor:
             reports = self.client.run(probe, self._kernel_name, self._engine, self.preload)
         except Exception as exc:
             raise WorkerError(worker_fix(self.site.name, exc)) from None
+        if not reports:
+            raise WorkerError(f"site {self.site.name!r}: the Dask workers left before they could be probed")
         for report in reports.values():
             if report["missing"] or report["kernel"]:
                 lacks = report["missing"] + ([f"the Jupyter kernel {report['kernel']!r}"]

@@ -35,14 +35,15 @@ def probe(kernel_name: str | None = None, engine: str | None = None,
     """Describe this worker: where it runs and what of nbpipe's needs it lacks.
 
     With the ``ipython`` engine a worker that has what it needs also starts
-    its zygote now, so that the preload runs while the first task is on its
-    way, not after it came.
+    its zygote, in the background: the probe returns at once, and its worker,
+    free again, is the likeliest to take the first task, whose zygote is then
+    already preloading.
     """
     from ..version import __version__
 
     missing = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
     if engine == "ipython" and not missing:
-        _executor(engine, list(preload))
+        threading.Thread(target=_executor, args=(engine, list(preload)), name="nbpipe-warm", daemon=True).start()
     kernel_ok = True
     if kernel_name and "jupyter_client" not in missing:
         try:
