@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -313,7 +313,7 @@ def _execute(path: str | Path, *, output: str | Path | None = None, site: str = 
     keys.warm()
     memo = CacheMemo(pipeline, store, keys, policy, {"id": _run_id(started), "notebook": str(path.resolve())})
     executor = _LazyExecutor(lambda: _start_executor(chosen, pipeline, store.run_dir, cwd, workers=workers,
-                                                     engine=engine, debug=debug))
+                                                     engine=engine, debug=debug), store.run_dir)
     make_spec = _spec_maker(pipeline, store, cwd, parameters, engine, checked.containers,
                             verbose=on_output is not None)
 
@@ -380,22 +380,39 @@ def _check_cache_dir(where: Path) -> None:
 
 class _LazyExecutor:
     """The site's executor, started when the first task is submitted: a run whose
-    apps all come from the cache starts no worker."""
+    apps all come from the cache starts no worker.
 
-    def __init__(self, start: Callable[[], Any]) -> None:
-        self._start, self._executor = start, None
+    A batch site's executor checks its first worker (``ready``) after the first
+    task is on its way: the check and the task travel together, not one after
+    the other.
+    """
+
+    def __init__(self, start: Callable[[], Any], run_dir: Path) -> None:
+        self._start, self._executor, self._run_dir = start, None, run_dir
 
     @property
     def workers(self) -> int:
         return self._get().workers
 
-    def _get(self) -> Any:
-        if self._executor is None:
-            self._executor = self._start()
-        return self._executor
+    def _get(self, first: TaskSpec | None = None) -> tuple[Any, Any]:
+        """The executor and, when this call started it, the future of ``first``."""
+        if self._executor is not None:
+            return self._executor, None
+        with _site_failure(self._run_dir):
+            executor = self._start()
+            try:
+                future = executor.submit(first) if first is not None else None
+                if hasattr(executor, "ready"):
+                    executor.ready()
+            except BaseException:
+                executor.shutdown()
+                raise
+        self._executor = executor
+        return executor, future
 
     def submit(self, spec: TaskSpec) -> Any:
-        return self._get().submit(spec)
+        executor, future = self._get(spec)
+        return future if future is not None else executor.submit(spec)
 
     def shutdown(self, *, cancel: bool = False) -> None:
         if self._executor is not None:
@@ -437,10 +454,15 @@ def _make_run_dir(pipeline: Pipeline, run_root: Path | None, cache_dir: Path,
 
 def _start_executor(chosen: Site, pipeline: Pipeline, run_dir: Path, cwd: Path, *, workers: int | None,
                     engine: str, debug: bool) -> Any:
-    """The site's executor; on failure the run directory goes (Parsl's logs stay: they say why)."""
+    return chosen.executor(workers, engine=engine, preload=_notebook_imports(pipeline, cwd),
+                           run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
+
+
+@contextlib.contextmanager
+def _site_failure(run_dir: Path) -> Iterator[None]:
+    """A site whose workers fail to start: the run directory goes (Parsl's logs stay: they say why)."""
     try:
-        return chosen.executor(workers, engine=engine, preload=_notebook_imports(pipeline, cwd),
-                               run_dir=run_dir, kernel_name=pipeline.parsed.kernel_name, debug=debug)
+        yield
     except WorkerError as exc:
         logs = Store(run_dir).parsl_logs
         if not logs.exists():

@@ -107,3 +107,34 @@ def test_a_local_dask_cluster_leaves_the_callers_environment_alone(tmp_path: Pat
     run = nbpipe.execute(nb, site="dasklocal")
     assert run.ok
     assert dict(os.environ) == before  # LocalCluster alone would set OMP_NUM_THREADS=1
+
+
+def test_every_worker_starts_preloading_its_zygote_before_its_first_task(tmp_path: Path) -> None:
+    from nbpipe.sites import get_site
+
+    _sites(tmp_path, "tcp://unused:1")
+    executor = get_site("dasklocal", tmp_path / "nb.ipynb").executor(engine="ipython", preload=("json",))
+    try:
+        executor.ready()
+
+        def zygotes() -> int:
+            import os
+            from pathlib import Path
+
+            found = 0
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                found += int(stat[1]) == os.getpid() and b"nbpipe.execution.zygote" in cmdline
+            return found
+
+        everywhere = {address: 1 for address in executor.client.nthreads()}
+        deadline = time.time() + 30  # each probe starts its zygote in the background
+        while executor.client.run(zygotes) != everywhere and time.time() < deadline:
+            time.sleep(0.1)
+        assert executor.client.run(zygotes) == everywhere
+    finally:
+        executor.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -140,3 +141,20 @@ def test_executor_tag_routes_an_app_to_the_executor_with_that_label(tmp_path: Pa
     cells = {c.id: c for c in run.notebook.cells}
     assert text_of(cells[default.id]) == "small\n"  # the first executor is the default
     assert text_of(cells[routed.id]) == "big\n"
+
+
+def test_the_first_app_reaches_the_interchange_before_the_probe_returns(tmp_path: Path) -> None:
+    """No round trip before the first app: it travels with the probe, not after its answer."""
+    from nbbuild import code, write
+
+    nb = write(tmp_path / "nb.ipynb", code("x = 1", "app:a"))
+    # worker_debug: the interchange logs each task it receives and each result it returns.
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL + "worker_debug = true\n")
+    run = nbpipe.execute(nb, site="htex", keep_run_dir=True)
+    assert run.ok and run.run_dir is not None
+    log = next((run.run_dir / "parsl").glob("*/htex/interchange.log")).read_text()
+    received = re.findall(r"Put task (\d+) onto pending_task_queue", log)
+    assert len(received) == 2  # the probe, then app a
+    probe, app = received
+    probe_returned = log.index(f"Removing task {probe} from manager")
+    assert log.index(f"Put task {app} onto pending_task_queue") < probe_returned

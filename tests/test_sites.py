@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,37 @@ def test_parsl_site_checks_executor_labels_and_resources_before_running(tmp_path
         assert problem in done.stderr and repr(tags[-1]) in done.stderr
     nb = write(tmp_path / "nb.ipynb", code("x = 1", "app:a", "executor:gpu", "gpus:2", "cpus:4"))
     assert nbpipe_cli("check", nb, "--site", "hpc", cwd=tmp_path).returncode == 0
+
+
+ZYGOTE_CHILDREN = """
+import os, pathlib, time
+from nbpipe.execution.remote import probe
+
+
+
+def zygotes():
+    found = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        found += int(stat[1]) == os.getpid() and b"nbpipe.execution.zygote" in cmdline
+    return found
+
+
+assert probe(None, "ipython", ["json"])["missing"] == []
+deadline = time.time() + 30  # the probe starts it in the background
+while not zygotes() and time.time() < deadline:
+    time.sleep(0.05)
+print(zygotes())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_probing_a_batch_worker_starts_its_zygote() -> None:
+    """A Parsl or Dask worker starts preloading its zygote when probed, not when its first app comes."""
+    done = subprocess.run([sys.executable, "-c", ZYGOTE_CHILDREN], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]

@@ -57,24 +57,35 @@ class DaskExecutor:
             raise WorkerError(f"site {site.name!r}: cannot reach the Dask scheduler at {address}: {exc}") from None
         self._futures: list[Any] = []
         self._specs: dict[str, TaskSpec] = {}
+        self._kernel_name = kernel_name if engine == "kernel" else None
+        self._engine = engine
+        self.workers = 1
+        self.first_worker: dict[str, Any] | None = None
+
+    def ready(self) -> None:
+        """Wait for a worker and probe every worker there is (each starts preloading
+        its zygote); raise WorkerError if one lacks what nbpipe needs."""
+        if self.first_worker is not None:
+            return
+        timeout = self.site.start_timeout
         try:
             start = time.time()
             self.client.wait_for_workers(1, timeout=timeout)
-            report = self.client.submit(probe, kernel_name if engine == "kernel" else None,
-                                        pure=False).result(timeout=timeout)
+            # Run directly on every worker, not as a task: no task waits for the probe's
+            # round trip, and every worker's zygote starts now, not at its first task.
+            reports = self.client.run(probe, self._kernel_name, self._engine, self.preload)
+        except Exception as exc:
+            raise WorkerError(worker_fix(self.site.name, exc)) from None
+        if not reports:
+            raise WorkerError(f"site {self.site.name!r}: the Dask workers left before they could be probed")
+        for report in reports.values():
             if report["missing"] or report["kernel"]:
                 lacks = report["missing"] + ([f"the Jupyter kernel {report['kernel']!r}"]
                                              if report["kernel"] else [])
-                raise WorkerError(f"site {site.name!r}: the Dask workers (python {report['python']} on "
+                raise WorkerError(f"site {self.site.name!r}: the Dask workers (python {report['python']} on "
                                   f"{report['host']}) lack {', '.join(lacks)}; install them there")
-            report["seconds"] = time.time() - start
-            self.first_worker = report
-        except WorkerError:
-            self.shutdown()
-            raise
-        except Exception as exc:
-            self.shutdown()
-            raise WorkerError(worker_fix(site.name, exc)) from None
+        self.first_worker = next(iter(reports.values()))
+        self.first_worker["seconds"] = time.time() - start
         self.workers = sum(self.client.nthreads().values()) or 1
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:

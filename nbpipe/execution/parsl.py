@@ -23,7 +23,7 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ __all__ = ["ParslExecutor", "load_config"]
 
 #: How long Parsl's own cleanup may take before nbpipe kills what it started.
 CLEANUP_SECONDS = 20.0
+
+#: How often Parsl's scaling strategy runs: the first block waits for its first run.
+STRATEGY_SECONDS = 0.1
 
 #: Runs a command in a new session: ``python -c SETSID command...``.
 SETSID = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
@@ -61,7 +64,9 @@ def load_config(site: Any, run_dir: Path | None = None) -> LoadedConfig:
     else:
         config = _config_from_provider(site)
     config.usage_tracking = 0
-    config.strategy_period = 0.5  # ask for the first block at once, not after 5 s
+    # Parsl asks for the init_blocks at the strategy's first poll after the executors
+    # are added, one period after the DataFlowKernel starts; its polls are cheap.
+    config.strategy_period = STRATEGY_SECONDS
     # Parsl's own log set-up adds a file handler to the "parsl" logger that it
     # never closes; ParslExecutor attaches one for the run and removes it after.
     config.initialize_logging = False
@@ -167,29 +172,34 @@ class ParslExecutor:
         self.workers = sum(getattr(e, "max_workers_per_node", None) or 1 for e in loaded.config.executors)
         self._apps = {label: PythonApp(run_remote, data_flow_kernel=self.dfk, executors=[label])
                       for label in self.labels}
-        self._probe = PythonApp(probe, data_flow_kernel=self.dfk, executors=[self.labels[0]])
+        # The probe goes now; the first app follows it without waiting for its answer
+        # (see ready), and the worker that runs it starts preloading its zygote.
+        self._started = time.time()
         try:
-            self.first_worker = self._wait_for_worker(site.start_timeout,
-                                                      kernel_name if engine == "kernel" else None)
+            self._probe = PythonApp(probe, data_flow_kernel=self.dfk, executors=[self.labels[0]])(
+                kernel_name if engine == "kernel" else None, engine, self.preload)
         except BaseException:
             self.shutdown()
             raise
+        self.first_worker: dict[str, Any] | None = None
 
-    def _wait_for_worker(self, timeout: float, kernel_name: str | None) -> dict[str, Any]:
-        """Run the probe: a worker exists, has what nbpipe needs, within ``timeout``."""
-        start = time.time()
-        future = self._probe(kernel_name)
+    def ready(self) -> None:
+        """Wait for the probe: a worker exists and has what nbpipe needs, within the
+        site's ``start_timeout``; else raise WorkerError (the caller shuts down)."""
+        if self.first_worker is None:
+            self.first_worker = self._wait_for_worker(self.site.start_timeout)
+
+    def _wait_for_worker(self, timeout: float) -> dict[str, Any]:
         executor = self.dfk.executors[self.labels[0]]
-        while not future.done():
+        while not wait([self._probe], timeout=0.2).done:
             if getattr(executor, "bad_state_is_set", False):
                 raise WorkerError(f"site {self.site.name!r}: Parsl could not start workers: "
                                   f"{executor.executor_exception}")
-            if time.time() - start > timeout:
+            if time.time() - self._started > timeout:
                 raise WorkerError(f"site {self.site.name!r}: no worker started within {timeout:g} s "
                                   "(start_timeout); check the batch queue and the provider options")
-            time.sleep(0.2)
         try:
-            report = future.result()
+            report = self._probe.result()
         except Exception as exc:
             raise WorkerError(worker_fix(self.site.name, exc)) from None
         if report["missing"] or report["kernel"]:
@@ -197,7 +207,7 @@ class ParslExecutor:
             raise WorkerError(f"site {self.site.name!r}: the workers (python {report['python']} on "
                               f"{report['host']}) lack {', '.join(lacks)}; install them in the workers' "
                               "environment or activate this one with worker_init")
-        report["seconds"] = time.time() - start
+        report["seconds"] = time.time() - self._started
         return report
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:

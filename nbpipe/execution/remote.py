@@ -30,11 +30,20 @@ _executors: dict[tuple[str, tuple[str, ...]], Any] = {}
 _lock = threading.Lock()
 
 
-def probe(kernel_name: str | None = None) -> dict[str, Any]:
-    """Describe this worker: where it runs and what of nbpipe's needs it lacks."""
+def probe(kernel_name: str | None = None, engine: str | None = None,
+          preload: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Describe this worker: where it runs and what of nbpipe's needs it lacks.
+
+    With the ``ipython`` engine a worker that has what it needs also starts
+    its zygote, in the background: the probe returns at once, and its worker,
+    free again, is the likeliest to take the first task, whose zygote is then
+    already preloading.
+    """
     from ..version import __version__
 
     missing = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
+    if engine == "ipython" and not missing:
+        threading.Thread(target=_executor, args=(engine, list(preload)), name="nbpipe-warm", daemon=True).start()
     kernel_ok = True
     if kernel_name and "jupyter_client" not in missing:
         try:
@@ -59,16 +68,23 @@ def batch_job_id() -> str | None:
 def run_remote(spec: dict[str, Any], preload: list[str]) -> dict[str, Any]:
     """Run one task on this worker; return its :class:`TaskResult` as a dict."""
     from .base import TaskSpec
-    from .local import LocalExecutor
 
     task = TaskSpec(**spec)
-    key = (task.engine, tuple(preload))
+    return _executor(task.engine, preload).submit(task).result().to_dict()
+
+
+def _executor(engine: str, preload: list[str]) -> Any:
+    """This worker process's executor for ``engine``; the first call starts it
+    (with the ``ipython`` engine: its zygote, which preloads in the background)."""
+    from .local import LocalExecutor
+
+    key = (engine, tuple(preload))
     with _lock:
         executor = _executors.get(key)
         if executor is None:
             # Concurrency is the site's business (its workers); this pool never limits it.
-            executor = _executors[key] = LocalExecutor(256, engine=task.engine, preload=preload)
-    return executor.submit(task).result().to_dict()
+            executor = _executors[key] = LocalExecutor(256, engine=engine, preload=preload)
+    return executor
 
 
 def settle(remote: Any, spec: Any, site: str) -> Future[Any]:
