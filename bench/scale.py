@@ -39,7 +39,9 @@ Each run is ``nbpipe.execute`` in a process of its own (this script with
 - files, MB: the run directory's file count and bytes at their peak, sampled
   during the run (a walk of it at most every 0.2 s, more rarely when a walk
   is slow); "left" says whether anything was still there after the run;
-- merged: the merged notebook's size.
+- merged: the merged notebook's size;
+- load: the 1-minute load average as the run ended (above the core count,
+  other work shared the cores).
 
 The floor rows are the physical floor of one item: ``os.fork()`` + exit +
 ``waitpid`` of a process that has imported what the zygote imports (about
@@ -235,6 +237,7 @@ class Row:
     left: bool  # the run directory was still there after the run
     merged: int
     completed: int
+    load: float  # the 1-minute load average when the run ended: other work on the cores
 
 
 def measure(case: Case, tmp: Path) -> Row:
@@ -258,7 +261,7 @@ def measure(case: Case, tmp: Path) -> Row:
     return Row(case, workers, got["wall"], case.items / got["span"], steady, ideal, ideal_steady, got["first"],
                got["rss"],
                watch.files, watch.bytes, _left(work / "runs"),
-               os.path.getsize(got["merged"]), got["completed"])
+               os.path.getsize(got["merged"]), got["completed"], os.getloadavg()[0])
 
 
 def _left(runs: Path) -> bool:
@@ -266,7 +269,7 @@ def _left(runs: Path) -> bool:
 
 
 COLUMNS = ("site", "items", "N", "workers", "wall s", "items/s", "steady/s", "ideal", "steady", "first s", "RSS MB",
-           "files", "run MB", "left", "merged MB")
+           "files", "run MB", "left", "merged MB", "load")
 
 
 def cells(row: Row) -> tuple[str, ...]:
@@ -277,7 +280,7 @@ def cells(row: Row) -> tuple[str, ...]:
             f"{row.ideal_steady:.2f}" if row.ideal_steady is not None else "-",
             f"{row.first:.2f}" if row.first is not None else "-", f"{row.rss / 2**20:.0f}",
             f"{row.files:,}", f"{row.run_bytes / 2**20:.1f}", "yes" if row.left else "no",
-            f"{row.merged / 2**20:.2f}")
+            f"{row.merged / 2**20:.2f}", f"{row.load:.1f}")
 
 
 def table(rows: list[Row]) -> str:
