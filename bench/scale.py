@@ -171,9 +171,21 @@ def drive(path: Path, site: str, report: Path) -> int:
         "steady": (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else None,
         "completed": sum(item.status is AppStatus.COMPLETED for item in items),
         "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
-        "merged": str(run.output),
+        "merged": str(run.output), "failure": _failure(run),
     }))
     return 0
+
+
+def _failure(run: Any) -> str | None:
+    """The first error of a failed run, in one line: which app (and item) and what."""
+    for name, app in run.apps.items():
+        failed = [item for item in app.items or [] if item.error]
+        error = app.error or (failed[0].error if failed else None)
+        if not app.status.ok:
+            where = f"app {name!r}" + (f" ({len(failed)} items failed, first {failed[0].label})" if failed else "")
+            what = f"{error.get('ename')}: {error.get('evalue')}" if error else app.status.value
+            return f"{where}: {what}"[:300]
+    return None
 
 
 class DirWatch:
@@ -238,6 +250,7 @@ class Row:
     merged: int
     completed: int
     load: float  # the 1-minute load average when the run ended: other work on the cores
+    failure: str | None = None  # the run failed: its first error
 
 
 def measure(case: Case, tmp: Path) -> Row:
@@ -248,33 +261,36 @@ def measure(case: Case, tmp: Path) -> Row:
     path = work / "scale.ipynb"
     nbformat.write(notebook(case.kind, case.items), path)
     report = work / "report.json"
+    began = time.time()
     with DirWatch(work / "runs") as watch:
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--drive", str(path), case.site,
-                        str(report)], cwd=work, check=True)
-    got = json.loads(report.read_text())
-    assert got["ok"], f"{case}: the run failed; see {got['merged']}"
+        code = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--drive", str(path), case.site,
+                               str(report)], cwd=work).returncode
+    got = json.loads(report.read_text()) if report.exists() else {
+        "ok": False, "wall": time.time() - began, "span": 0.0, "first": None, "steady": None, "completed": 0,
+        "rss": 0, "merged": None, "failure": f"the driver exited with status {code} (its error is above)"}
     workers = workers_of(case.site)
     sleep = case.kind == "sleep"
-    ideal = case.items * SLEEP / workers / got["span"] if sleep else None
+    span = got["span"] or float("inf")  # a failed run may never have started its map
+    ideal = case.items * SLEEP / workers / span if sleep else None
     steady = got["steady"]
     ideal_steady = steady * SLEEP / workers if sleep and steady else None
-    return Row(case, workers, got["wall"], case.items / got["span"], steady, ideal, ideal_steady, got["first"],
-               got["rss"],
-               watch.files, watch.bytes, _left(work / "runs"),
-               os.path.getsize(got["merged"]), got["completed"], os.getloadavg()[0])
+    merged = os.path.getsize(got["merged"]) if got["merged"] else 0
+    return Row(case, workers, got["wall"], got["completed"] / span, steady, ideal, ideal_steady, got["first"],
+               got["rss"], watch.files, watch.bytes, _left(work / "runs"), merged, got["completed"],
+               os.getloadavg()[0], got["failure"])
 
 
 def _left(runs: Path) -> bool:
     return runs.exists() and any(runs.iterdir())
 
 
-COLUMNS = ("site", "items", "N", "workers", "wall s", "items/s", "steady/s", "ideal", "steady", "first s", "RSS MB",
-           "files", "run MB", "left", "merged MB", "load")
+COLUMNS = ("site", "items", "N", "done", "workers", "wall s", "items/s", "steady/s", "ideal", "steady", "first s",
+           "RSS MB", "files", "run MB", "left", "merged MB", "load")
 
 
 def cells(row: Row) -> tuple[str, ...]:
     c = row.case
-    return (c.site, c.kind, f"{c.items:,}", str(row.workers), f"{row.wall:.1f}", f"{row.items_per_s:.0f}",
+    return (c.site, c.kind, f"{c.items:,}", f"{row.completed:,}", str(row.workers), f"{row.wall:.1f}", f"{row.items_per_s:.0f}",
             f"{row.steady:.0f}" if row.steady is not None else "-",
             f"{row.ideal:.2f}" if row.ideal is not None else "-",
             f"{row.ideal_steady:.2f}" if row.ideal_steady is not None else "-",
@@ -356,6 +372,9 @@ def main(argv: list[str]) -> int:
             print("  " + "  ".join(cells(rows[-1])), file=sys.stderr, flush=True)
     print(f"nbpipe {nbpipe.__version__}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(table(rows))
+    for row in rows:
+        if row.failure:
+            print(f"FAILED: {row.case.site} {row.case.kind} {row.case.items:,}: {row.failure}")
     floors = floor()
     width = max(len(label) for label, _ in floors)
     for label, value in floors:
