@@ -290,7 +290,8 @@ COLUMNS = ("site", "items", "N", "done", "workers", "wall s", "items/s", "steady
 
 def cells(row: Row) -> tuple[str, ...]:
     c = row.case
-    return (c.site, c.kind, f"{c.items:,}", f"{row.completed:,}", str(row.workers), f"{row.wall:.1f}", f"{row.items_per_s:.0f}",
+    return (c.site, c.kind, f"{c.items:,}", f"{row.completed:,}", str(row.workers), f"{row.wall:.1f}",
+            f"{row.items_per_s:.0f}",
             f"{row.steady:.0f}" if row.steady is not None else "-",
             f"{row.ideal:.2f}" if row.ideal is not None else "-",
             f"{row.ideal_steady:.2f}" if row.ideal_steady is not None else "-",
