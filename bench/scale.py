@@ -31,8 +31,10 @@ Each run is ``nbpipe.execute`` in a process of its own (this script with
   (what remains once every worker has started);
 - ideal: the ideal span (N x 0.1 s / workers) / the measured one, for
   sleep items; steady: the steady rate / the ideal rate (workers / 0.1 s);
-- first: seconds from the call of ``execute`` to the first completed item
-  (its ``ITEM`` progress event), worker start included;
+- first: seconds from the call of ``execute`` to the first completed item's
+  ``ITEM`` progress event (what a watcher sees), worker start included;
+  ended: to that item's end as its worker recorded it (the difference is
+  the time the driver took to notice);
 - RSS: the driver process's peak resident memory (``ru_maxrss`` of its own
   ``getrusage(RUSAGE_SELF)``, read when the run has returned: workers and
   the zygote are other processes and are not counted);
@@ -167,7 +169,7 @@ def drive(path: Path, site: str, report: Path) -> int:
     ends = sorted(item.end_time for item in items if item.end_time is not None)
     report.write_text(json.dumps({
         "ok": run.ok, "wall": wall, "span": (work.end_time or 0.0) - (work.start_time or 0.0),
-        "first": first[0] - start if first else None,
+        "first": first[0] - start if first else None, "first_end": ends[0] - start if ends else None,
         "steady": (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else None,
         "completed": sum(item.status is AppStatus.COMPLETED for item in items),
         "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
@@ -243,6 +245,7 @@ class Row:
     ideal: float | None  # ideal span / measured span, sleep items only
     ideal_steady: float | None  # steady rate / the ideal rate (workers / 0.1 s), sleep items only
     first: float | None
+    first_end: float | None  # when the first item ended, as its worker recorded it
     rss: int
     files: int
     run_bytes: int
@@ -276,8 +279,8 @@ def measure(case: Case, tmp: Path) -> Row:
     ideal_steady = steady * SLEEP / workers if sleep and steady else None
     merged = os.path.getsize(got["merged"]) if got["merged"] else 0
     return Row(case, workers, got["wall"], got["completed"] / span, steady, ideal, ideal_steady, got["first"],
-               got["rss"], watch.files, watch.bytes, _left(work / "runs"), merged, got["completed"],
-               os.getloadavg()[0], got["failure"])
+               got.get("first_end"), got["rss"], watch.files, watch.bytes, _left(work / "runs"), merged,
+               got["completed"], os.getloadavg()[0], got["failure"])
 
 
 def _left(runs: Path) -> bool:
@@ -285,7 +288,7 @@ def _left(runs: Path) -> bool:
 
 
 COLUMNS = ("site", "items", "N", "done", "workers", "wall s", "items/s", "steady/s", "ideal", "steady", "first s",
-           "RSS MB", "files", "run MB", "left", "merged MB", "load")
+           "ended s", "RSS MB", "files", "run MB", "left", "merged MB", "load")
 
 
 def cells(row: Row) -> tuple[str, ...]:
@@ -295,7 +298,8 @@ def cells(row: Row) -> tuple[str, ...]:
             f"{row.steady:.0f}" if row.steady is not None else "-",
             f"{row.ideal:.2f}" if row.ideal is not None else "-",
             f"{row.ideal_steady:.2f}" if row.ideal_steady is not None else "-",
-            f"{row.first:.2f}" if row.first is not None else "-", f"{row.rss / 2**20:.0f}",
+            f"{row.first:.2f}" if row.first is not None else "-",
+            f"{row.first_end:.2f}" if row.first_end is not None else "-", f"{row.rss / 2**20:.0f}",
             f"{row.files:,}", f"{row.run_bytes / 2**20:.1f}", "yes" if row.left else "no",
             f"{row.merged / 2**20:.2f}", f"{row.load:.1f}")
 

@@ -25,6 +25,7 @@ def test_a_tiny_map_on_the_local_site_gives_every_figure(tmp_path: Path) -> None
     assert row.completed == 20
     assert row.items_per_s > 0 and row.steady and row.steady > 0
     assert row.first is not None and 0 < row.first < row.wall
+    assert row.first_end is not None and 0 < row.first_end <= row.first  # the driver hears of it after
     assert row.merged > 0 and row.rss > 0
     assert row.files > 0 and row.run_bytes > 0  # sampled while the run went on
     assert not row.left  # the run directory is gone after the run
