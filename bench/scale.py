@@ -1,6 +1,6 @@
 """Scale: large maps on one worker pool and on many workers, measured in one run.
 
-    python bench/scale.py                    # the full plan below (about half an hour on 2 cores)
+    python bench/scale.py                    # the full plan below (about an hour on 2 busy cores)
     python bench/scale.py --quick            # the same plan at 50 and 500 items
     python bench/scale.py --sizes 100,1000 --sites local,parsl
 
