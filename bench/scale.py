@@ -21,7 +21,9 @@ on the many-worker sites trivial items up to 1,000 only (their per-item
 cost is the driver's, as on the local site) and sleep items at every size.
 Sleep items on the local site's 2 workers would only measure the sleep
 (10,000 of them: 500 s of it). ``--sites parsl --sizes 10000`` runs one
-row of the plan.
+row of the plan. A run that has not ended after ``--limit`` seconds (1,800)
+is stopped as Ctrl-C stops it (then killed, with all it started) and shown
+as failed.
 
 Each run is ``nbpipe.execute`` in a process of its own (this script with
 ``--drive``), so that its memory is the driver's alone. Columns:
@@ -54,9 +56,11 @@ file. Timings are measurements, not tests: nothing here passes or fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -77,6 +81,8 @@ DASK_WORKERS = 32
 SLEEP = 0.1
 #: The largest map of trivial items the many-worker sites run.
 MANY_TRIVIAL = 1000
+#: Seconds one run may take before it is stopped and shown as failed (``--limit``).
+LIMIT = 1800.0
 
 #: The map app's cell, by kind of item.
 ITEMS = {"trivial": "y = i * 2\nprint('item', i)",
@@ -256,8 +262,8 @@ class Row:
     failure: str | None = None  # the run failed: its first error
 
 
-def measure(case: Case, tmp: Path) -> Row:
-    """One run, its driver in a process of its own."""
+def measure(case: Case, tmp: Path, limit: float = LIMIT) -> Row:
+    """One run, its driver in a process of its own, stopped after ``limit`` seconds."""
     work = tmp / f"{case.site}-{case.kind}-{case.items}"
     work.mkdir()
     (work / "nbpipe.toml").write_text(sites_toml())
@@ -266,11 +272,11 @@ def measure(case: Case, tmp: Path) -> Row:
     report = work / "report.json"
     began = time.time()
     with DirWatch(work / "runs") as watch:
-        code = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--drive", str(path), case.site,
-                               str(report)], cwd=work).returncode
+        ended = _run_driver([sys.executable, str(Path(__file__).resolve()), "--drive", str(path), case.site,
+                             str(report)], work, limit)
     got = json.loads(report.read_text()) if report.exists() else {
         "ok": False, "wall": time.time() - began, "span": 0.0, "first": None, "steady": None, "completed": 0,
-        "rss": 0, "merged": None, "failure": f"the driver exited with status {code} (its error is above)"}
+        "rss": 0, "merged": None, "failure": ended}
     workers = workers_of(case.site)
     sleep = case.kind == "sleep"
     span = got["span"] or float("inf")  # a failed run may never have started its map
@@ -281,6 +287,23 @@ def measure(case: Case, tmp: Path) -> Row:
     return Row(case, workers, got["wall"], got["completed"] / span, steady, ideal, ideal_steady, got["first"],
                got.get("first_end"), got["rss"], watch.files, watch.bytes, _left(work / "runs"), merged,
                got["completed"], os.getloadavg()[0], got["failure"])
+
+
+def _run_driver(command: list[str], cwd: Path, limit: float) -> str:
+    """Run the driver in a session of its own; past ``limit``, stop it and everything it started.
+    Returns what went wrong, for a run that left no report."""
+    process = subprocess.Popen(command, cwd=cwd, start_new_session=True)
+    try:
+        return f"the driver exited with status {process.wait(limit)} (its error is above)"
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: nbpipe stops its workers
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left
+        process.wait()
+        return f"no result within {limit:g} s: stopped"
 
 
 def _left(runs: Path) -> bool:
@@ -366,6 +389,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK[0]} and {QUICK[1]}")
     parser.add_argument("--sizes", help="comma-separated item counts (default: 1000,10000)")
     parser.add_argument("--sites", default="local,parsl,dask", help="comma-separated: local, parsl, dask")
+    parser.add_argument("--limit", type=float, default=LIMIT, help="seconds a run may take (default: %(default)g)")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else QUICK if args.quick else SIZES
     import tempfile
@@ -373,7 +397,7 @@ def main(argv: list[str]) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in plan(sizes, tuple(args.sites.split(","))):
-            rows.append(measure(case, Path(tmp)))
+            rows.append(measure(case, Path(tmp), args.limit))
             print("  " + "  ".join(cells(rows[-1])), file=sys.stderr, flush=True)
     print(f"nbpipe {nbpipe.__version__}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(table(rows))

@@ -32,6 +32,13 @@ def test_a_tiny_map_on_the_local_site_gives_every_figure(tmp_path: Path) -> None
     assert row.ideal is None  # no ideal for trivial items: their work is the overhead
 
 
+def test_a_run_past_its_limit_is_stopped_and_shown_as_failed(tmp_path: Path) -> None:
+    row = scale.measure(scale.Case("local", "sleep", 200), tmp_path, limit=2)  # 10 s of sleep on 2 workers
+    assert row.failure == "no result within 2 s: stopped"
+    assert row.completed == 0 and row.merged == 0
+    assert not row.left  # stopped as Ctrl-C stops it: the run directory is removed
+
+
 def test_the_plan_keeps_large_trivial_maps_to_the_local_site() -> None:
     cases = scale.plan((1000, 10_000), ("local", "parsl"))
     assert {(c.site, c.kind, c.items) for c in cases} == {
