@@ -162,3 +162,24 @@ def test_batches_shrink_as_the_queue_drains_and_never_mix_apps_or_timeouts() -> 
     work_sizes = [s for s in sizes if s > 1]
     assert work_sizes == sorted(work_sizes, reverse=True) and work_sizes[0] == 10  # 40 / (2 workers x 2)
     assert sum(sizes) == 80 and sizes.count(1) >= 40
+
+
+def test_results_are_taken_while_a_large_map_is_still_being_submitted(tmp_path: Path) -> None:
+    """The scheduler submits a split map's items a few per turn, taking results between them:
+    the first item's event comes before the last item is submitted, not after all of them."""
+    import time
+
+    from nbpipe.events import Kind
+
+    seen: list[float] = []
+    work = code("y = i", "app:work", "map:i=items")
+    path = write(tmp_path / "s.ipynb", code("items = list(range(400))", "app:load"), work)
+
+    def on_event(event: Any) -> None:
+        if event.kind is Kind.ITEM and not seen:
+            seen.append(time.time())
+
+    run = nbpipe.execute(path, output=path.with_suffix(".out.ipynb"), workers=2, on_event=on_event)
+    assert run.ok and seen
+    last_submitted = max(i.submit_time for i in run.apps["work"].items)
+    assert seen[0] < last_submitted

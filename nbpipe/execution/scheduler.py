@@ -38,6 +38,9 @@ from .base import AppResult, AppStatus, Executor, ItemResult, TaskResult, TaskSp
 
 __all__ = ["MapSize", "OnEvent", "Memo", "Scheduler", "SpecFactory", "Task", "schedule"]
 
+#: Items of a split map submitted per turn of the main loop, between taking results.
+FEED = 64
+
 #: ``on_event(event)``: called with a frozen :class:`~nbpipe.events.Event` each time
 #: an app (or an item of a map app) changes state, in the scheduler's thread.
 OnEvent = Callable[[Event], None]
@@ -124,6 +127,7 @@ class Scheduler:
         self.maps: dict[str, int] = {}  # map app -> number of items, once split
         self.running: dict[Future[TaskResult], Task] = {}
         self.resolved: SimpleQueue[Future[TaskResult]] = SimpleQueue()  # running futures, as each resolves
+        self.backlog: deque[Task] = deque()  # items of split maps, not yet submitted (see _feed)
         self.hits: deque[tuple[Task, TaskResult]] = deque()  # tasks the memo ended, not yet taken
         self.unreached: set[str] = set()  # apps below a SystemExit: serial execution never gets there
 
@@ -132,8 +136,9 @@ class Scheduler:
             for app in self.pipeline.order:
                 if self._ready(app):
                     self._start(app)
-            while self.running or self.hits:
-                for task, ended in self._ended():
+            while self.running or self.hits or self.backlog:
+                self._feed()
+                for task, ended in self._ended(wait=not self.backlog):
                     self.transition(task, ended)
             self._skip_unreached()
         except KeyboardInterrupt as exc:
@@ -143,11 +148,22 @@ class Scheduler:
             raise
         return self.results
 
-    def _ended(self) -> Iterator[tuple[Task, TaskResult]]:
-        """The tasks that ended next: the memo's hits, else the attempts that resolved, in pipeline order."""
+    def _feed(self) -> None:
+        """Submit the next items waiting in the backlog, a few at a time, so that results
+        are taken (and shown) while a large map is still being submitted."""
+        for _ in range(min(FEED, len(self.backlog))):
+            task = self.backlog.popleft()
+            if task.app not in self.unreached:
+                self._submit(task)
+
+    def _ended(self, wait: bool = True) -> Iterator[tuple[Task, TaskResult]]:
+        """The tasks that ended next: the memo's hits, else the attempts that resolved, in
+        pipeline order (without ``wait``, only those resolved already)."""
         if self.hits:
             while self.hits:
                 yield self.hits.popleft()
+            return
+        if not wait and self.resolved.empty():
             return
         # Resolved futures arrive on a queue (a callback puts each): waiting on every running
         # future at each turn would cost O(running) per task, quadratic in a map's items.
@@ -223,8 +239,7 @@ class Scheduler:
         if not labels:
             result.end_time = ended.end_time
             self._finish(app, AppStatus.CACHED if ended.status is AppStatus.CACHED else AppStatus.COMPLETED)
-        for i in range(len(labels)):
-            self._submit(Task(app, item=i))
+        self.backlog.extend(Task(app, item=i) for i in range(len(labels)))
 
     def _item_ended(self, app: str, item: int, ended: TaskResult) -> None:
         """One item is final: once every item is, so is the app (cached if every item was a hit)."""
@@ -405,7 +420,8 @@ class Scheduler:
 
     def _invalidate(self, app: str) -> None:
         """``app`` runs again: a running attempt turns stale (discarded when it ends),
-        a finished app goes back to pending."""
+        a finished app goes back to pending; its items not yet submitted are dropped."""
+        self.backlog = deque(t for t in self.backlog if t.app != app)
         active = self._active(app)
         for task in active:
             task.stale = True
