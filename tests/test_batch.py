@@ -23,7 +23,8 @@ STATEFUL = """\
 %load_ext autoreload
 found = (os.environ.get("NBPIPE_ITEM"), os.path.basename(os.getcwd()), sys.path[-1], sys.argv[1:],
          pd.get_option("display.max_rows"), np.get_printoptions()["precision"], np.geterr()["divide"],
-         float(plt.rcParams["lines.linewidth"]), len(plt.get_fignums()), float(np.zeros(1)[0]))
+         float(plt.rcParams["lines.linewidth"]), len(plt.get_fignums()), float(np.zeros(1)[0]),
+         plt.get_backend())
 print(found)
 os.environ["NBPIPE_ITEM"] = str(i)
 os.makedirs("sub", exist_ok=True)
@@ -38,6 +39,8 @@ warnings.warn("shown once per process")
 fig, ax = plt.subplots(figsize=(1, 1))
 ax.plot([0, i])
 pid = os.getpid()
+if i % 2:
+    plt.switch_backend("agg")  # closes the figure: odd items show none
 """
 
 

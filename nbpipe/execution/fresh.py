@@ -104,7 +104,7 @@ def _matplotlib_state() -> dict[str, Any] | None:
     mpl = sys.modules.get("matplotlib")
     if mpl is None:
         return None
-    return dict(mpl.rcParams.copy())
+    return dict(dict.items(mpl.rcParams))  # RcParams' own lookup of "backend" would resolve it
 
 
 def _restore_matplotlib(rc: dict[str, Any] | None) -> None:
@@ -116,8 +116,8 @@ def _restore_matplotlib(rc: dict[str, Any] | None) -> None:
         pyplot.close("all")
     if rc is None:
         return
-    backend = rc.get("backend")
-    if pyplot is not None and backend and dict.__getitem__(mpl.rcParams, "backend") != backend:
+    backend, now = rc.get("backend"), dict.get(mpl.rcParams, "backend")
+    if pyplot is not None and isinstance(backend, str) and isinstance(now, str) and now != backend:
         pyplot.switch_backend(backend)
     dict.update(mpl.rcParams, rc)  # the values were valid when taken: no need to validate again
 
