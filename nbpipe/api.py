@@ -392,7 +392,7 @@ class _LazyExecutor:
 
     @property
     def workers(self) -> int:
-        return self._get().workers
+        return self._get()[0].workers
 
     def _get(self, first: TaskSpec | None = None) -> tuple[Any, Any]:
         """The executor and, when this call started it, the future of ``first``."""

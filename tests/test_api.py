@@ -110,3 +110,14 @@ def test_input_files_are_hashed_into_provenance_and_cache_keys(tmp_path: Path) -
     second = nbpipe.execute(nb).notebook.metadata["nbpipe"]
     assert second["cache_keys"]["read"] != first["cache_keys"]["read"]  # the file's contents count
     assert second["cache_keys"]["other"] == first["cache_keys"]["other"]
+
+
+def test_the_lazy_executor_starts_the_site_to_say_how_many_workers_it_has(tmp_path: Path) -> None:
+    from nbpipe.api import _LazyExecutor
+    from nbpipe.execution.local import LocalExecutor
+
+    lazy = _LazyExecutor(lambda: LocalExecutor(3, engine="kernel"), tmp_path)
+    try:
+        assert lazy.workers == 3
+    finally:
+        lazy.shutdown()
