@@ -609,8 +609,13 @@ def _read_executed(path: str | None) -> Any:
     own load and save cells, most of it, are never converted)."""
     if not path or not Path(path).exists():
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, OSError):
+        # Torn: the task was killed while papermill rewrote it (a second Ctrl-C). The app
+        # is failed or interrupted already; its cells show that, without outputs.
+        return None
 
 
 def _notebook_imports(pipeline: Pipeline, cwd: Path) -> tuple[str, ...]:

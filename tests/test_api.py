@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -121,3 +122,16 @@ def test_the_lazy_executor_starts_the_site_to_say_how_many_workers_it_has(tmp_pa
         assert lazy.workers == 3
     finally:
         lazy.shutdown()
+
+
+@pytest.mark.parametrize("text", ["", '{"cells": [{"cell_type": "code", "sou'])
+def test_a_torn_executed_notebook_is_read_as_none_not_a_crash_of_the_merge(tmp_path: Path, text: str) -> None:
+    """A task killed while papermill rewrote its notebook (a second Ctrl-C) leaves it empty or cut."""
+    from nbpipe.api import _read_executed
+
+    torn = tmp_path / "app.out.ipynb"
+    torn.write_text(text)
+    assert _read_executed(str(torn)) is None
+    whole = tmp_path / "whole.out.ipynb"
+    whole.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert _read_executed(str(whole))["nbformat"] == 4
