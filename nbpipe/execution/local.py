@@ -94,8 +94,7 @@ class LocalExecutor:
         with open(base.with_suffix(".log"), "wb") as log:
             with self._lock:
                 if self._closing:
-                    return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt",
-                                        "the run was interrupted")
+                    return _interrupted(spec, start)
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "nbpipe.execution.task", str(spec_path), str(result_path)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -117,7 +116,7 @@ class LocalExecutor:
 
     def _run_forked(self, spec: TaskSpec, base: _Files, start: float) -> TaskResult:
         if self._closing:
-            return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+            return _interrupted(spec, start)
         try:
             zygote = self._live_zygote(spec)
         except (OSError, ContainerError) as exc:  # no runtime or image on this worker
@@ -132,7 +131,7 @@ class LocalExecutor:
             _kill_group(task.pid, task.done)
             return self._result(spec, start, AppStatus.TIMED_OUT, "TimeoutError", _too_long(spec))
         if self._closing and task.status != 0:
-            return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+            return _interrupted(spec, start)
         if task.orphaned:
             return self._result(spec, start, AppStatus.FAILED, "WorkerDied", zygote.death(started=bool(task.pid))
                                 + _printed(base))
@@ -144,7 +143,7 @@ class LocalExecutor:
         bases = [_write_spec(spec) for spec in specs]
         start = time.time()
         if self._closing:
-            return [self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+            return [_interrupted(spec, start)
                     for spec in specs]
         try:
             zygote = self._live_zygote(specs[0])
@@ -153,7 +152,6 @@ class LocalExecutor:
                                  f"cannot start the app's container: {exc}") for spec in specs]
         task = zygote.run_many([(str(b.with_suffix(".spec.json")), str(b.with_suffix(".result.json")),
                                  str(b.with_suffix(".log"))) for b in bases])
-        task.started.wait()
         task.done.wait()
         results: list[TaskResult] = []
         for spec, base in zip(specs, bases):
@@ -166,7 +164,7 @@ class LocalExecutor:
     def _ended_in_batch(self, spec: TaskSpec, base: _Files, start: float, zygote: _Zygote,
                         task: _Task) -> TaskResult:
         if self._closing and not base.with_suffix(".result.json").exists():
-            return self._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
+            return _interrupted(spec, start)
         if task.orphaned and not base.with_suffix(".result.json").exists():
             return self._result(spec, start, AppStatus.FAILED, "WorkerDied", zygote.death(started=True)
                                 + _printed(base))
@@ -231,6 +229,10 @@ class LocalExecutor:
 def result_path(spec: TaskSpec) -> Path:
     """Where the task of ``spec`` writes its result, also when it is stopped."""
     return _files(spec).with_suffix(".result.json")
+
+
+def _interrupted(spec: TaskSpec, start: float) -> TaskResult:
+    return LocalExecutor._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
 
 
 def _write_spec(spec: TaskSpec) -> _Files:
