@@ -24,10 +24,10 @@ from nbformat import v4
 
 from .errors import UsageError
 from .graph import AppNode, Pipeline, execution_counts
-from .runtime import INTERNAL_TAG
+from .runtime import INTERNAL_TAG, KERNEL_ONLY
 from .state import prelude_for
 
-__all__ = ["INTERNAL_TAG", "compile_app", "compile_pipeline", "write_compiled"]
+__all__ = ["INTERNAL_TAG", "KERNEL_ONLY", "compile_app", "compile_pipeline", "write_compiled"]
 
 
 def compile_pipeline(pipeline: Pipeline, pull: dict[str, list[str]] | None = None) -> dict[str, Any]:
@@ -116,10 +116,12 @@ def _numbered_in_kernels(nb: Any) -> Any:
         if "parameters" in cell.metadata.get("tags", []) and "injected" not in plan:
             plan.append("injected")
     history = nb.metadata["nbpipe_task"]["history"]
-    nb.cells.insert(0, _internal(f"__import__('nbpipe.execution.counts').execution.counts.number_cells("
-                                 f"get_ipython(), {plan!r}, {history!r})\n"
-                                 "__import__('nbpipe.execution.shell').execution.shell.mark_kernel_displays("
-                                 "get_ipython())"))
+    step = _internal(f"__import__('nbpipe.execution.counts').execution.counts.number_cells("
+                     f"get_ipython(), {plan!r}, {history!r})\n"
+                     "__import__('nbpipe.execution.shell').execution.shell.mark_kernel_displays("
+                     "get_ipython())")
+    step.metadata["nbpipe"] = {KERNEL_ONLY: True}  # the ipython engine skips it: it would do nothing
+    nb.cells.insert(0, step)
     return nb
 
 

@@ -32,6 +32,8 @@ CONTEXT_NAME = "__nbpipe__"
 
 #: The tag of the cells the compiler adds to a task notebook.
 INTERNAL_TAG = "nbpipe-internal"
+#: In ``metadata.nbpipe``: a hidden step only a Jupyter kernel needs (the numbering step).
+KERNEL_ONLY = "kernel_only"
 _context: dict[str, Any] = {}
 #: id of an object that ships by reference -> ("setup", name) for a class or
 #: function setup defines, ("app", producer, name) for a received value unchanged
@@ -370,7 +372,14 @@ def _store(path: Path, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
     Large arrays go to disk straight from their memory and come back
     memory-mapped (:func:`_read_buffer`): no copy through the pickle stream.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_pickle(path, data, buffers)
+    except FileNotFoundError:  # made on first use: a split writes thousands of files into one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_pickle(path, data, buffers)
+
+
+def _write_pickle(path: Path, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
     for i, buffer in enumerate(buffers):
         # Each file is written beside and renamed: a cache entry may hold a hard link to the old one.
         part, written = path.with_suffix(f".buf{i}"), path.with_suffix(f".buf{i}.tmp")

@@ -24,8 +24,13 @@ STATEFUL = """\
 found = (os.environ.get("NBPIPE_ITEM"), os.path.basename(os.getcwd()), sys.path[-1], sys.argv[1:],
          pd.get_option("display.max_rows"), np.get_printoptions()["precision"], np.geterr()["divide"],
          float(plt.rcParams["lines.linewidth"]), len(plt.get_fignums()), float(np.zeros(1)[0]),
-         plt.get_backend())
+         plt.get_backend(), len(get_ipython().input_transformers_cleanup),
+         len(get_ipython().input_transformers_post))
 print(found)
+echoed = !echo {i}
+print(echoed)
+get_ipython().input_transformers_cleanup.append(lambda lines: lines)
+get_ipython().input_transformers_post.append(lambda lines: lines)
 os.environ["NBPIPE_ITEM"] = str(i)
 os.makedirs("sub", exist_ok=True)
 os.chdir("sub")

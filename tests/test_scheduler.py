@@ -313,3 +313,20 @@ def test_a_hit_replays_a_sys_exit_and_the_apps_below_it_stay_skipped(runner: Any
     assert [t for t in run.submitted if t[0] != "later"] == []
     assert _statuses(again) == {"first": "cached", "stop": "cached", "later": "skipped"}
     assert again["later"].stopped_by == "stop" and run_ok(again)
+
+
+def test_an_interrupt_skips_the_items_never_submitted_and_fails_the_running_ones(
+        runner: Any, ctrl_c_raises: None) -> None:
+    run = runner(code("items = list(range(400))", "app:load"),
+                 code("import time\ntime.sleep(0.05)", "app:work", "map:i=items"),
+                 code(f"import os, signal, time\ntime.sleep(2)\nos.kill({os.getpid()}, signal.SIGINT)",
+                      "app:stopper"))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run(DictMemo())
+    items = caught.value.results["work"].items  # type: ignore[attr-defined]
+    statuses = {status: sum(i.status is status for i in items) for status in AppStatus}
+    # 400 items of 50 ms on two workers: far from done after 2 s
+    assert statuses[AppStatus.COMPLETED] > 0 and statuses[AppStatus.SKIPPED] > 100, statuses
+    assert statuses[AppStatus.FAILED] > 0  # the ones submitted when the run stopped
+    assert sum(statuses.values()) == statuses[AppStatus.COMPLETED] + statuses[AppStatus.SKIPPED] \
+        + statuses[AppStatus.FAILED] == 400

@@ -6,7 +6,7 @@ another in one child; before each item after the first, :meth:`Fresh.restore`
 undoes what the previous one changed in the process, as far as Python lets it:
 the working directory, ``sys.path``, ``sys.argv``, the environment, warning
 filters and the warnings already shown, IPython's loaded extensions, event
-callbacks and inline-figure settings, matplotlib's settings, backend and open
+callbacks, input transformers and inline-figure settings, matplotlib's settings, backend and open
 figures, numpy's print and error options, pandas' options, the random
 generators (reseeded, as after a fork), and the modules the zygote forgot on
 purpose because importing them prints. The shell's namespace is reset by the
@@ -53,10 +53,8 @@ class Fresh:
             os.environ.clear()
             os.environ.update(self.environ)
         warnings.filters[:] = self.filters
-        for module in list(sys.modules.values()):
-            namespace = getattr(module, "__dict__", None)
-            if isinstance(namespace, dict):
-                namespace.pop("__warningregistry__", None)  # "shown once" is once per item
+        # A new filters version empties every "already shown" registry (each
+        # module's, and the "once" action's) when it is next consulted.
         warnings._filters_mutated()  # type: ignore[attr-defined]
         for name in self.forgotten & set(sys.modules) - self.modules:
             del sys.modules[name]  # importing it prints: the next item shows that, as a fork would
@@ -76,7 +74,8 @@ def _shell_state() -> dict[str, Any] | None:
         return None
     shell = InteractiveShell.instance()
     state: dict[str, Any] = {"loaded": set(shell.extension_manager.loaded),
-                             "callbacks": {name: list(found) for name, found in shell.events.callbacks.items()}}
+                             "callbacks": {name: list(found) for name, found in shell.events.callbacks.items()},
+                             "transforms": [(found, list(found)) for found in _transform_lists(shell)]}
     inline = sys.modules.get("matplotlib_inline.config")
     if inline is not None and inline.InlineBackend.initialized():
         state["inline"] = dict(inline.InlineBackend.instance().trait_values())
@@ -92,12 +91,21 @@ def _restore_shell(state: dict[str, Any] | None) -> None:
     shell.extension_manager.loaded.intersection_update(state["loaded"])
     for name, found in state["callbacks"].items():
         shell.events.callbacks[name][:] = found
+    for found, kept in state["transforms"]:
+        found[:] = kept
     inline = sys.modules.get("matplotlib_inline.config")
     if "inline" in state and inline is not None:
         backend = inline.InlineBackend.instance()
         for name, value in state["inline"].items():
             if getattr(backend, name) != value:
                 setattr(backend, name, value)
+
+
+def _transform_lists(shell: Any) -> list[list[Any]]:
+    """The input transformers a cell's code (or an extension) may register."""
+    manager = shell.input_transformer_manager
+    return [manager.cleanup_transforms, manager.line_transforms, manager.token_transformers,
+            shell.input_transformers_post]
 
 
 def _matplotlib_state() -> dict[str, Any] | None:

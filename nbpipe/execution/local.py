@@ -86,15 +86,15 @@ class LocalExecutor:
             future.set_result(result)
 
     def _run(self, spec: TaskSpec) -> TaskResult:
-        base = _write_spec(spec)
         start = time.time()
         if self.engine == "ipython" or spec.container is not None:
-            return self._run_forked(spec, base, start)
+            return self._run_forked(spec, _files(spec, made=True), start)
+        base = _write_spec(spec)
         spec_path, result_path = base.with_suffix(".spec.json"), base.with_suffix(".result.json")
         with open(base.with_suffix(".log"), "wb") as log:
             with self._lock:
                 if self._closing:
-                    return _interrupted(spec, start)
+                    return _unstarted(spec, start)
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "nbpipe.execution.task", str(spec_path), str(result_path)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -116,14 +116,13 @@ class LocalExecutor:
 
     def _run_forked(self, spec: TaskSpec, base: _Files, start: float) -> TaskResult:
         if self._closing:
-            return _interrupted(spec, start)
+            return _unstarted(spec, start)
         try:
             zygote = self._live_zygote(spec)
         except (OSError, ContainerError) as exc:  # no runtime or image on this worker
             return self._result(spec, start, AppStatus.FAILED, "WorkerError",
                                 f"cannot start the app's container: {exc}")
-        task = zygote.run(str(base.with_suffix(".spec.json")), str(base.with_suffix(".result.json")),
-                          str(base.with_suffix(".log")))
+        task = zygote.run(spec.to_dict(), str(base.with_suffix(".result.json")), str(base.with_suffix(".log")))
         # No per-cell timeout runs inside the child: the app's timeout is enforced
         # here, from the moment the child exists (not while the zygote starts).
         task.started.wait()
@@ -140,18 +139,17 @@ class LocalExecutor:
     def _run_batch(self, specs: list[TaskSpec]) -> list[TaskResult]:
         """Items of one map app, one after another in one forked process; each has its
         own files and result. Items the process did not reach run again, alone."""
-        bases = [_write_spec(spec) for spec in specs]
+        bases = [_files(spec, made=True) for spec in specs]
         start = time.time()
         if self._closing:
-            return [_interrupted(spec, start)
-                    for spec in specs]
+            return [_unstarted(spec, start) for spec in specs]
         try:
             zygote = self._live_zygote(specs[0])
         except (OSError, ContainerError) as exc:
             return [self._result(spec, start, AppStatus.FAILED, "WorkerError",
                                  f"cannot start the app's container: {exc}") for spec in specs]
-        task = zygote.run_many([(str(b.with_suffix(".spec.json")), str(b.with_suffix(".result.json")),
-                                 str(b.with_suffix(".log"))) for b in bases])
+        task = zygote.run_many([(spec.to_dict(), str(b.with_suffix(".result.json")), str(b.with_suffix(".log")))
+                                for spec, b in zip(specs, bases)])
         task.done.wait()
         results: list[TaskResult] = []
         for spec, base in zip(specs, bases):
@@ -164,7 +162,8 @@ class LocalExecutor:
     def _ended_in_batch(self, spec: TaskSpec, base: _Files, start: float, zygote: _Zygote,
                         task: _Task) -> TaskResult:
         if self._closing and not base.with_suffix(".result.json").exists():
-            return _interrupted(spec, start)
+            # an item the batch never reached did not start
+            return _interrupted(spec, start) if base.with_suffix(".log").exists() else _unstarted(spec, start)
         if task.orphaned and not base.with_suffix(".result.json").exists():
             return self._result(spec, start, AppStatus.FAILED, "WorkerDied", zygote.death(started=True)
                                 + _printed(base))
@@ -235,17 +234,31 @@ def _interrupted(spec: TaskSpec, start: float) -> TaskResult:
     return LocalExecutor._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt", "the run was interrupted")
 
 
+def _unstarted(spec: TaskSpec, start: float) -> TaskResult:
+    """A task the pool was stopped before it started: skipped, not failed."""
+    return LocalExecutor._result(spec, start, AppStatus.SKIPPED, "KeyboardInterrupt",
+                                 "the run was interrupted before it started")
+
+
 def _write_spec(spec: TaskSpec) -> _Files:
-    base = _files(spec)
-    spec_path = base.with_suffix(".spec.json")
-    spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(spec.to_dict()))
+    """The spec as a file, for a task started as a command (a forked one gets it
+    in its request)."""
+    base = _files(spec, made=True)
+    base.with_suffix(".spec.json").write_text(json.dumps(spec.to_dict()))
     return base
 
 
-def _files(spec: TaskSpec) -> _Files:
+_made: set[Path] = set()  # task directories known to exist
+
+
+def _files(spec: TaskSpec, made: bool = False) -> _Files:
+    """Where an attempt's files go; ``made``: its directory exists (made once)."""
     which = "split" if spec.split else spec.item if spec.item is not None else "app"
-    return _Files(Store(spec.run_dir).attempt(spec.app, str(which), spec.attempt, ""))
+    base = Store(spec.run_dir).attempt(spec.app, str(which), spec.attempt, "")
+    if made and base.parent not in _made:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        _made.add(base.parent)
+    return _Files(base)
 
 
 class _Files:
@@ -328,11 +341,12 @@ class _Zygote:
         self._reader = threading.Thread(target=self._read, name="nbpipe-zygote", daemon=True)
         self._reader.start()
 
-    def run(self, spec: str, result: str, log: str) -> _Task:
+    def run(self, spec: dict[str, Any], result: str, log: str) -> _Task:
         return self.run_many([(spec, result, log)])
 
-    def run_many(self, tasks: list[tuple[str, str, str]]) -> _Task:
-        """Fork one child that runs ``tasks`` (spec, result and log paths) one after another."""
+    def run_many(self, tasks: list[tuple[dict[str, Any], str, str]]) -> _Task:
+        """Fork one child that runs ``tasks`` (a spec, the paths of its result and
+        log) one after another."""
         task = _Task()
         with self._lock:
             self._count += 1

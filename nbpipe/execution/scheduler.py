@@ -380,12 +380,16 @@ class Scheduler:
                 self._settle(app, AppStatus.SKIPPED, Kind.SKIP, reason=reason)
 
     def _interrupted(self) -> None:
-        """Ctrl-C: running apps failed, pending ones skipped (no events: the run is over)."""
+        """Ctrl-C: running apps and items failed; pending apps, and items that never
+        started (not submitted, or cancelled in the executor's queue), skipped. No
+        events: the run is over."""
+        unstarted = {(task.app, task.item) for future, task in self.running.items() if _never_started(future)}
         for app, result in self.results.items():
             if result.status is AppStatus.RUNNING:
                 for record in result.items or []:
                     if not record.status.final:
-                        record.status = AppStatus.FAILED
+                        never = record.status is AppStatus.PENDING or (app, record.index) in unstarted
+                        record.status = AppStatus.SKIPPED if never else AppStatus.FAILED
                 self._settle(app, AppStatus.FAILED, None, end_time=time.time(),
                              error={"ename": "KeyboardInterrupt", "evalue": "the run was interrupted"})
             elif result.status is AppStatus.PENDING:
@@ -497,3 +501,10 @@ class _Tally:
 
     def snapshot(self) -> Items:
         return Items(self.total, self.done, self.failed, self.cached)
+
+
+def _never_started(future: Future[TaskResult]) -> bool:
+    """Whether a stopped executor cancelled the task in its queue, or ended it unstarted."""
+    if future.cancelled():
+        return True
+    return future.done() and future.exception() is None and future.result().status is AppStatus.SKIPPED

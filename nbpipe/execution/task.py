@@ -44,28 +44,8 @@ def run_task(spec: TaskSpec) -> TaskResult:
     log = _output_log(spec)
     if log is not None:
         engine.update(stdout_file=log, stderr_file=log)
-    if spec.engine == "ipython":
-        import papermill.engines
-
-        from .ipython import IPythonEngine
-
-        papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
-        engine["engine_name"] = "nbpipe"
     try:
-        executed = _execute(
-            spec.notebook,
-            spec.output,
-            parameters=parameters,
-            kernel_name=spec.kernel_name,
-            cwd=spec.cwd,
-            progress_bar=False,
-            log_output=False,
-            # Outputs of finished cells survive a timeout or an interrupt.
-            request_save_on_cell_execute=True,
-            # papermill's execution_timeout is per cell: give each cell what is left of the app's.
-            timeout_func=_AppDeadline(spec.timeout) if spec.timeout else None,
-            **engine,
-        )
+        executed = _run(spec, parameters, engine)
         error = _clean_exit(executed)
     except PapermillExecutionError as exc:
         status = AppStatus.FAILED
@@ -93,6 +73,33 @@ def run_task(spec: TaskSpec) -> TaskResult:
 
     return TaskResult(spec.app, status, start, time.time(), socket.gethostname(), spec.attempt,
                       output, error, batch_job_id(), read_report(report))
+
+
+def _run(spec: TaskSpec, parameters: dict[str, Any], engine: dict[str, Any]) -> Any:
+    """The task notebook executed: in this process's shell (``ipython``), else in a
+    kernel through ``papermill.execute_notebook``."""
+    if spec.engine == "ipython":
+        import papermill.engines
+
+        from .ipython import IPythonEngine, execute
+
+        papermill.engines.papermill_engines.register("nbpipe", IPythonEngine)
+        return execute(spec.notebook, spec.output, parameters=parameters, cwd=spec.cwd,
+                       kernel_name=spec.kernel_name, **engine)
+    return _execute(
+        spec.notebook,
+        spec.output,
+        parameters=parameters,
+        kernel_name=spec.kernel_name,
+        cwd=spec.cwd,
+        progress_bar=False,
+        log_output=False,
+        # Outputs of finished cells survive a timeout or an interrupt.
+        request_save_on_cell_execute=True,
+        # papermill's execution_timeout is per cell: give each cell what is left of the app's.
+        timeout_func=_AppDeadline(spec.timeout) if spec.timeout else None,
+        **engine,
+    )
 
 
 #: What jupyter_client raises when a kernel exits or stays silent before its
@@ -264,13 +271,15 @@ def interrupted() -> bool:
     return _interrupts > 0
 
 
-def main(argv: list[str], handle_sigterm: bool = True) -> int:
-    spec_path, result_path = argv
+def main(argv: list[Any], handle_sigterm: bool = True) -> int:
+    """Run a task: ``argv`` is its spec (a dict, or the path of its JSON) and the
+    path its result is written to."""
+    given, result_path = argv
     if handle_sigterm:
         # The driver stops a task with SIGTERM; turning it into KeyboardInterrupt
         # lets papermill save what ran and shut its kernel down.
         signal.signal(signal.SIGTERM, _interrupted)
-    spec = TaskSpec(**json.loads(Path(spec_path).read_text()))
+    spec = TaskSpec(**(given if isinstance(given, dict) else json.loads(Path(given).read_text())))
     result = run_task(spec)
     tmp = Path(result_path + ".tmp")
     tmp.write_text(json.dumps(result.to_dict()))
