@@ -157,9 +157,11 @@ def _preload(modules: list[str]) -> frozenset[str]:
 def _import_task_side() -> None:
     """Import what every task runs (the task function, the load and save steps
     and the shipping they use) once here, not in every forked child: importing
-    them took a third of a trivial app's time."""
+    them took a third of a trivial app's time), and the pickler they import when
+    an app first ships a value."""
     for name in ("..digest", "..runtime", "..serializers", "..sharing", "..store", ".counts", ".remote", ".task"):
         importlib.import_module(name, __package__)
+    importlib.import_module("cloudpickle")
 
 
 def _hung_up(fd: int, timeout_ms: int = 0) -> bool:
