@@ -158,3 +158,21 @@ def test_the_first_app_reaches_the_interchange_before_the_probe_returns(tmp_path
     probe, app = received
     probe_returned = log.index(f"Removing task {probe} from manager")
     assert log.index(f"Put task {app} onto pending_task_queue") < probe_returned
+
+
+def test_the_site_counts_the_workers_of_every_block(tmp_path: Path) -> None:
+    """8 blocks of 8 workers are 64 workers (batches are sized by it), not 8."""
+    from nbpipe.execution.parsl import load_config, site_workers
+    from nbpipe.sites import known_sites
+
+    (tmp_path / "nbpipe.toml").write_text(
+        "[sites.blocks]\nengine = 'parsl'\nprovider = 'local'\n"
+        "provider_options = { init_blocks = 2, min_blocks = 2, max_blocks = 8, nodes_per_block = 1 }\n"
+        "executor_options = { max_workers_per_node = 8, address = '127.0.0.1' }\n"
+        "[sites.two]\nengine = 'parsl'\n[sites.two.executors.a]\nprovider = 'local'\nprovider_options = { init_blocks = 1, max_blocks = 3 }\n"
+        "executor_options = { max_workers_per_node = 2, address = '127.0.0.1' }\n"
+        "[sites.two.executors.b]\nprovider = 'local'\nprovider_options = { init_blocks = 1, max_blocks = 1 }\n"
+        "executor_options = { max_workers_per_node = 5, address = '127.0.0.1' }\n")
+    sites = known_sites(tmp_path / "x.ipynb")
+    assert site_workers(load_config(sites["blocks"]).config) == 8 * 8  # as many as its largest allocation
+    assert site_workers(load_config(sites["two"]).config) == 3 * 2 + 1 * 5
