@@ -176,3 +176,25 @@ def test_the_site_counts_the_workers_of_every_block(tmp_path: Path) -> None:
     sites = known_sites(tmp_path / "x.ipynb")
     assert site_workers(load_config(sites["blocks"]).config) == 8 * 8  # as many as its largest allocation
     assert site_workers(load_config(sites["two"]).config) == 3 * 2 + 1 * 5
+
+
+def test_short_items_travel_several_to_a_parsl_task_each_with_its_own_result(tmp_path: Path) -> None:
+    """Once an app's items are measured short, a Parsl task carries several, run in one
+    forked process on the worker; every item keeps its own status, output and value."""
+    from nbbuild import code, write
+
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)
+    n = 60
+    nb = write(tmp_path / "nb.ipynb", code(f"items = list(range({n}))", "app:load"),
+               code("import os\npid = os.getpid()\nsquare = i * i\nprint('item', i)", "app:work", "map:i=items"),
+               code("pids = sorted(set(pid))\ntotal = sum(square)", "app:total"))
+    run = nbpipe.execute(nb, output=tmp_path / "merged.ipynb", site="htex", cache=False, pull=True)
+    assert run.ok, {n: r.error for n, r in run.apps.items()}
+    assert run.values["total"] == sum(i * i for i in range(n))
+    items = run.apps["work"].items or []
+    assert [item.status.value for item in items] == ["completed"] * n
+    # One fork per site task: far fewer processes than items (2 workers, the first 4 items alone).
+    assert len(run.values["pids"]) <= n // 3, run.values["pids"]
+    # Each item's printed text is in the merged notebook (shown, or folded into the cell's metadata).
+    merged = (tmp_path / "merged.ipynb").read_text()
+    assert all(f"item {i}\\n" in merged for i in range(n))

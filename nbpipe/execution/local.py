@@ -70,6 +70,11 @@ class LocalExecutor:
         self._pool.submit(self._next)  # one turn per task; a batch leaves the later turns nothing to do
         return future
 
+    def run_together(self, specs: list[TaskSpec]) -> list[TaskResult]:
+        """Run ``specs`` in this thread: one task, or items of one map app one after
+        another in one forked process (a batch site's worker, :mod:`.remote`)."""
+        return self._run_batch(specs) if len(specs) > 1 else [self._run(specs[0])]
+
     def _next(self) -> None:
         """Take the next task (or batch of items) from the queue, run it, resolve its futures."""
         batch = [(spec, future) for spec, future in self._queue.take() if future.set_running_or_notify_cancel()]

@@ -32,7 +32,8 @@ from .. import stop
 from ..errors import SiteError, WorkerError
 from ..store import Store
 from .base import TaskResult, TaskSpec
-from .remote import await_results, probe, run_remote, settle, worker_fix
+from .dispatch import Dispatch
+from .remote import await_results, probe, run_batch, worker_fix
 
 __all__ = ["ParslExecutor", "load_config", "site_workers"]
 
@@ -195,8 +196,10 @@ class ParslExecutor:
         self._running: dict[Future[TaskResult], TaskSpec] = {}  # to wait for when stopped
         self._lock = threading.Lock()
         self.workers = site_workers(loaded.config)
-        self._apps = {label: PythonApp(run_remote, data_flow_kernel=self.dfk, executors=[label])
+        self._apps = {label: PythonApp(run_batch, data_flow_kernel=self.dfk, executors=[label])
                       for label in self.labels}
+        self._dispatch = Dispatch(self._send, lambda: self.workers, site.name,
+                                  batch=site.options.get("batch", True) and engine == "ipython")
         # The probe goes now; the first app follows it without waiting for its answer
         # (see ready), and the worker that runs it starts preloading its zygote.
         self._started = time.time()
@@ -236,12 +239,16 @@ class ParslExecutor:
         return report
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
-        label = spec.executor or self.labels[0]
-        future = settle(self._apps[label](spec.to_dict(), self.preload), spec, self.site.name)
+        future = self._dispatch.submit(spec)
         with self._lock:
             self._running[future] = spec
         future.add_done_callback(self._settled)
         return future
+
+    def _send(self, specs: list[TaskSpec]) -> Any:
+        """One Parsl task for ``specs`` (one task, or a batch of items of one app and executor)."""
+        label = specs[0].executor or self.labels[0]
+        return self._apps[label]([spec.to_dict() for spec in specs], self.preload)
 
     def _settled(self, future: Future[TaskResult]) -> None:
         with self._lock:
@@ -252,8 +259,9 @@ class ParslExecutor:
         if self._closed:
             return
         self._closed = True
+        never = set(self._dispatch.close())  # items held back for a batch: never sent
         with self._lock:
-            stopped = list(self._running.values())
+            stopped = [spec for future, spec in self._running.items() if future not in never]
         try:
             self._cleanup()
             if cancel:

@@ -17,11 +17,10 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REQUIRED", "await_results", "failed", "probe", "run_remote", "settle", "worker_fix"]
+__all__ = ["REQUIRED", "await_results", "failed", "probe", "run_batch", "worker_fix"]
 
 #: What a worker needs besides nbpipe, by import name -> distribution name.
 REQUIRED = {"papermill": "papermill", "ipykernel": "ipykernel", "IPython": "ipython",
@@ -65,12 +64,13 @@ def batch_job_id() -> str | None:
     return None
 
 
-def run_remote(spec: dict[str, Any], preload: list[str]) -> dict[str, Any]:
-    """Run one task on this worker; return its :class:`TaskResult` as a dict."""
+def run_batch(specs: list[dict[str, Any]], preload: list[str]) -> list[dict[str, Any]]:
+    """Run tasks on this worker: one alone, or several items of one map app one after
+    another in one forked process (see :mod:`.dispatch`); their results (:class:`TaskResult` as dicts)."""
     from .base import TaskSpec
 
-    task = TaskSpec(**spec)
-    return _executor(task.engine, preload).submit(task).result().to_dict()
+    tasks = [TaskSpec(**spec) for spec in specs]
+    return [result.to_dict() for result in _executor(tasks[0].engine, preload).run_together(tasks)]
 
 
 def _executor(engine: str, preload: list[str]) -> Any:
@@ -85,23 +85,6 @@ def _executor(engine: str, preload: list[str]) -> Any:
             # Concurrency is the site's business (its workers); this pool never limits it.
             executor = _executors[key] = LocalExecutor(256, engine=engine, preload=preload)
     return executor
-
-
-def settle(remote: Any, spec: Any, site: str) -> Future[Any]:
-    """A :class:`concurrent.futures.Future` of the TaskResult that a Parsl or Dask
-    future of :func:`run_remote` will give; an exception becomes a failed result."""
-    from .base import TaskResult
-
-    out: Future[Any] = Future()
-
-    def done(f: Any) -> None:
-        try:
-            out.set_result(TaskResult.from_dict(f.result()))
-        except Exception as exc:
-            out.set_result(failed(spec, worker_fix(site, exc)))
-
-    remote.add_done_callback(done)
-    return out
 
 
 def await_results(specs: list[Any]) -> None:
