@@ -138,3 +138,24 @@ def test_every_worker_starts_preloading_its_zygote_before_its_first_task(tmp_pat
         assert executor.client.run(zygotes) == everywhere
     finally:
         executor.shutdown()
+
+
+def test_short_items_travel_several_to_a_dask_task_unless_the_site_says_batch_false(
+        tmp_path: Path, scheduler: str) -> None:
+    from nbbuild import code, write
+
+    n = 60
+    nb = write(tmp_path / "nb.ipynb", code(f"items = list(range({n}))", "app:load"),
+               code("import os\npid = os.getpid()\nsquare = i * i", "app:work", "map:i=items"),
+               code("pids = sorted(set(pid))\ntotal = sum(square)", "app:total"))
+    (tmp_path / "nbpipe.toml").write_text(f'[sites.dask]\nengine = "dask"\naddress = "{scheduler}"\n'
+                                          f'[sites.single]\nengine = "dask"\naddress = "{scheduler}"\n'
+                                          'batch = false\n')
+    batched = nbpipe.execute(nb, site="dask", cache=False, pull=True)
+    single = nbpipe.execute(nb, site="single", cache=False, pull=True)
+    for run in (batched, single):
+        assert run.ok, {name: r.error for name, r in run.apps.items()}
+        assert run.values["total"] == sum(i * i for i in range(n))
+        assert [item.status.value for item in run.apps["work"].items or []] == ["completed"] * n
+    assert len(batched.values["pids"]) <= n // 3  # one fork per Dask task of several items
+    assert len(single.values["pids"]) == n  # one fork per item
