@@ -198,3 +198,18 @@ def test_short_items_travel_several_to_a_parsl_task_each_with_its_own_result(tmp
     # Each item's printed text is in the merged notebook (shown, or folded into the cell's metadata).
     merged = (tmp_path / "merged.ipynb").read_text()
     assert all(f"item {i}\\n" in merged for i in range(n))
+
+
+def test_the_workers_of_a_block_share_one_zygote(tmp_path: Path) -> None:
+    """A block's workers fork their tasks from one preloaded zygote (one per node), not one each."""
+    from nbbuild import code, write
+
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)  # one block of two workers
+    nb = write(tmp_path / "nb.ipynb", code("items = list(range(8))", "app:load"),
+               code("import os, time\ntime.sleep(0.3)\nzygote = os.getppid()", "app:work", "map:i=items"),
+               code("zygotes = sorted(set(zygote))", "app:total"))
+    run = nbpipe.execute(nb, site="htex", cache=False, pull=True)
+    assert run.ok, {n: r.error for n, r in run.apps.items()}
+    assert len(run.values["zygotes"]) == 1, run.values["zygotes"]
+    time.sleep(1)
+    assert _leftovers(str(tmp_path)) == []  # the node's server ended with its block

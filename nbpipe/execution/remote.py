@@ -1,9 +1,10 @@
 """Runs on a worker of a Parsl or Dask site: tasks and the environment probe.
 
-Each worker process keeps one :class:`~.local.LocalExecutor` of its own, so
-a task on a worker runs exactly as on the ``local`` site: the ``ipython``
-engine forks it from the worker's preloaded zygote, the ``kernel`` engine
-starts a kernel. Both functions here are imported by reference on the
+A task on a worker runs exactly as on the ``local`` site, through a
+:class:`~.local.LocalExecutor`: with the ``ipython`` engine the one of the
+worker's node (:mod:`.node`: the node's workers fork from one preloaded
+zygote), with the ``kernel`` engine the worker's own, which starts a
+kernel per task. Both functions here are imported by reference on the
 worker, which is why a worker without nbpipe fails to run them; the driver
 turns that failure into a message saying how to fix the environment.
 """
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import node
+
 __all__ = ["REQUIRED", "await_results", "failed", "probe", "run_batch", "worker_fix"]
 
 #: What a worker needs besides nbpipe, by import name -> distribution name.
@@ -34,15 +37,14 @@ def probe(kernel_name: str | None = None, engine: str | None = None,
     """Describe this worker: where it runs and what of nbpipe's needs it lacks.
 
     With the ``ipython`` engine a worker that has what it needs also starts
-    its zygote, in the background: the probe returns at once, and its worker,
-    free again, is the likeliest to take the first task, whose zygote is then
-    already preloading.
+    its node's zygote (:mod:`.node`), in the background: the probe returns at
+    once, and the first task finds the zygote already preloading.
     """
     from ..version import __version__
 
     missing = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
     if engine == "ipython" and not missing:
-        threading.Thread(target=_executor, args=(engine, list(preload)), name="nbpipe-warm", daemon=True).start()
+        threading.Thread(target=node.warm, args=(engine, list(preload)), name="nbpipe-warm", daemon=True).start()
     kernel_ok = True
     if kernel_name and "jupyter_client" not in missing:
         try:
@@ -69,8 +71,11 @@ def run_batch(specs: list[dict[str, Any]], preload: list[str]) -> list[dict[str,
     another in one forked process (see :mod:`.dispatch`); their results (:class:`TaskResult` as dicts)."""
     from .base import TaskSpec
 
+    engine = specs[0]["engine"]
+    if engine == "ipython":  # forked from the node's one zygote
+        return node.ask(specs, engine, preload)
     tasks = [TaskSpec(**spec) for spec in specs]
-    return [result.to_dict() for result in _executor(tasks[0].engine, preload).run_together(tasks)]
+    return [result.to_dict() for result in _executor(engine, preload).run_together(tasks)]
 
 
 def _executor(engine: str, preload: list[str]) -> Any:
