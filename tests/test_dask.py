@@ -109,33 +109,36 @@ def test_a_local_dask_cluster_leaves_the_callers_environment_alone(tmp_path: Pat
     assert dict(os.environ) == before  # LocalCluster alone would set OMP_NUM_THREADS=1
 
 
-def test_every_worker_starts_preloading_its_zygote_before_its_first_task(tmp_path: Path) -> None:
+def test_the_workers_zygote_preloads_before_their_first_task_one_per_node(tmp_path: Path) -> None:
+    """The probe starts the node's zygote (one for the local cluster's workers, :mod:`node`)."""
+    import os
+
     from nbpipe.sites import get_site
 
     _sites(tmp_path, "tcp://unused:1")
     executor = get_site("dasklocal", tmp_path / "nb.ipynb").executor(engine="ipython", preload=("json",))
+
+    def parent(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+    def zygotes(workers: set[int]) -> int:
+        found = 0
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+            try:
+                if b"nbpipe.execution.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found += parent(parent(pid)) in workers  # zygote <- node server <- a worker
+            except OSError:
+                continue
+        return found
+
     try:
         executor.ready()
-
-        def zygotes() -> int:
-            import os
-            from pathlib import Path
-
-            found = 0
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                found += int(stat[1]) == os.getpid() and b"nbpipe.execution.zygote" in cmdline
-            return found
-
-        everywhere = {address: 1 for address in executor.client.nthreads()}
-        deadline = time.time() + 30  # each probe starts its zygote in the background
-        while executor.client.run(zygotes) != everywhere and time.time() < deadline:
+        workers = set(executor.client.run(os.getpid).values())
+        assert len(workers) == 2
+        deadline = time.time() + 30  # each probe starts its node's zygote in the background
+        while zygotes(workers) != 1 and time.time() < deadline:
             time.sleep(0.1)
-        assert executor.client.run(zygotes) == everywhere
+        assert zygotes(workers) == 1
     finally:
         executor.shutdown()
 

@@ -115,6 +115,7 @@ def main(argv: list[str]) -> int:
             time.sleep(0.5)
     finally:
         path.unlink(missing_ok=True)
+        path.with_suffix(".lock").unlink(missing_ok=True)  # a worker still starting one binds it again
         executor.shutdown(cancel=True)
     return 0
 
