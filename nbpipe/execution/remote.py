@@ -79,8 +79,8 @@ def run_batch(specs: list[dict[str, Any]], preload: list[str]) -> list[dict[str,
 
 
 def _executor(engine: str, preload: list[str]) -> Any:
-    """This worker process's executor for ``engine``; the first call starts it
-    (with the ``ipython`` engine: its zygote, which preloads in the background)."""
+    """This worker process's own executor for ``engine`` (the ``kernel`` engine: a
+    kernel per task; the ``ipython`` engine uses the node's, :mod:`.node`)."""
     from .local import LocalExecutor
 
     key = (engine, tuple(preload))
