@@ -7,8 +7,8 @@ once, when the first tasks come. Instead the first worker of a worker pool
 Dask nanny or local cluster) starts a node server, ``python -m
 nbpipe.execution.node``, which keeps the pool's one
 :class:`~.local.LocalExecutor` and its zygote; every worker of the pool hands
-its tasks to it through a Unix socket in the node's temporary directory,
-one connection per site task: a line of JSON (the task specs) in, a line of
+its tasks to it through a Unix socket (Linux's abstract namespace: no file
+to leave behind), one connection per site task: a line of JSON (the task specs) in, a line of
 JSON (their results) out.
 
 The server lives as long as the worker that started it (it watches that
@@ -19,7 +19,6 @@ when a worker's own zygote lost its worker.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -27,24 +26,30 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-__all__ = ["ask", "main", "socket_path", "warm"]
+__all__ = ["address", "ask", "main", "shared", "warm"]
 
-#: How long a worker waits for the node server it started to listen.
+#: How long a worker waits for its node's server to answer a connection.
 START_SECONDS = 120.0
+#: The servers this worker started (it watches none of them: each watches it).
+_servers: list[subprocess.Popen[bytes]] = []
 
 
-def socket_path(engine: str, preload: list[str]) -> Path:
-    """The socket of this worker pool's server for ``engine`` and ``preload`` (a short path:
-    Unix sockets allow about 100 bytes)."""
+def shared() -> bool:
+    """Whether this system gives the node's server an address that needs no file (Linux's
+    abstract sockets: gone with the server, however it ends); elsewhere each worker keeps
+    a zygote of its own."""
+    return sys.platform.startswith("linux")
+
+
+def address(engine: str, preload: list[str]) -> str:
+    """The address of this worker pool's server for ``engine`` and ``preload``."""
     key = json.dumps([sys.executable, engine, sorted(preload), os.environ.get("PYTHONPATH", "")])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"nbpipe-node-{os.getuid()}-{os.getppid()}-{digest}.sock"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"\0nbpipe-node-{os.getuid()}-{os.getppid()}-{digest}"
 
 
 def ask(specs: list[dict[str, Any]], engine: str, preload: list[str]) -> list[dict[str, Any]]:
@@ -67,55 +72,49 @@ def warm(engine: str, preload: list[str]) -> None:
 
 
 def _connect(engine: str, preload: list[str]) -> socket.socket:
-    path = socket_path(engine, preload)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker of the pool starts the server
-        conn = _try(path)
-        if conn is not None:
+    """A connection to the pool's server. The worker that binds its address first starts
+    it, handing it the listening socket: connections wait in its backlog until it accepts."""
+    where = address(engine, preload)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(where)
             return conn
-        path.unlink(missing_ok=True)  # a server that ended
-        server = subprocess.Popen([sys.executable, "-m", "nbpipe.execution.node", str(path),
-                                   f"{os.getpid()}", engine, *preload], stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline and server.poll() is None:
-            conn = _try(path)
-            if conn is not None:
-                return conn
-            time.sleep(0.02)
-    raise RuntimeError(f"the node's task server did not start (exit status {server.poll()}); "
+        except OSError:
+            conn.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with listener:
+            try:
+                listener.bind(where)
+                listener.listen(1024)
+            except OSError:  # another worker of the pool bound it first: its server comes
+                time.sleep(0.02)
+                continue
+            _servers.append(subprocess.Popen([sys.executable, "-m", "nbpipe.execution.node", str(listener.fileno()),
+                              str(os.getpid()), engine, *preload],
+                             stdin=subprocess.DEVNULL, pass_fds=(listener.fileno(),)))
+    raise RuntimeError(f"the node's task server did not answer within {START_SECONDS:g} s; "
                        "its error is in the worker's log")
-
-
-def _try(path: Path) -> socket.socket | None:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(str(path))
-    except OSError:
-        conn.close()
-        return None
-    return conn
 
 
 def main(argv: list[str]) -> int:
     from .local import LocalExecutor
     from .zygote import process_start
 
-    path, owner, engine, preload = Path(argv[0]), int(argv[1]), argv[2], argv[3:]
+    listener = socket.socket(fileno=int(argv[0]))  # bound and listening: see _connect
+    owner, engine, preload = int(argv[1]), argv[2], argv[3:]
     started = process_start(owner)
-    # Killed with its block (SIGTERM): still remove the socket and stop the tasks as a zygote would.
+    # Killed with its block (SIGTERM): stop the tasks first, as a zygote whose driver is gone would.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # Concurrency is the site's business (its workers); this pool never limits it.
     executor = LocalExecutor(256, engine=engine, preload=preload)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(1024)
     threading.Thread(target=_accept, args=(listener, executor), name="nbpipe-node", daemon=True).start()
     try:
         while process_start(owner) == started:  # the worker that started this server lives
             time.sleep(0.5)
     finally:
-        path.unlink(missing_ok=True)
-        path.with_suffix(".lock").unlink(missing_ok=True)  # a worker still starting one binds it again
+        listener.close()  # the address is free again: a worker still running starts a new server
         executor.shutdown(cancel=True)
     return 0
 

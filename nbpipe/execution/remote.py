@@ -44,7 +44,7 @@ def probe(kernel_name: str | None = None, engine: str | None = None,
 
     missing = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
     if engine == "ipython" and not missing:
-        threading.Thread(target=node.warm, args=(engine, list(preload)), name="nbpipe-warm", daemon=True).start()
+        threading.Thread(target=node.warm if node.shared() else _executor, args=(engine, list(preload)), name="nbpipe-warm", daemon=True).start()
     kernel_ok = True
     if kernel_name and "jupyter_client" not in missing:
         try:
@@ -72,7 +72,7 @@ def run_batch(specs: list[dict[str, Any]], preload: list[str]) -> list[dict[str,
     from .base import TaskSpec
 
     engine = specs[0]["engine"]
-    if engine == "ipython":  # forked from the node's one zygote
+    if engine == "ipython" and node.shared():  # forked from the node's one zygote
         return node.ask(specs, engine, preload)
     tasks = [TaskSpec(**spec) for spec in specs]
     return [result.to_dict() for result in _executor(engine, preload).run_together(tasks)]
