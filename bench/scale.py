@@ -3,6 +3,7 @@
     python bench/scale.py                    # the full plan below (about an hour on 2 busy cores)
     python bench/scale.py --quick            # the same plan at 50 and 500 items
     python bench/scale.py --sizes 100,1000 --sites local,parsl
+    python bench/scale.py --sizes 1000 --sites parsl --kinds sleep
 
 A stand-in on one machine for a multi-node allocation: three sites, written
 into an ``nbpipe.toml`` in a scratch directory:
@@ -131,7 +132,7 @@ class Case:
     items: int
 
 
-def plan(sizes: tuple[int, ...], sites: tuple[str, ...]) -> list[Case]:
+def plan(sizes: tuple[int, ...], sites: tuple[str, ...], kinds: tuple[str, ...] = tuple(ITEMS)) -> list[Case]:
     """The runs, in order: see the module's docstring."""
     cases = []
     for site in sites:
@@ -140,7 +141,7 @@ def plan(sizes: tuple[int, ...], sites: tuple[str, ...]) -> list[Case]:
                 cases.append(Case(site, "trivial", n))
             if site != "local":
                 cases.append(Case(site, "sleep", n))
-    return cases
+    return [case for case in cases if case.kind in kinds]
 
 
 def notebook(kind: str, n: int) -> nbformat.NotebookNode:
@@ -389,6 +390,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK[0]} and {QUICK[1]}")
     parser.add_argument("--sizes", help="comma-separated item counts (default: 1000,10000)")
     parser.add_argument("--sites", default="local,parsl,dask", help="comma-separated: local, parsl, dask")
+    parser.add_argument("--kinds", default=",".join(ITEMS), help="comma-separated: trivial, sleep")
     parser.add_argument("--limit", type=float, default=LIMIT, help="seconds a run may take (default: %(default)g)")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else QUICK if args.quick else SIZES
@@ -396,7 +398,7 @@ def main(argv: list[str]) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in plan(sizes, tuple(args.sites.split(","))):
+        for case in plan(sizes, tuple(args.sites.split(",")), tuple(args.kinds.split(","))):
             rows.append(measure(case, Path(tmp), args.limit))
             print("  " + "  ".join(cells(rows[-1])), file=sys.stderr, flush=True)
     print(f"nbpipe {nbpipe.__version__}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")

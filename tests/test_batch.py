@@ -181,7 +181,7 @@ def test_results_are_taken_while_a_large_map_is_still_being_submitted(tmp_path: 
 
     seen: list[float] = []
     work = code("y = i", "app:work", "map:i=items")
-    path = write(tmp_path / "s.ipynb", code("items = list(range(400))", "app:load"), work)
+    path = write(tmp_path / "s.ipynb", code("items = list(range(1200))", "app:load"), work)
 
     def on_event(event: Any) -> None:
         if event.kind is Kind.ITEM and not seen:

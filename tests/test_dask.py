@@ -109,32 +109,56 @@ def test_a_local_dask_cluster_leaves_the_callers_environment_alone(tmp_path: Pat
     assert dict(os.environ) == before  # LocalCluster alone would set OMP_NUM_THREADS=1
 
 
-def test_every_worker_starts_preloading_its_zygote_before_its_first_task(tmp_path: Path) -> None:
+def test_the_workers_zygote_preloads_before_their_first_task_one_per_node(tmp_path: Path) -> None:
+    """The probe starts the node's zygote (one for the local cluster's workers, :mod:`node`)."""
+    import os
+
     from nbpipe.sites import get_site
 
     _sites(tmp_path, "tcp://unused:1")
     executor = get_site("dasklocal", tmp_path / "nb.ipynb").executor(engine="ipython", preload=("json",))
+
+    def parent(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+    def zygotes(workers: set[int]) -> int:
+        found = 0
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+            try:
+                if b"nbpipe.execution.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found += parent(parent(pid)) in workers  # zygote <- node server <- a worker
+            except OSError:
+                continue
+        return found
+
     try:
         executor.ready()
-
-        def zygotes() -> int:
-            import os
-            from pathlib import Path
-
-            found = 0
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                found += int(stat[1]) == os.getpid() and b"nbpipe.execution.zygote" in cmdline
-            return found
-
-        everywhere = {address: 1 for address in executor.client.nthreads()}
-        deadline = time.time() + 30  # each probe starts its zygote in the background
-        while executor.client.run(zygotes) != everywhere and time.time() < deadline:
+        workers = set(executor.client.run(os.getpid).values())
+        assert len(workers) == 2
+        deadline = time.time() + 30  # each probe starts its node's zygote in the background
+        while zygotes(workers) != 1 and time.time() < deadline:
             time.sleep(0.1)
-        assert executor.client.run(zygotes) == everywhere
+        assert zygotes(workers) == 1
     finally:
         executor.shutdown()
+
+
+def test_short_items_travel_several_to_a_dask_task_unless_the_site_says_batch_false(
+        tmp_path: Path, scheduler: str) -> None:
+    from nbbuild import code, write
+
+    n = 60
+    nb = write(tmp_path / "nb.ipynb", code(f"items = list(range({n}))", "app:load"),
+               code("import os\npid = os.getpid()\nsquare = i * i", "app:work", "map:i=items"),
+               code("pids = sorted(set(pid))\ntotal = sum(square)", "app:total"))
+    (tmp_path / "nbpipe.toml").write_text(f'[sites.dask]\nengine = "dask"\naddress = "{scheduler}"\n'
+                                          f'[sites.single]\nengine = "dask"\naddress = "{scheduler}"\n'
+                                          'batch = false\n')
+    batched = nbpipe.execute(nb, site="dask", cache=False, pull=True)
+    single = nbpipe.execute(nb, site="single", cache=False, pull=True)
+    for run in (batched, single):
+        assert run.ok, {name: r.error for name, r in run.apps.items()}
+        assert run.values["total"] == sum(i * i for i in range(n))
+        assert [item.status.value for item in run.apps["work"].items or []] == ["completed"] * n
+    assert len(batched.values["pids"]) <= n // 3  # one fork per Dask task of several items
+    assert len(single.values["pids"]) == n  # one fork per item

@@ -158,3 +158,58 @@ def test_the_first_app_reaches_the_interchange_before_the_probe_returns(tmp_path
     probe, app = received
     probe_returned = log.index(f"Removing task {probe} from manager")
     assert log.index(f"Put task {app} onto pending_task_queue") < probe_returned
+
+
+def test_the_site_counts_the_workers_of_every_block(tmp_path: Path) -> None:
+    """8 blocks of 8 workers are 64 workers (batches are sized by it), not 8."""
+    from nbpipe.execution.parsl import load_config, site_workers
+    from nbpipe.sites import known_sites
+
+    (tmp_path / "nbpipe.toml").write_text(
+        "[sites.blocks]\nengine = 'parsl'\nprovider = 'local'\n"
+        "provider_options = { init_blocks = 2, min_blocks = 2, max_blocks = 8, nodes_per_block = 1 }\n"
+        "executor_options = { max_workers_per_node = 8, address = '127.0.0.1' }\n"
+        "[sites.two]\nengine = 'parsl'\n[sites.two.executors.a]\nprovider = 'local'\nprovider_options = { init_blocks = 1, max_blocks = 3 }\n"
+        "executor_options = { max_workers_per_node = 2, address = '127.0.0.1' }\n"
+        "[sites.two.executors.b]\nprovider = 'local'\nprovider_options = { init_blocks = 1, max_blocks = 1 }\n"
+        "executor_options = { max_workers_per_node = 5, address = '127.0.0.1' }\n")
+    sites = known_sites(tmp_path / "x.ipynb")
+    assert site_workers(load_config(sites["blocks"]).config) == 8 * 8  # as many as its largest allocation
+    assert site_workers(load_config(sites["two"]).config) == 3 * 2 + 1 * 5
+
+
+def test_short_items_travel_several_to_a_parsl_task_each_with_its_own_result(tmp_path: Path) -> None:
+    """Once an app's items are measured short, a Parsl task carries several, run in one
+    forked process on the worker; every item keeps its own status, output and value."""
+    from nbbuild import code, write
+
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)
+    n = 60
+    nb = write(tmp_path / "nb.ipynb", code(f"items = list(range({n}))", "app:load"),
+               code("import os\npid = os.getpid()\nsquare = i * i\nprint('item', i)", "app:work", "map:i=items"),
+               code("pids = sorted(set(pid))\ntotal = sum(square)", "app:total"))
+    run = nbpipe.execute(nb, output=tmp_path / "merged.ipynb", site="htex", cache=False, pull=True)
+    assert run.ok, {n: r.error for n, r in run.apps.items()}
+    assert run.values["total"] == sum(i * i for i in range(n))
+    items = run.apps["work"].items or []
+    assert [item.status.value for item in items] == ["completed"] * n
+    # One fork per site task: far fewer processes than items (2 workers, the first 4 items alone).
+    assert len(run.values["pids"]) <= n // 3, run.values["pids"]
+    # Each item's printed text is in the merged notebook (shown, or folded into the cell's metadata).
+    merged = (tmp_path / "merged.ipynb").read_text()
+    assert all(f"item {i}\\n" in merged for i in range(n))
+
+
+def test_the_workers_of_a_block_share_one_zygote(tmp_path: Path) -> None:
+    """A block's workers fork their tasks from one preloaded zygote (one per node), not one each."""
+    from nbbuild import code, write
+
+    (tmp_path / "nbpipe.toml").write_text(PARSL_LOCAL)  # one block of two workers
+    nb = write(tmp_path / "nb.ipynb", code("items = list(range(8))", "app:load"),
+               code("import os, time\ntime.sleep(0.3)\nzygote = os.getppid()", "app:work", "map:i=items"),
+               code("zygotes = sorted(set(zygote))", "app:total"))
+    run = nbpipe.execute(nb, site="htex", cache=False, pull=True)
+    assert run.ok, {n: r.error for n, r in run.apps.items()}
+    assert len(run.values["zygotes"]) == 1, run.values["zygotes"]
+    time.sleep(1)
+    assert _leftovers(str(tmp_path)) == []  # the node's server ended with its block

@@ -80,6 +80,10 @@ class Batcher:
             self._queue.extendleft(reversed(rest))
             return batch
 
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._queue)
+
     def drain(self) -> list[Future[TaskResult]]:
         """Empty the queue (the pool is stopping): the futures nobody will run."""
         with self._lock:

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import SiteError, WorkerError
 from .base import TaskResult, TaskSpec
-from .remote import await_results, probe, run_remote, settle, worker_fix
+from .dispatch import Dispatch
+from .remote import await_results, probe, run_batch, worker_fix
 
 __all__ = ["DaskExecutor"]
 
@@ -56,11 +57,13 @@ class DaskExecutor:
         except OSError as exc:
             raise WorkerError(f"site {site.name!r}: cannot reach the Dask scheduler at {address}: {exc}") from None
         self._futures: list[Any] = []
-        self._specs: dict[str, TaskSpec] = {}
+        self._specs: dict[str, list[TaskSpec]] = {}
         self._kernel_name = kernel_name if engine == "kernel" else None
         self._engine = engine
         self.workers = 1
         self.first_worker: dict[str, Any] | None = None
+        self._dispatch = Dispatch(self._send, lambda: self.workers, site.name,
+                                  batch=site.options.get("batch", True) and engine == "ipython")
 
     def ready(self) -> None:
         """Wait for a worker and probe every worker there is (each starts preloading
@@ -89,17 +92,24 @@ class DaskExecutor:
         self.workers = sum(self.client.nthreads().values()) or 1
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
-        key = f"nbpipe-{spec.app}-{spec.item if spec.item is not None else 'app'}-{uuid.uuid4().hex[:8]}"
-        future = self.client.submit(run_remote, spec.to_dict(), self.preload, pure=False, key=key)
+        return self._dispatch.submit(spec)
+
+    def _send(self, specs: list[TaskSpec]) -> Any:
+        """One Dask task for ``specs`` (one task, or a batch of items of one app)."""
+        first = specs[0]
+        key = f"nbpipe-{first.app}-{first.item if first.item is not None else 'app'}-{uuid.uuid4().hex[:8]}"
+        future = self.client.submit(run_batch, [spec.to_dict() for spec in specs], self.preload, pure=False,
+                                    key=key)
         self._futures.append(future)
-        self._specs[future.key] = spec
-        return settle(future, spec, self.site.name)
+        self._specs[future.key] = specs
+        return future
 
     def shutdown(self, *, cancel: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
-        running = [self._specs[f.key] for f in self._futures if not f.done()] if cancel else []
+        self._dispatch.close()
+        running = [spec for f in self._futures if not f.done() for spec in self._specs[f.key]] if cancel else []
         if cancel and self._futures:
             self.client.cancel(self._futures)
         # Bounded: a cluster whose workers a terminal's Ctrl-C already stopped must not hang the stop.

@@ -70,6 +70,11 @@ class LocalExecutor:
         self._pool.submit(self._next)  # one turn per task; a batch leaves the later turns nothing to do
         return future
 
+    def run_together(self, specs: list[TaskSpec]) -> list[TaskResult]:
+        """Run ``specs`` in this thread: one task, or items of one map app one after
+        another in one forked process (a batch site's worker, :mod:`.remote`)."""
+        return self._run_batch(specs) if len(specs) > 1 else [self._run(specs[0])]
+
     def _next(self) -> None:
         """Take the next task (or batch of items) from the queue, run it, resolve its futures."""
         batch = [(spec, future) for spec, future in self._queue.take() if future.set_running_or_notify_cancel()]
@@ -235,9 +240,12 @@ def _interrupted(spec: TaskSpec, start: float) -> TaskResult:
 
 
 def _unstarted(spec: TaskSpec, start: float) -> TaskResult:
-    """A task the pool was stopped before it started: skipped, not failed."""
-    return LocalExecutor._result(spec, start, AppStatus.SKIPPED, "KeyboardInterrupt",
-                                 "the run was interrupted before it started")
+    """A task the pool was stopped before it started: failed like a stopped one,
+    marked so that an interrupted run shows it skipped (:mod:`.scheduler`)."""
+    result = LocalExecutor._result(spec, start, AppStatus.FAILED, "KeyboardInterrupt",
+                                   "the run was interrupted before the task started")
+    result.error["unstarted"] = True  # type: ignore[index]
+    return result
 
 
 def _write_spec(spec: TaskSpec) -> _Files:

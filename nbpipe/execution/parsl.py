@@ -32,9 +32,10 @@ from .. import stop
 from ..errors import SiteError, WorkerError
 from ..store import Store
 from .base import TaskResult, TaskSpec
-from .remote import await_results, probe, run_remote, settle, worker_fix
+from .dispatch import Dispatch
+from .remote import await_results, probe, run_batch, worker_fix
 
-__all__ = ["ParslExecutor", "load_config"]
+__all__ = ["ParslExecutor", "load_config", "site_workers"]
 
 #: How long Parsl's own cleanup may take before nbpipe kills what it started.
 CLEANUP_SECONDS = 20.0
@@ -125,6 +126,31 @@ def _config_from_provider(site: Any) -> Any:
     return Config(executors=executors)
 
 
+def site_workers(config: Any) -> int:
+    """How many tasks the site runs at once at most: each executor's workers per node
+    times the nodes of its largest allocation (``max_blocks`` x ``nodes_per_block``).
+
+    A HighThroughputExecutor without ``max_workers_per_node`` (nor a provider's
+    ``cores_per_node``) starts one worker per ``cores_per_worker`` of its node;
+    its node is taken to be like this machine.
+    """
+    total = 0
+    for executor in config.executors:
+        provider = getattr(executor, "provider", None)
+        nodes = max(getattr(provider, "max_blocks", 1), getattr(provider, "init_blocks", 1)) * \
+            getattr(provider, "nodes_per_block", 1) if provider is not None else 1
+        total += nodes * _workers_per_node(executor)
+    return max(1, total)
+
+
+def _workers_per_node(executor: Any) -> int:
+    if getattr(executor, "max_workers_per_node", None) == float("inf") and \
+            getattr(getattr(executor, "provider", None), "cores_per_node", None) is None:
+        return max(1, int((os.cpu_count() or 1) / getattr(executor, "cores_per_worker", 1.0)))
+    per_node = getattr(executor, "workers_per_node", None) or getattr(executor, "max_threads", None) or 1
+    return max(1, int(per_node))
+
+
 #: Parsl launchers by the name a site file uses (``launcher = "srun"``).
 LAUNCHERS = {"single": "SingleNodeLauncher", "srun": "SrunLauncher", "mpiexec": "MpiExecLauncher",
              "mpirun": "MpiRunLauncher", "aprun": "AprunLauncher", "simple": "SimpleLauncher",
@@ -169,9 +195,11 @@ class ParslExecutor:
         self._closed = False
         self._running: dict[Future[TaskResult], TaskSpec] = {}  # to wait for when stopped
         self._lock = threading.Lock()
-        self.workers = sum(getattr(e, "max_workers_per_node", None) or 1 for e in loaded.config.executors)
-        self._apps = {label: PythonApp(run_remote, data_flow_kernel=self.dfk, executors=[label])
+        self.workers = site_workers(loaded.config)
+        self._apps = {label: PythonApp(run_batch, data_flow_kernel=self.dfk, executors=[label])
                       for label in self.labels}
+        self._dispatch = Dispatch(self._send, lambda: self.workers, site.name,
+                                  batch=site.options.get("batch", True) and engine == "ipython")
         # The probe goes now; the first app follows it without waiting for its answer
         # (see ready), and the worker that runs it starts preloading its zygote.
         self._started = time.time()
@@ -211,12 +239,16 @@ class ParslExecutor:
         return report
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
-        label = spec.executor or self.labels[0]
-        future = settle(self._apps[label](spec.to_dict(), self.preload), spec, self.site.name)
+        future = self._dispatch.submit(spec)
         with self._lock:
             self._running[future] = spec
         future.add_done_callback(self._settled)
         return future
+
+    def _send(self, specs: list[TaskSpec]) -> Any:
+        """One Parsl task for ``specs`` (one task, or a batch of items of one app and executor)."""
+        label = specs[0].executor or self.labels[0]
+        return self._apps[label]([spec.to_dict() for spec in specs], self.preload)
 
     def _settled(self, future: Future[TaskResult]) -> None:
         with self._lock:
@@ -227,8 +259,9 @@ class ParslExecutor:
         if self._closed:
             return
         self._closed = True
+        never = set(self._dispatch.close())  # items held back for a batch: never sent
         with self._lock:
-            stopped = list(self._running.values())
+            stopped = [spec for future, spec in self._running.items() if future not in never]
         try:
             self._cleanup()
             if cancel:

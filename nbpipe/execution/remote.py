@@ -1,9 +1,10 @@
 """Runs on a worker of a Parsl or Dask site: tasks and the environment probe.
 
-Each worker process keeps one :class:`~.local.LocalExecutor` of its own, so
-a task on a worker runs exactly as on the ``local`` site: the ``ipython``
-engine forks it from the worker's preloaded zygote, the ``kernel`` engine
-starts a kernel. Both functions here are imported by reference on the
+A task on a worker runs exactly as on the ``local`` site, through a
+:class:`~.local.LocalExecutor`: with the ``ipython`` engine the one of the
+worker's node (:mod:`.node`: the node's workers fork from one preloaded
+zygote), with the ``kernel`` engine the worker's own, which starts a
+kernel per task. Both functions here are imported by reference on the
 worker, which is why a worker without nbpipe fails to run them; the driver
 turns that failure into a message saying how to fix the environment.
 """
@@ -17,11 +18,12 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REQUIRED", "await_results", "failed", "probe", "run_remote", "settle", "worker_fix"]
+from . import node
+
+__all__ = ["REQUIRED", "await_results", "failed", "probe", "run_batch", "worker_fix"]
 
 #: What a worker needs besides nbpipe, by import name -> distribution name.
 REQUIRED = {"papermill": "papermill", "ipykernel": "ipykernel", "IPython": "ipython",
@@ -35,15 +37,14 @@ def probe(kernel_name: str | None = None, engine: str | None = None,
     """Describe this worker: where it runs and what of nbpipe's needs it lacks.
 
     With the ``ipython`` engine a worker that has what it needs also starts
-    its zygote, in the background: the probe returns at once, and its worker,
-    free again, is the likeliest to take the first task, whose zygote is then
-    already preloading.
+    its node's zygote (:mod:`.node`), in the background: the probe returns at
+    once, and the first task finds the zygote already preloading.
     """
     from ..version import __version__
 
     missing = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
     if engine == "ipython" and not missing:
-        threading.Thread(target=_executor, args=(engine, list(preload)), name="nbpipe-warm", daemon=True).start()
+        threading.Thread(target=node.warm if node.shared() else _executor, args=(engine, list(preload)), name="nbpipe-warm", daemon=True).start()
     kernel_ok = True
     if kernel_name and "jupyter_client" not in missing:
         try:
@@ -65,17 +66,21 @@ def batch_job_id() -> str | None:
     return None
 
 
-def run_remote(spec: dict[str, Any], preload: list[str]) -> dict[str, Any]:
-    """Run one task on this worker; return its :class:`TaskResult` as a dict."""
+def run_batch(specs: list[dict[str, Any]], preload: list[str]) -> list[dict[str, Any]]:
+    """Run tasks on this worker: one alone, or several items of one map app one after
+    another in one forked process (see :mod:`.dispatch`); their results (:class:`TaskResult` as dicts)."""
     from .base import TaskSpec
 
-    task = TaskSpec(**spec)
-    return _executor(task.engine, preload).submit(task).result().to_dict()
+    engine = specs[0]["engine"]
+    if engine == "ipython" and node.shared():  # forked from the node's one zygote
+        return node.ask(specs, engine, preload)
+    tasks = [TaskSpec(**spec) for spec in specs]
+    return [result.to_dict() for result in _executor(engine, preload).run_together(tasks)]
 
 
 def _executor(engine: str, preload: list[str]) -> Any:
-    """This worker process's executor for ``engine``; the first call starts it
-    (with the ``ipython`` engine: its zygote, which preloads in the background)."""
+    """This worker process's own executor for ``engine`` (the ``kernel`` engine: a
+    kernel per task; the ``ipython`` engine uses the node's, :mod:`.node`)."""
     from .local import LocalExecutor
 
     key = (engine, tuple(preload))
@@ -85,23 +90,6 @@ def _executor(engine: str, preload: list[str]) -> Any:
             # Concurrency is the site's business (its workers); this pool never limits it.
             executor = _executors[key] = LocalExecutor(256, engine=engine, preload=preload)
     return executor
-
-
-def settle(remote: Any, spec: Any, site: str) -> Future[Any]:
-    """A :class:`concurrent.futures.Future` of the TaskResult that a Parsl or Dask
-    future of :func:`run_remote` will give; an exception becomes a failed result."""
-    from .base import TaskResult
-
-    out: Future[Any] = Future()
-
-    def done(f: Any) -> None:
-        try:
-            out.set_result(TaskResult.from_dict(f.result()))
-        except Exception as exc:
-            out.set_result(failed(spec, worker_fix(site, exc)))
-
-    remote.add_done_callback(done)
-    return out
 
 
 def await_results(specs: list[Any]) -> None:

@@ -507,4 +507,4 @@ def _never_started(future: Future[TaskResult]) -> bool:
     """Whether a stopped executor cancelled the task in its queue, or ended it unstarted."""
     if future.cancelled():
         return True
-    return future.done() and future.exception() is None and future.result().status is AppStatus.SKIPPED
+    return future.done() and future.exception() is None and bool((future.result().error or {}).get("unstarted"))

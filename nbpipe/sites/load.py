@@ -45,9 +45,9 @@ _KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
               "container": str, "batch": bool},
     "parsl": {"engine": str, "config": str, "provider": str, "provider_options": dict,
               "executor_options": dict, "label": str, "executors": dict, "run_dir": str, "cache_dir": str,
-              "start_timeout": (int, float), "containers": dict, "container": str},
+              "start_timeout": (int, float), "containers": dict, "container": str, "batch": bool},
     "dask": {"engine": str, "address": str, "workers": int, "run_dir": str, "cache_dir": str,
-             "start_timeout": (int, float), "containers": dict, "container": str},
+             "start_timeout": (int, float), "containers": dict, "container": str, "batch": bool},
 }
 #: Keys of a site's ``[containers]`` table: the runtime, more host paths to mount
 #: (at the same paths), and more options for the runtime's command line.
