@@ -193,7 +193,7 @@ def _notebook_code(nb: Any, parameter_cells: frozenset[int] = frozenset(),
 def _modules_in(source: str | bytes) -> tuple[str, ...]:
     try:
         return syntax.loaded_modules(ast.parse(source))
-    except (SyntaxError, ValueError, RecursionError):
+    except syntax.UNPARSABLE:
         return ()
 
 
@@ -202,7 +202,7 @@ def _statements_for(source: str, reads: frozenset[str]) -> str:
     assignment to a name nothing needed reads is left out, anything else is kept."""
     try:
         body = ast.parse(source).body
-    except SyntaxError:
+    except syntax.UNPARSABLE:
         return source  # magics: keep all of it
     needed, kept = set(reads), []
     for statement in reversed(body):
@@ -271,7 +271,7 @@ def added_paths(sources: list[str], cwd: Path) -> tuple[Path, ...]:
     for source in sources:
         try:
             tree = ast.parse(transformed_source(source))
-        except SyntaxError:
+        except syntax.UNPARSABLE:
             continue
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
+from . import syntax
 from .names import analyse_cell, transformed_source
 from .parse import APP_NAME, RESERVED_NAMES
 
@@ -103,7 +104,7 @@ def _tree(source: str) -> ast.Module | None:
     a caller), or None when it does not parse."""
     try:
         return ast.parse(transformed_source(source))
-    except (SyntaxError, ValueError, RecursionError):
+    except syntax.UNPARSABLE:
         return None
 
 

@@ -98,7 +98,7 @@ def _names_in_source(source: str) -> frozenset[str]:
     with syntax.deep_trees():
         try:
             tree = ast.parse(source)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
+        except syntax.UNPARSABLE:
             return frozenset()  # importing it fails when the notebook runs: nothing flows
         for node in tree.body:
             if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"

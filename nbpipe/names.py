@@ -156,7 +156,7 @@ def _parse(source: str) -> ast.Module | None:
     try:
         with syntax.deep_trees():
             return syntax.expand_pylab(ast.parse(_transform(source)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError, UnicodeError):
+    except syntax.UNPARSABLE:
         return None
 
 
@@ -247,7 +247,7 @@ def loaded_modules(source: str) -> tuple[str, ...]:
     after IPython's input transformer); none when it does not parse."""
     try:
         return syntax.loaded_modules(ast.parse(transformed_source(source)))
-    except (SyntaxError, ValueError, RecursionError):
+    except syntax.UNPARSABLE:
         return ()
 
 
@@ -551,7 +551,7 @@ def _names_in_text(text: str, kind: str, ctx: Context) -> tuple[set[str], set[st
     try:  # an expression (pandas.eval, numexpr): every name it uses
         tree = ast.parse(text.strip(), mode="eval")
         return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}, set()
-    except SyntaxError:
+    except syntax.UNPARSABLE:
         words = re.findall(r"(?<![.\w])[A-Za-z_]\w*", text)
         return {w for w in words if not keyword.iskeyword(w)}, set()
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import syntax
 from .errors import ParameterWarning
 from .parse import ParsedNotebook
 
@@ -149,7 +150,7 @@ def _cell_parameters(source: str, index: int) -> list[Parameter]:
     text = transformed_source(source)
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    except syntax.UNPARSABLE:
         return []  # the cell fails when it runs; nothing to list
     comments = _comments(text)
     out = []

@@ -360,7 +360,7 @@ def _interpolated(stmt: ast.stmt) -> set[str]:
     for expr in re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", magic[1]):
         try:
             found |= {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
-        except SyntaxError:
+        except syntax.UNPARSABLE:
             continue
     return found
 
@@ -386,7 +386,7 @@ def _parse(source: str) -> ast.Module | None:
     with syntax.deep_trees():
         try:
             return ast.parse(source)
-        except (SyntaxError, ValueError, RecursionError, MemoryError, UnicodeError):
+        except syntax.UNPARSABLE:
             pass
         from IPython.core.inputtransformer2 import TransformerManager
 

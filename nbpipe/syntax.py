@@ -17,6 +17,11 @@ from contextlib import contextmanager
 __all__ = ["deep_trees", "defaultdicts", "executed", "expand_pylab", "from_module", "imported_modules",
            "imports", "is_get_ipython", "loaded_modules", "star_imports", "targets", "written_files"]
 
+#: What ``ast.parse`` raises for a source it cannot read: bad syntax, a null byte,
+#: nesting the parser gives up on (200 brackets raise MemoryError in CPython 3.11),
+#: text that is not valid Unicode.
+UNPARSABLE = (SyntaxError, ValueError, RecursionError, MemoryError, UnicodeError)
+
 #: Python compiles an expression nested a few thousand levels deep (a 330-term sum
 #: is 330 deep), and ``ast.unparse`` and the analysis walk it with a few frames a
 #: level: past the default limit of 1000 frames. With this limit the analysis goes
