@@ -115,7 +115,7 @@ def _execute(notebook: str, output: str, **options: Any) -> Any:
     """``papermill.execute_notebook``, starting the kernel again when it fails to start."""
     import papermill
 
-    if options.get("engine_name") is None and _is_ipykernel(options.get("kernel_name")):
+    if _is_ipykernel(options.get("kernel_name")):
         # Kernels started in the same second share IPython's history database and
         # print "Session/line number was not unique" into an app's output.
         options["extra_arguments"] = ["--HistoryManager.enabled=False"]
